@@ -1,0 +1,400 @@
+//! Client → server frames.
+//!
+//! Parsing is two-phase: serde first proves the frame is a JSON object and borrows
+//! each known field as raw JSON, then each field is typed by hand. That is what lets
+//! every failure carry the spec's exact code (`invalid_json` for text that is not a
+//! JSON object, `unsupported_type`, `bad_request` for a missing or ill-typed field)
+//! together with the request's `id`, and it keeps `message` byte-for-byte as sent.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::channel;
+
+/// The error codes of the client protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    UnsupportedType,
+    BadRequest,
+    Forbidden,
+    NotSubscribed,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::UnsupportedType => "unsupported_type",
+            Self::BadRequest => "bad_request",
+            Self::Forbidden => "forbidden",
+            Self::NotSubscribed => "not_subscribed",
+            Self::RateLimited => "rate_limited",
+            Self::TooLarge => "too_large",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// A frame the gateway refuses, ready to be turned into an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The request's `id`, echoed back when the frame had a usable one.
+    pub id: Option<Id>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>, id: Option<Id>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id,
+        }
+    }
+
+    fn bad(message: impl Into<String>, id: &Option<Id>) -> Self {
+        Self::new(ErrorCode::BadRequest, message, id.clone())
+    }
+}
+
+/// A request id, kept as the client's raw JSON (a number or a string) so it is
+/// echoed back exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Id(Box<str>);
+
+impl Id {
+    /// The id as raw JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// An id from raw JSON text; `None` unless it is a JSON number or string.
+    pub fn from_raw(raw: &RawValue) -> Option<Self> {
+        let text = raw.get();
+        let first = text.as_bytes().first()?;
+        (*first == b'"' || *first == b'-' || first.is_ascii_digit()).then(|| Self(text.into()))
+    }
+}
+
+/// The position a client has already seen in a channel: `{"offset":41,"epoch":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Raw JSON text kept exactly as received.
+#[derive(Debug, Clone)]
+pub struct RawJson(pub Box<RawValue>);
+
+impl RawJson {
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
+
+/// A parsed client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    /// `{"type":"auth","token":…,"channels":[…],"batch":bool}`; `type` may be
+    /// omitted in a connection's first frame (the original design's shape).
+    Auth {
+        token: String,
+        channels: Vec<String>,
+        batch: bool,
+        id: Option<Id>,
+    },
+    Subscribe {
+        channel: String,
+        since: Option<Since>,
+        id: Option<Id>,
+    },
+    Unsubscribe {
+        channel: String,
+        id: Option<Id>,
+    },
+    Broadcast {
+        channel: String,
+        /// The message exactly as the client wrote it (`null` included).
+        message: RawJson,
+        id: Option<Id>,
+    },
+    Ping {
+        id: Option<Id>,
+    },
+}
+
+impl ClientMsg {
+    /// The frame's `type`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Auth { .. } => "auth",
+            Self::Subscribe { .. } => "subscribe",
+            Self::Unsubscribe { .. } => "unsubscribe",
+            Self::Broadcast { .. } => "broadcast",
+            Self::Ping { .. } => "ping",
+        }
+    }
+
+    pub fn id(&self) -> Option<&Id> {
+        match self {
+            Self::Auth { id, .. }
+            | Self::Subscribe { id, .. }
+            | Self::Unsubscribe { id, .. }
+            | Self::Broadcast { id, .. }
+            | Self::Ping { id } => id.as_ref(),
+        }
+    }
+}
+
+/// Every field any frame may carry, borrowed as raw JSON.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channels: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    batch: Option<&'a RawValue>,
+    /// `Some` whenever the key is present, `"message":null` included.
+    #[serde(borrow, default, deserialize_with = "present")]
+    message: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn invalid_json() -> FrameError {
+    FrameError::new(ErrorCode::InvalidJson, "invalid message format", None)
+}
+
+/// Parses one client text frame.
+pub fn parse(text: &str) -> Result<ClientMsg, FrameError> {
+    // serde accepts a JSON array for a struct, so insist on an object up front.
+    if !text.trim_start().starts_with('{') {
+        return Err(invalid_json());
+    }
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| invalid_json())?;
+    let id = match raw.id {
+        None => None,
+        Some(v) if v.get() == "null" => None,
+        Some(v) => match Id::from_raw(v) {
+            Some(id) => Some(id),
+            None => return Err(FrameError::bad("id must be a number or a string", &None)),
+        },
+    };
+    let kind: Option<String> = match raw.kind {
+        None => None,
+        Some(v) => match serde_json::from_str::<String>(v.get()) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                return Err(FrameError::new(
+                    ErrorCode::UnsupportedType,
+                    "unsupported message type",
+                    id,
+                ));
+            }
+        },
+    };
+    match kind.as_deref() {
+        Some("auth") => parse_auth(&raw, id),
+        None if raw.token.is_some() => parse_auth(&raw, id),
+        Some("subscribe") => Ok(ClientMsg::Subscribe {
+            channel: channel_field(&raw, &id)?,
+            since: match raw.since {
+                None => None,
+                Some(v) if v.get() == "null" => None,
+                Some(v) => Some(serde_json::from_str::<Since>(v.get()).map_err(|_| {
+                    FrameError::bad(
+                        "since must be {\"offset\": <integer>, \"epoch\": <string>}",
+                        &id,
+                    )
+                })?),
+            },
+            id,
+        }),
+        Some("unsubscribe") => Ok(ClientMsg::Unsubscribe {
+            channel: channel_field(&raw, &id)?,
+            id,
+        }),
+        Some("broadcast") => {
+            let channel = channel_field(&raw, &id)?;
+            let Some(message) = raw.message else {
+                return Err(FrameError::bad("missing field: message", &id));
+            };
+            Ok(ClientMsg::Broadcast {
+                channel,
+                message: RawJson(message.to_owned()),
+                id,
+            })
+        }
+        Some("ping") => Ok(ClientMsg::Ping { id }),
+        _ => Err(FrameError::new(
+            ErrorCode::UnsupportedType,
+            "unsupported message type",
+            id,
+        )),
+    }
+}
+
+fn parse_auth(raw: &RawFrame<'_>, id: Option<Id>) -> Result<ClientMsg, FrameError> {
+    let token = match raw.token {
+        Some(v) => serde_json::from_str::<String>(v.get())
+            .map_err(|_| FrameError::bad("token must be a string", &id))?,
+        None => return Err(FrameError::bad("missing field: token", &id)),
+    };
+    let channels = match raw.channels {
+        None => Vec::new(),
+        Some(v) if v.get() == "null" => Vec::new(),
+        Some(v) => serde_json::from_str::<Vec<String>>(v.get())
+            .map_err(|_| FrameError::bad("channels must be an array of strings", &id))?,
+    };
+    let batch = match raw.batch {
+        None => false,
+        Some(v) => serde_json::from_str::<bool>(v.get())
+            .map_err(|_| FrameError::bad("batch must be a boolean", &id))?,
+    };
+    Ok(ClientMsg::Auth {
+        token,
+        channels,
+        batch,
+        id,
+    })
+}
+
+fn channel_field(raw: &RawFrame<'_>, id: &Option<Id>) -> Result<String, FrameError> {
+    let Some(v) = raw.channel else {
+        return Err(FrameError::bad("missing field: channel", id));
+    };
+    let name: String = serde_json::from_str(v.get())
+        .map_err(|_| FrameError::bad("channel must be a string", id))?;
+    channel::validate(&name).map_err(|e| FrameError::bad(e.to_string(), id))?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn err(text: &str, code: ErrorCode, id: Option<&str>) {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.code, code, "{text}: {e}");
+        assert_eq!(e.id.as_ref().map(Id::as_json), id, "{text}");
+    }
+
+    #[test]
+    fn first_frame_without_type_is_auth() {
+        let m = parse(r#"{"token":"t","channels":["news"]}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMsg::Auth {
+                token: "t".into(),
+                channels: vec!["news".into()],
+                batch: false,
+                id: None
+            }
+        );
+        let m = parse(r#"{"type":"auth","token":"t","batch":true,"id":1}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Auth { batch: true, .. }));
+    }
+
+    #[test]
+    fn requests() {
+        let m = parse(r#"{"type":"subscribe","channel":"news","id":7,"since":{"offset":41,"epoch":"e"}}"#)
+            .unwrap();
+        assert_eq!(
+            m,
+            ClientMsg::Subscribe {
+                channel: "news".into(),
+                since: Some(Since {
+                    offset: 41,
+                    epoch: "e".into()
+                }),
+                id: Some(Id("7".into()))
+            }
+        );
+        let m = parse(r#"{"type":"broadcast","channel":"news","message":{"b":1, "a":[2]},"id":"x"}"#)
+            .unwrap();
+        let ClientMsg::Broadcast { message, id, .. } = m else {
+            panic!("not a broadcast")
+        };
+        assert_eq!(message.get(), r#"{"b":1, "a":[2]}"#);
+        assert_eq!(id.unwrap().as_json(), "\"x\"");
+        let m = parse(r#"{"type":"broadcast","channel":"news","message":null}"#).unwrap();
+        let ClientMsg::Broadcast { message, .. } = m else {
+            panic!("not a broadcast")
+        };
+        assert_eq!(message.get(), "null");
+        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientMsg::Ping { id: None });
+    }
+
+    #[test]
+    fn errors() {
+        err("not json", ErrorCode::InvalidJson, None);
+        err("[1,2]", ErrorCode::InvalidJson, None);
+        err("42", ErrorCode::InvalidJson, None);
+        err(r#""str""#, ErrorCode::InvalidJson, None);
+        err(r#"{"type":"ping""#, ErrorCode::InvalidJson, None);
+        err(r#"{"type":"dance","id":3}"#, ErrorCode::UnsupportedType, Some("3"));
+        err(r#"{"type":5}"#, ErrorCode::UnsupportedType, None);
+        err(r#"{}"#, ErrorCode::UnsupportedType, None);
+        err(r#"{"type":"subscribe","id":4}"#, ErrorCode::BadRequest, Some("4"));
+        err(r#"{"type":"subscribe","channel":7,"id":4}"#, ErrorCode::BadRequest, Some("4"));
+        err(r#"{"type":"subscribe","channel":"a b"}"#, ErrorCode::BadRequest, None);
+        err(r#"{"type":"subscribe","channel":"ok","since":5}"#, ErrorCode::BadRequest, None);
+        err(r#"{"type":"broadcast","channel":"news"}"#, ErrorCode::BadRequest, None);
+        err(r#"{"type":"auth","token":1}"#, ErrorCode::BadRequest, None);
+        err(r#"{"type":"auth","token":"t","channels":"news"}"#, ErrorCode::BadRequest, None);
+        err(r#"{"type":"ping","id":{"x":1}}"#, ErrorCode::BadRequest, None);
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive, parsing returns and never panics.
+        #[test]
+        fn never_panics(s in ".{0,200}") {
+            let _ = parse(&s);
+        }
+
+        /// Frames built from structured noise parse or fail with a spec error code.
+        #[test]
+        fn structured_noise(kind in proptest::option::of("(subscribe|unsubscribe|broadcast|ping|auth|x)"),
+                            channel in proptest::option::of("[a-z: ]{0,8}"),
+                            id in proptest::option::of(0u32..100)) {
+            let mut obj = serde_json::Map::new();
+            if let Some(k) = kind { obj.insert("type".into(), k.into()); }
+            if let Some(c) = channel { obj.insert("channel".into(), c.into()); }
+            if let Some(i) = id { obj.insert("id".into(), i.into()); }
+            let text = serde_json::Value::Object(obj).to_string();
+            match parse(&text) {
+                Ok(m) => proptest::prop_assert_eq!(m.id().map(|i| i.as_json().to_owned()), id.map(|i| i.to_string())),
+                Err(e) => proptest::prop_assert!(e.code != ErrorCode::InvalidJson, "{}", text),
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Herald's wire contract, shared by every service: what clients send, what the
+//! gateway answers, what travels through Redis, and who may do what.
+//!
+//! This crate does no I/O, so every rule in it can be tested in isolation.
+//!
+//! # Layout
+//! - [`client`]: parsing client frames into [`client::ClientMsg`], with the exact error codes of the spec.
+//! - [`server`]: building server frames (serialized once, as bytes).
+//! - [`claims`]: JWT claims and the permission checks made on them.
+//! - [`glob`]: the `*` pattern matcher used by permissions.
+//! - [`channel`]: channel-name validation.
+//! - [`envelope`]: the Pub/Sub envelope and the message-frame template the publish script fills in.
+//! - [`time`]: the one timestamp format used on the wire.
+
+pub mod channel;
+pub mod claims;
+pub mod client;
+pub mod envelope;
+pub mod glob;
+pub mod server;
+pub mod time;
+
+pub use client::{ClientMsg, ErrorCode, FrameError};
