@@ -1,1 +1,26 @@
-//! Placeholder.
+//! Runtime pieces every Herald service shares. Unlike `herald-proto`, this crate
+//! does I/O: it talks to Redis, serves HTTP and reads the environment.
+//!
+//! # Layout
+//! - [`config`]: the `HERALD_*` settings every service has, and fail-fast startup errors.
+//! - [`telemetry`]: tracing setup, once per process.
+//! - [`shutdown`]: the one SIGINT/SIGTERM future.
+//! - [`keys`]: every Redis key and Pub/Sub channel name, in one place.
+//! - [`store`]: Redis connections with a fail-fast startup check.
+//! - [`publish`]: the atomic publish script (offset + history + fan-out) and history reads.
+//! - [`node`]: the per-second node heartbeat every service writes for the monitor.
+//! - [`http`]: the JSON error shape, body extractor, key checks and `/healthz` `/readyz` `/metrics`.
+//! - [`jwt`]: access-token verification (HS256 secret or JWKS) with the spec's checks.
+
+pub mod config;
+pub mod http;
+pub mod jwt;
+pub mod keys;
+pub mod node;
+pub mod publish;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+/// The version every service reports in its heartbeat and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -19,6 +19,9 @@ pub struct Claims {
     pub sub: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// Required by verification; defaulted here only so a token without it is
+    /// reported as "missing claim" rather than "malformed".
+    #[serde(default)]
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
@@ -107,7 +110,8 @@ mod tests {
         let c: Claims = serde_json::from_str(r#"{"user_id":"old","exp":5}"#).unwrap();
         assert_eq!(c.user(), Some("old"));
         assert!(c.may_subscribe("user:old"));
-        let both: Claims = serde_json::from_str(r#"{"sub":"new","user_id":"old","exp":5}"#).unwrap();
+        let both: Claims =
+            serde_json::from_str(r#"{"sub":"new","user_id":"old","exp":5}"#).unwrap();
         assert_eq!(both.user(), Some("new"));
     }
 }

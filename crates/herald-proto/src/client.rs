@@ -326,8 +326,10 @@ mod tests {
 
     #[test]
     fn requests() {
-        let m = parse(r#"{"type":"subscribe","channel":"news","id":7,"since":{"offset":41,"epoch":"e"}}"#)
-            .unwrap();
+        let m = parse(
+            r#"{"type":"subscribe","channel":"news","id":7,"since":{"offset":41,"epoch":"e"}}"#,
+        )
+        .unwrap();
         assert_eq!(
             m,
             ClientMsg::Subscribe {
@@ -339,8 +341,9 @@ mod tests {
                 id: Some(Id("7".into()))
             }
         );
-        let m = parse(r#"{"type":"broadcast","channel":"news","message":{"b":1, "a":[2]},"id":"x"}"#)
-            .unwrap();
+        let m =
+            parse(r#"{"type":"broadcast","channel":"news","message":{"b":1, "a":[2]},"id":"x"}"#)
+                .unwrap();
         let ClientMsg::Broadcast { message, id, .. } = m else {
             panic!("not a broadcast")
         };
@@ -351,7 +354,10 @@ mod tests {
             panic!("not a broadcast")
         };
         assert_eq!(message.get(), "null");
-        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientMsg::Ping { id: None });
+        assert_eq!(
+            parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientMsg::Ping { id: None }
+        );
     }
 
     #[test]
@@ -361,17 +367,49 @@ mod tests {
         err("42", ErrorCode::InvalidJson, None);
         err(r#""str""#, ErrorCode::InvalidJson, None);
         err(r#"{"type":"ping""#, ErrorCode::InvalidJson, None);
-        err(r#"{"type":"dance","id":3}"#, ErrorCode::UnsupportedType, Some("3"));
+        err(
+            r#"{"type":"dance","id":3}"#,
+            ErrorCode::UnsupportedType,
+            Some("3"),
+        );
         err(r#"{"type":5}"#, ErrorCode::UnsupportedType, None);
         err(r#"{}"#, ErrorCode::UnsupportedType, None);
-        err(r#"{"type":"subscribe","id":4}"#, ErrorCode::BadRequest, Some("4"));
-        err(r#"{"type":"subscribe","channel":7,"id":4}"#, ErrorCode::BadRequest, Some("4"));
-        err(r#"{"type":"subscribe","channel":"a b"}"#, ErrorCode::BadRequest, None);
-        err(r#"{"type":"subscribe","channel":"ok","since":5}"#, ErrorCode::BadRequest, None);
-        err(r#"{"type":"broadcast","channel":"news"}"#, ErrorCode::BadRequest, None);
+        err(
+            r#"{"type":"subscribe","id":4}"#,
+            ErrorCode::BadRequest,
+            Some("4"),
+        );
+        err(
+            r#"{"type":"subscribe","channel":7,"id":4}"#,
+            ErrorCode::BadRequest,
+            Some("4"),
+        );
+        err(
+            r#"{"type":"subscribe","channel":"a b"}"#,
+            ErrorCode::BadRequest,
+            None,
+        );
+        err(
+            r#"{"type":"subscribe","channel":"ok","since":5}"#,
+            ErrorCode::BadRequest,
+            None,
+        );
+        err(
+            r#"{"type":"broadcast","channel":"news"}"#,
+            ErrorCode::BadRequest,
+            None,
+        );
         err(r#"{"type":"auth","token":1}"#, ErrorCode::BadRequest, None);
-        err(r#"{"type":"auth","token":"t","channels":"news"}"#, ErrorCode::BadRequest, None);
-        err(r#"{"type":"ping","id":{"x":1}}"#, ErrorCode::BadRequest, None);
+        err(
+            r#"{"type":"auth","token":"t","channels":"news"}"#,
+            ErrorCode::BadRequest,
+            None,
+        );
+        err(
+            r#"{"type":"ping","id":{"x":1}}"#,
+            ErrorCode::BadRequest,
+            None,
+        );
     }
 
     proptest::proptest! {

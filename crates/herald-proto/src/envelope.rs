@@ -234,6 +234,41 @@ pub struct NodeInfo {
     pub ratelimit_hits: u64,
 }
 
+/// One live connection as a gateway reports it for the monitor
+/// (`herald:node:<id>:conns`, a HASH conn_id → this as JSON, updated on change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub conn_id: String,
+    pub user: String,
+    pub ip: String,
+    pub node: String,
+    pub channels: Vec<String>,
+    pub connected_ms: u64,
+    #[serde(default)]
+    pub messages_in: u64,
+    #[serde(default)]
+    pub messages_out: u64,
+}
+
+/// One channel as a gateway reports it (`herald:node:<id>:channels`, a HASH
+/// channel → this as JSON): local subscribers and messages delivered so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStat {
+    pub subscribers: u64,
+    pub messages: u64,
+}
+
+/// One rate-limit hit (`herald:ratelimit` stream entry fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitEvent {
+    /// The user, or the IP for connection-level limits.
+    pub who: String,
+    /// `message`, `connection`, `connect_rate`, `login`, …
+    pub kind: String,
+    pub node: String,
+    pub at_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

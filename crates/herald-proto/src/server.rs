@@ -257,7 +257,14 @@ mod tests {
             json!({"type":"error","code":"not_subscribed","message":"not subscribed"})
         );
         assert_eq!(
-            v(&auth_success("u1", "c1", "gw", &["news".to_owned()], 25000, None)),
+            v(&auth_success(
+                "u1",
+                "c1",
+                "gw",
+                &["news".to_owned()],
+                25000,
+                None
+            )),
             json!({"type":"auth_success","message":"authenticated","user_id":"u1","conn_id":"c1",
                    "node":"gw","channels":["news"],"heartbeat_interval_ms":25000})
         );

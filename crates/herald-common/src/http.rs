@@ -1,0 +1,261 @@
+//! HTTP plumbing every service shares: the JSON error shape
+//! `{"error":{"code","message"}}`, a body extractor that tells "not JSON" (400)
+//! from "wrong shape" (422), constant-time key checks, and the ops endpoints
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+/// Largest HTTP body any service accepts.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// An HTTP error with the spec's JSON shape.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds, sent as `Retry-After` with 429 and 503.
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+    }
+
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid credentials",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn too_many(retry_after_s: u64) -> Self {
+        Self {
+            retry_after_s: Some(retry_after_s.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests",
+            )
+        }
+    }
+
+    pub fn unavailable() -> Self {
+        Self {
+            retry_after_s: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "storage temporarily unavailable, retry",
+            )
+        }
+    }
+
+    /// A server-side failure: the cause is logged here, once; the client sees a generic body.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(cause = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        tracing::warn!(cause = %e, "redis request failed");
+        Self::unavailable()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_s
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// A JSON body: 400 when it is not JSON at all, 422 when it is JSON of the wrong shape.
+/// No `Content-Type` is required, as curl users forget it.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_json(format!("cannot read body: {e}")))?;
+        parse_body(&bytes).map(ApiJson)
+    }
+}
+
+/// The body rules of [`ApiJson`], for callers holding raw bytes.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::bad_json(format!("body is not valid JSON: {e}")));
+    }
+    serde_json::from_slice::<T>(bytes)
+        .map_err(|e| ApiError::unprocessable(format!("body has the wrong shape: {e}")))
+}
+
+/// Compares two secrets in constant time (for equal lengths; lengths leak, values do not).
+pub fn secret_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Requires `Authorization: Bearer <expected>`; with no key configured, refuses everything.
+pub fn require_key(headers: &HeaderMap, expected: Option<&str>) -> Result<(), ApiError> {
+    match (bearer(headers), expected) {
+        (Some(got), Some(want)) if !want.is_empty() && secret_eq(got, want) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// What the ops endpoints need.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    pub registry: prometheus::Registry,
+    /// Set by the service when its dependencies (Redis, keys) are usable.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn ops_routes<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ops)
+}
+
+async fn readyz(State(ops): State<Ops>) -> Response {
+    if ops.ready.load(Ordering::Relaxed) {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "dependencies unavailable",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(ops): State<Ops>) -> Response {
+    match render_metrics(&ops.registry) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// The registry in Prometheus text format.
+pub fn render_metrics(registry: &prometheus::Registry) -> Result<String, prometheus::Error> {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf)?;
+    String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// Tracing and body-size layers every service puts on its router.
+pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code, reason = "only the shape matters")]
+    struct Body {
+        a: u32,
+    }
+
+    #[test]
+    fn body_errors() {
+        assert_eq!(parse_body::<Body>(b"nope").unwrap_err().status, 400);
+        assert_eq!(
+            parse_body::<Body>(b"{\"a\":\"x\"}").unwrap_err().status,
+            422
+        );
+        assert_eq!(parse_body::<Body>(b"{}").unwrap_err().status, 422);
+        assert!(parse_body::<Body>(b"{\"a\":1}").is_ok());
+    }
+
+    #[test]
+    fn keys() {
+        let mut h = HeaderMap::new();
+        assert!(require_key(&h, Some("k")).is_err());
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        assert!(require_key(&h, Some("k")).is_ok());
+        assert!(require_key(&h, Some("kk")).is_err());
+        assert!(require_key(&h, None).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! The publish path's Redis side: one Lua script assigns the next offset, appends the
+//! finished frame to the channel's history stream and PUBLISHes it, so offset order,
+//! history order and delivery order always agree. A second script answers recovery
+//! requests ("everything after offset N in epoch E") all or nothing.
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use herald_proto::envelope::FrameTemplate;
+
+use crate::keys::Keys;
+
+/// Default number of messages kept per channel for recovery.
+pub const DEFAULT_HISTORY_SIZE: u64 = 1000;
+/// Default lifetime of a channel's history after its last publish.
+pub const DEFAULT_HISTORY_TTL_MS: u64 = 10 * 60 * 1000;
+/// Channel metadata (epoch, last offset) outlives its history by this much, so a
+/// quiet channel keeps its offsets instead of restarting at 1 in a new epoch.
+pub const META_EXTRA_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// The most messages one recovery may replay.
+pub const MAX_RECOVERY: u64 = 10_000;
+
+/// KEYS: meta, history, [once]. ARGV: pubsub channel, head, tail, history size,
+/// history ttl, candidate epoch, publish ms, meta ttl, [once ttl].
+/// With a third key, a publish already made under it returns its first result
+/// and publishes nothing (idempotency keys, exactly-once job results).
+const PUBLISH_LUA: &str = r#"
+if KEYS[3] then
+  local done = redis.call('GET', KEYS[3])
+  if done then
+    local sp = string.find(done, ' ')
+    return {tonumber(string.sub(done, 1, sp - 1)), string.sub(done, sp + 1), 1}
+  end
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local off = string.format('%d', offset)
+local frame = ARGV[2] .. off .. ',"epoch":"' .. epoch .. '"' .. ARGV[3]
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', size, off .. '-0', 'f', frame, 't', ARGV[7])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PUBLISH', ARGV[1], off .. ' ' .. epoch .. ' ' .. ARGV[7] .. '\n' .. frame)
+if KEYS[3] then
+  redis.call('SET', KEYS[3], off .. ' ' .. epoch, 'PX', ARGV[9])
+end
+return {offset, epoch, 0}
+"#;
+
+/// KEYS: meta, history. ARGV: since offset, since epoch ('' = none), max replay,
+/// candidate epoch, meta ttl. Returns {top, epoch, recovered(0/1), frame...}.
+const RECOVER_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+if ARGV[2] == '' then
+  return {top, epoch, 0}
+end
+local since = tonumber(ARGV[1])
+if ARGV[2] ~= epoch or since > top then
+  return {top, epoch, 0}
+end
+local need = top - since
+if need == 0 then
+  return {top, epoch, 1}
+end
+if need > tonumber(ARGV[3]) then
+  return {top, epoch, 0}
+end
+local entries = redis.call('XRANGE', KEYS[2], string.format('%d', since + 1) .. '-0', '+', 'COUNT', need)
+if #entries ~= need then
+  return {top, epoch, 0}
+end
+local first = entries[1][1]
+if first ~= string.format('%d', since + 1) .. '-0' then
+  return {top, epoch, 0}
+end
+local out = {top, epoch, 1}
+for i = 1, #entries do
+  local fields = entries[i][2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'f' then
+      out[#out + 1] = fields[j + 1]
+    end
+  end
+end
+return out
+"#;
+
+/// History settings shared by every publisher.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    pub size: u64,
+    pub ttl_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: DEFAULT_HISTORY_SIZE,
+            ttl_ms: DEFAULT_HISTORY_TTL_MS,
+        }
+    }
+}
+
+/// Publishes frames to channels and reads their history.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    keys: Keys,
+    history: HistoryConfig,
+    publish: Script,
+    recover: Script,
+}
+
+/// What a recovery read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The channel's latest offset.
+    pub offset: u64,
+    pub epoch: String,
+    /// Whether `frames` is every message after the requested position.
+    pub recovered: bool,
+    /// The missed frames, oldest first (empty unless `recovered`).
+    pub frames: Vec<String>,
+}
+
+/// A fresh epoch: random, short, and safe to splice into JSON.
+pub fn new_epoch() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+impl Publisher {
+    pub fn new(keys: Keys, history: HistoryConfig) -> Self {
+        Self {
+            keys,
+            history,
+            publish: Script::new(PUBLISH_LUA),
+            recover: Script::new(RECOVER_LUA),
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Publishes a frame to `channel`; returns its `(offset, epoch)`.
+    pub async fn publish(
+        &self,
+        conn: &mut ConnectionManager,
+        channel: &str,
+        frame: &FrameTemplate,
+        published_ms: u64,
+    ) -> redis::RedisResult<(u64, String)> {
+        let (offset, epoch, _): (u64, String, u8) = self
+            .publish
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .arg(self.keys.channel(channel))
+            .arg(&frame.head)
+            .arg(&frame.tail)
+            .arg(self.history.size)
+            .arg(self.history.ttl_ms.max(1))
+            .arg(new_epoch())
+            .arg(published_ms)
+            .arg(self.history.ttl_ms + META_EXTRA_TTL_MS)
+            .invoke_async(conn)
+            .await?;
+        Ok((offset, epoch))
+    }
+
+    /// Publishes at most once per `once_id` within `once_ttl_ms`: a repeat returns the
+    /// first publish's `(offset, epoch)` with `true` and publishes nothing. The check
+    /// and the publish are one script, so two racing callers cannot both publish.
+    pub async fn publish_once(
+        &self,
+        conn: &mut ConnectionManager,
+        channel: &str,
+        frame: &FrameTemplate,
+        published_ms: u64,
+        once_id: &str,
+        once_ttl_ms: u64,
+    ) -> redis::RedisResult<(u64, String, bool)> {
+        let (offset, epoch, dup): (u64, String, u8) = self
+            .publish
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .key(self.keys.once(channel, once_id))
+            .arg(self.keys.channel(channel))
+            .arg(&frame.head)
+            .arg(&frame.tail)
+            .arg(self.history.size)
+            .arg(self.history.ttl_ms.max(1))
+            .arg(new_epoch())
+            .arg(published_ms)
+            .arg(self.history.ttl_ms + META_EXTRA_TTL_MS)
+            .arg(once_ttl_ms.max(1))
+            .invoke_async(conn)
+            .await?;
+        Ok((offset, epoch, dup == 1))
+    }
+
+    /// The channel's position, and with `since` every message after it.
+    pub async fn recover(
+        &self,
+        conn: &mut ConnectionManager,
+        channel: &str,
+        since: Option<(u64, &str)>,
+    ) -> redis::RedisResult<Recovery> {
+        let (since_offset, since_epoch) = since.unwrap_or((0, ""));
+        let reply: Vec<redis::Value> = self
+            .recover
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .arg(since_offset)
+            .arg(since_epoch)
+            .arg(MAX_RECOVERY.min(self.history.size.max(1)))
+            .arg(new_epoch())
+            .arg(self.history.ttl_ms + META_EXTRA_TTL_MS)
+            .invoke_async(conn)
+            .await?;
+        parse_recovery(reply)
+    }
+
+    /// Frames with offsets `from..=to` of the current epoch, oldest first; fewer
+    /// when history no longer holds them. Used by gateways to fill their own gaps.
+    pub async fn range(
+        &self,
+        conn: &mut ConnectionManager,
+        channel: &str,
+        from: u64,
+        to: u64,
+    ) -> redis::RedisResult<Vec<(u64, String)>> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.history(channel))
+            .arg(format!("{from}-0"))
+            .arg(format!("{to}-0"))
+            .query_async(conn)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|e| {
+                let offset = e.id.split('-').next()?.parse().ok()?;
+                let frame: String = e.get("f")?;
+                Some((offset, frame))
+            })
+            .collect())
+    }
+
+    /// The channel's `(offset, epoch)` without creating anything.
+    pub async fn position(
+        &self,
+        conn: &mut ConnectionManager,
+        channel: &str,
+    ) -> redis::RedisResult<Option<(u64, String)>> {
+        let (epoch, offset): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.keys.meta(channel))
+            .arg("epoch")
+            .arg("offset")
+            .query_async(conn)
+            .await?;
+        Ok(epoch.map(|e| (offset.unwrap_or(0), e)))
+    }
+}
+
+fn parse_recovery(reply: Vec<redis::Value>) -> redis::RedisResult<Recovery> {
+    let bad = || {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "malformed recovery reply",
+        ))
+    };
+    let mut it = reply.into_iter();
+    let offset: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
+    let epoch: String = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
+    let recovered: u8 = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
+    let frames = it
+        .map(redis::from_redis_value::<String>)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Recovery {
+        offset,
+        epoch,
+        recovered: recovered == 1,
+        frames,
+    })
+}
