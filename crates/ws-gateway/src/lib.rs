@@ -1,1 +1,432 @@
-//! Placeholder.
+//! ws-gateway: holds client WebSocket connections, authenticates them, and fans
+//! channel messages out to them from Redis.
+//!
+//! # Layout
+//! - [`config`]: settings and their validation.
+//! - `conn`: one task per client connection (protocol, limits, heartbeats, expiry).
+//! - `hub`: local subscriptions and the per-message fan-out to connection queues.
+//! - `driver`: the Redis Pub/Sub connection (demand-driven SUBSCRIBE, gap filling,
+//!   end-to-end probe, control commands).
+//! - `limits`: cluster-wide per-IP connection cap and attempt rate.
+//! - `presence`: what the monitor reads about this node's connections and channels.
+//! - `metrics`: the Prometheus metrics.
+
+pub mod config;
+mod conn;
+mod driver;
+mod hub;
+mod limits;
+mod metrics;
+mod presence;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use herald_common::http::{ApiError, Ops};
+use herald_common::jwt::{Alg, AuthError, Verifier};
+use herald_common::keys::Keys;
+use herald_common::publish::Publisher;
+use herald_proto::claims::Claims;
+use herald_proto::envelope::NodeInfo;
+use herald_proto::time::now_ms;
+
+pub use config::Config;
+use config::Settings;
+use conn::Preauth;
+use hub::Hub;
+use limits::{IpLimiter, Refusal};
+use metrics::Metrics;
+
+/// Everything connection tasks and handlers share.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) settings: Settings,
+    pub(crate) node_id: String,
+    pub(crate) leeway: Duration,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) verifier: Verifier,
+    pub(crate) publisher: Publisher,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) keys: Keys,
+    pub(crate) metrics: Metrics,
+    pub(crate) ips: Arc<IpLimiter>,
+    pub(crate) ip_release: mpsc::UnboundedSender<IpAddr>,
+    pub(crate) presence: mpsc::UnboundedSender<presence::Event>,
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the gateway stops accepting; each connection holds a child.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) next_key: AtomicU64,
+    /// Whether Origin checks are relaxed (HERALD_DEV=1 without an allow-list).
+    pub(crate) any_origin: bool,
+}
+
+impl State {
+    /// Verifies a token and refuses revoked ones.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.verifier.verify(token).await?;
+        if let Some(jti) = &claims.jti {
+            let mut redis = self.redis.clone();
+            let revoked: redis::RedisResult<bool> = redis::cmd("EXISTS")
+                .arg(self.keys.revoked(jti))
+                .query_async(&mut redis)
+                .await;
+            match revoked {
+                Ok(true) => return Err(AuthError::Revoked),
+                Ok(false) => {}
+                // Fail open: an outage must not lock every client out; revocations
+                // still close connections through the control channel.
+                Err(_) => self.metrics.redis_errors.inc(),
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Records a limit hit for the monitor (`herald:ratelimit`), off the caller's path.
+    pub(crate) fn report_ratelimit(&self, who: &str, kind: &str) {
+        let mut redis = self.redis.clone();
+        let key = self.keys.ratelimit_events();
+        let fields = [
+            ("who", who.to_owned()),
+            ("kind", kind.to_owned()),
+            ("node", self.node_id.clone()),
+            ("at_ms", now_ms().to_string()),
+        ];
+        tokio::spawn(async move {
+            let _: redis::RedisResult<()> = redis::cmd("XADD")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(1000)
+                .arg("*")
+                .arg(&fields[..])
+                .query_async(&mut redis)
+                .await;
+        });
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut settings = config
+        .settings()
+        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let (client, redis) = herald_common::store::connect(&config.common.redis_url).await?;
+    let local = listener.local_addr().context("listener address")?;
+    settings.listen = local;
+    let keys = Keys::new(config.common.redis_prefix.clone());
+    let metrics = Metrics::new().context("metrics")?;
+    let verifier = Verifier::from_config(&config.jwt, settings.alg, settings.secret.as_deref());
+    let keys_loaded = Arc::new(AtomicBool::new(settings.alg == Alg::Hs256));
+    let bg = CancellationToken::new();
+    let bg_tasks = TaskTracker::new();
+
+    if settings.alg != Alg::Hs256 {
+        let v = verifier.clone();
+        let loaded = keys_loaded.clone();
+        let token = bg.clone();
+        bg_tasks.spawn(async move {
+            while !token.is_cancelled() {
+                match v.prefetch().await {
+                    Ok(n) if n > 0 => {
+                        loaded.store(true, Ordering::Relaxed);
+                        tracing::info!(keys = n, "JWKS loaded");
+                        return;
+                    }
+                    _ => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        });
+    }
+
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let hub = Arc::new(Hub::new(cmd_tx, metrics.clone(), settings.queue_bytes));
+    let publisher = Publisher::new(keys.clone(), settings.history);
+    let node_id = settings.node_id.clone();
+    let ips = Arc::new(IpLimiter::new(
+        keys.clone(),
+        node_id.clone(),
+        settings.max_conns_per_ip,
+        settings.connect_rate_per_ip,
+    ));
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let (ip_tx, ip_rx) = mpsc::unbounded_channel();
+    let any_origin = settings.allowed_origins.is_empty() && settings.dev;
+    if any_origin {
+        tracing::warn!("HERALD_DEV=1 and no HERALD_ALLOWED_ORIGINS: accepting every Origin");
+    }
+    let state = Arc::new(State {
+        leeway: Duration::from_secs(config.jwt.jwt_leeway_s.min(300)),
+        settings: settings.clone(),
+        node_id: node_id.clone(),
+        hub: hub.clone(),
+        verifier,
+        publisher: publisher.clone(),
+        redis: redis.clone(),
+        keys: keys.clone(),
+        metrics: metrics.clone(),
+        ips: ips.clone(),
+        ip_release: ip_tx,
+        presence: presence_tx,
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        next_key: AtomicU64::new(1),
+        any_origin,
+    });
+
+    let pubsub_ok = Arc::new(AtomicBool::new(false));
+    bg_tasks.spawn(
+        driver::Driver {
+            hub: hub.clone(),
+            client,
+            conn: redis.clone(),
+            publisher,
+            keys: keys.clone(),
+            node_id: node_id.clone(),
+            metrics: metrics.clone(),
+            probe_interval: settings.probe_interval,
+            healthy: pubsub_ok.clone(),
+        }
+        .run(cmd_rx, bg.clone()),
+    );
+    bg_tasks.spawn(presence::run(
+        redis.clone(),
+        keys.clone(),
+        node_id.clone(),
+        hub.clone(),
+        ips,
+        metrics.clone(),
+        presence_rx,
+        ip_rx,
+        bg.clone(),
+    ));
+
+    let beat_ok = Arc::new(AtomicBool::new(true));
+    let ready = Arc::new(AtomicBool::new(false));
+    let base = NodeInfo {
+        id: node_id.clone(),
+        service: "ws-gateway".to_owned(),
+        address: config.common.advertise(local),
+        version: herald_common::VERSION.to_owned(),
+        started_ms: now_ms(),
+        ..NodeInfo::default()
+    };
+    let stats_metrics = metrics.clone();
+    let stats_ready = ready.clone();
+    let stats: herald_common::node::StatsFn = Arc::new(move |info: &mut NodeInfo| {
+        let m = &stats_metrics;
+        info.ready = stats_ready.load(Ordering::Relaxed);
+        info.connections = m.connections.get().max(0) as u64;
+        info.subscriptions = m.subscriptions.get().max(0) as u64;
+        info.channels = m.channels.get().max(0) as u64;
+        info.messages_in = m.messages_received.get();
+        info.messages_out = m.messages_delivered.get();
+        info.ratelimit_hits = [
+            "message",
+            "connection",
+            "connect_rate",
+            "node_capacity",
+            "too_large",
+        ]
+        .iter()
+        .map(|k| m.ratelimit_hits.with_label_values(&[k]).get())
+        .sum();
+    });
+    bg_tasks.spawn(herald_common::node::run_heartbeat(
+        redis.clone(),
+        keys.clone(),
+        base,
+        stats,
+        beat_ok.clone(),
+        bg.clone(),
+    ));
+    {
+        let (ready, token) = (ready.clone(), bg.clone());
+        bg_tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            while !token.is_cancelled() {
+                tick.tick().await;
+                ready.store(
+                    beat_ok.load(Ordering::Relaxed)
+                        && pubsub_ok.load(Ordering::Relaxed)
+                        && keys_loaded.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+            }
+        });
+    }
+
+    let ops = Ops {
+        registry: metrics.registry.clone(),
+        ready,
+    };
+    let app = Router::new()
+        .route("/ws", get(ws_handler))
+        .route("/", get(ws_handler))
+        .with_state(state.clone())
+        .merge(herald_common::http::ops_routes(ops));
+    let app = herald_common::http::layers(app);
+
+    tracing::info!(addr = %local, node = %node_id, "ws-gateway listening");
+    let stop = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
+    .await
+    .context("serve")?;
+
+    // Connections saw the same token and are sending `disconnect` + 1001.
+    state.tracker.close();
+    let open = hub.conn_count();
+    if tokio::time::timeout(settings.shutdown_grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(open, "shutdown grace expired with connections still open");
+    }
+    bg.cancel();
+    bg_tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), bg_tasks.wait()).await;
+    tracing::info!("ws-gateway stopped");
+    Ok(())
+}
+
+/// The handshake: origin, capacity and per-IP checks, then optional token auth,
+/// all before the upgrade so refusals are plain HTTP statuses.
+async fn ws_handler(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                "this endpoint speaks WebSocket",
+            )
+            .into_response();
+        }
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+        let allowed =
+            state.any_origin || state.settings.allowed_origins.iter().any(|o| o == origin);
+        if !allowed {
+            return ApiError::forbidden("origin not allowed").into_response();
+        }
+    }
+    if state.hub.conn_count() >= state.settings.max_connections {
+        state
+            .metrics
+            .ratelimit_hits
+            .with_label_values(&["node_capacity"])
+            .inc();
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            "this gateway is full; try another",
+        );
+        e.retry_after_s = Some(1);
+        return e.into_response();
+    }
+    let ip = peer.ip();
+    let mut redis = state.redis.clone();
+    let slot = match state
+        .ips
+        .acquire(&mut redis, ip, state.ip_release.clone())
+        .await
+    {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let kind = match refusal {
+                Refusal::TooMany => "connection",
+                Refusal::TooFast => "connect_rate",
+            };
+            state
+                .metrics
+                .ratelimit_hits
+                .with_label_values(&[kind])
+                .inc();
+            state.report_ratelimit(&ip.to_string(), kind);
+            let mut e = ApiError::too_many(1);
+            e.message = match refusal {
+                Refusal::TooMany => "too many connections from this address".to_owned(),
+                Refusal::TooFast => "too many connection attempts from this address".to_owned(),
+            };
+            return e.into_response();
+        }
+    };
+    let token = herald_common::http::bearer(&headers)
+        .map(str::to_owned)
+        .or_else(|| query.get("token").cloned());
+    let pre = match token {
+        None => None,
+        Some(t) => match state.authenticate(&t).await {
+            Ok(claims) => Some(Preauth {
+                claims,
+                channels: query
+                    .get("channels")
+                    .map(|c| {
+                        c.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                batch: query
+                    .get("batch")
+                    .is_some_and(|b| matches!(b.as_str(), "1" | "true")),
+            }),
+            Err(e) => {
+                state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_failed",
+                    "authentication failed",
+                )
+                .into_response();
+            }
+        },
+    };
+    // Our own checks give `too_large` errors below this; beyond it the socket fails.
+    let hard_limit = (state.settings.max_frame_bytes * 4).max(1 << 20);
+    let tracker = state.tracker.clone();
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, ip, pre, slot)))
+}

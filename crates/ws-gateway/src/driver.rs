@@ -1,0 +1,361 @@
+//! The Pub/Sub driver: one task per gateway that owns the Redis subscription
+//! connection. It SUBSCRIBEs to exactly the channels with local subscribers, hands
+//! each message to the hub, and keeps delivery gapless and in order per channel:
+//! it tracks the last offset seen, fills a gap from history, drops duplicates, and
+//! after any reconnect catches every channel up from history.
+//!
+//! It also proves its own connection end to end: every probe interval it publishes
+//! a nonce to this node's probe channel and expects it back. A connection that is
+//! up but silent (wedged) is torn down and replaced, and the node reports not-ready
+//! meanwhile.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use herald_common::keys::Keys;
+use herald_common::publish::Publisher;
+use herald_proto::envelope::{self, Control};
+
+use crate::hub::{Cmd, Delivery, Hub, Kick};
+use crate::metrics::Metrics;
+
+/// Longest wait for a Pub/Sub connection or a SUBSCRIBE reply.
+const PUBSUB_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Where a channel's delivery stands on this node.
+#[derive(Debug, Clone)]
+struct Position {
+    epoch: Box<str>,
+    offset: u64,
+}
+
+/// Everything the driver needs.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) publisher: Publisher,
+    pub(crate) keys: Keys,
+    pub(crate) node_id: String,
+    pub(crate) metrics: Metrics,
+    pub(crate) probe_interval: Duration,
+    /// True while the subscription connection is up and its probe comes back.
+    pub(crate) healthy: Arc<AtomicBool>,
+}
+
+enum Exit {
+    Shutdown,
+    Reconnect(&'static str),
+}
+
+impl Driver {
+    pub(crate) async fn run(
+        self,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        token: CancellationToken,
+    ) {
+        let mut positions: HashMap<Arc<str>, Position> = HashMap::new();
+        let mut backoff = BACKOFF_MIN;
+        let mut first = true;
+        loop {
+            if token.is_cancelled() {
+                return;
+            }
+            if !first {
+                self.metrics.pubsub_reconnects.inc();
+            }
+            match self.session(&mut cmds, &mut positions, &token, first).await {
+                Ok(Exit::Shutdown) => return,
+                Ok(Exit::Reconnect(why)) => {
+                    tracing::warn!(reason = why, "pub/sub connection lost; reconnecting");
+                    backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "pub/sub connection failed; retrying");
+                    self.metrics.redis_errors.inc();
+                }
+            }
+            first = false;
+            self.healthy.store(false, Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = token.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection's life: connect, subscribe to demand, catch up, deliver.
+    async fn session(
+        &self,
+        cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+        positions: &mut HashMap<Arc<str>, Position>,
+        token: &CancellationToken,
+        first: bool,
+    ) -> redis::RedisResult<Exit> {
+        let pubsub = timeout(self.client.get_async_pubsub()).await?;
+        let (mut sink, mut stream) = pubsub.split();
+        let control = self.keys.control();
+        let probe = self.keys.probe(&self.node_id);
+        timeout(sink.subscribe(&[control.as_str(), probe.as_str()])).await?;
+
+        // Everything that has local demand now, including what queued up while down.
+        let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+        while let Ok(cmd) = cmds.try_recv() {
+            drop(cmd);
+        }
+        let wanted = self.hub.channel_names();
+        if !wanted.is_empty() {
+            let names: Vec<String> = wanted.iter().map(|c| self.keys.channel(c)).collect();
+            timeout(sink.subscribe(names)).await?;
+        }
+        for c in wanted {
+            self.hub.mark_ready(&c);
+            subscribed.insert(c);
+        }
+        positions.retain(|c, _| subscribed.contains(c));
+        if !first {
+            self.catch_up(positions).await;
+        }
+        tracing::info!(channels = subscribed.len(), "pub/sub connected");
+
+        let prefix = self.keys.channel_prefix();
+        let mut probe_tick = tokio::time::interval(self.probe_interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The nonce in flight and when it was sent.
+        let mut outstanding: Option<(u64, Instant)> = None;
+        let nonce_seen = Arc::new(AtomicU64::new(0));
+        let probe_deadline = (self.probe_interval * 3).max(Duration::from_secs(3));
+        self.healthy.store(true, Ordering::Relaxed);
+
+        loop {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => return Ok(Exit::Shutdown),
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return Ok(Exit::Reconnect("stream ended")) };
+                    let name = msg.get_channel_name();
+                    if let Some(channel) = name.strip_prefix(prefix.as_str()) {
+                        self.on_message(channel, msg.get_payload_bytes(), positions).await;
+                    } else if name == probe {
+                        if let Ok(n) = std::str::from_utf8(msg.get_payload_bytes()).unwrap_or("").parse::<u64>() {
+                            nonce_seen.store(n, Ordering::Relaxed);
+                            if outstanding.is_some_and(|(want, _)| want == n) {
+                                outstanding = None;
+                                self.healthy.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    } else if name == control {
+                        self.on_control(msg.get_payload_bytes());
+                    }
+                }
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return Ok(Exit::Shutdown) };
+                    match cmd {
+                        Cmd::Subscribe(c) => {
+                            if self.hub.wants(&c) && !subscribed.contains(&c) {
+                                timeout(sink.subscribe(self.keys.channel(&c))).await?;
+                                subscribed.insert(c.clone());
+                            }
+                            self.hub.mark_ready(&c);
+                        }
+                        Cmd::Unsubscribe(c) => {
+                            if !self.hub.wants(&c) && subscribed.remove(&c) {
+                                timeout(sink.unsubscribe(self.keys.channel(&c))).await?;
+                                positions.remove(&c);
+                            }
+                        }
+                    }
+                }
+                _ = probe_tick.tick() => {
+                    match outstanding {
+                        Some((_, sent)) if sent.elapsed() > probe_deadline => {
+                            return Ok(Exit::Reconnect("probe did not come back (wedged subscription)"));
+                        }
+                        Some((_, sent)) if sent.elapsed() > self.probe_interval * 2 => {
+                            self.healthy.store(false, Ordering::Relaxed);
+                        }
+                        Some(_) => {}
+                        None => {
+                            let n: u64 = rand::random::<u64>() >> 1;
+                            outstanding = Some((n, Instant::now()));
+                            let mut conn = self.conn.clone();
+                            let probe = probe.clone();
+                            let errors = self.metrics.redis_errors.clone();
+                            tokio::spawn(async move {
+                                let r: redis::RedisResult<()> = redis::cmd("PUBLISH").arg(probe).arg(n).query_async(&mut conn).await;
+                                if r.is_err() {
+                                    errors.inc();
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a reconnect, delivers what each channel published while we were away.
+    async fn catch_up(&self, positions: &mut HashMap<Arc<str>, Position>) {
+        let channels: Vec<Arc<str>> = positions.keys().cloned().collect();
+        for channel in channels {
+            let mut conn = self.conn.clone();
+            let Ok(Some((top, epoch))) = self.publisher.position(&mut conn, &channel).await else {
+                continue;
+            };
+            let Some(pos) = positions.get(&channel).cloned() else {
+                continue;
+            };
+            let same = *pos.epoch == *epoch;
+            let from = if same { pos.offset + 1 } else { 1 };
+            if top >= from {
+                self.fill(&channel, &epoch, from, top).await;
+            }
+            let offset = if same { top.max(pos.offset) } else { top };
+            positions.insert(
+                channel,
+                Position {
+                    epoch: epoch.into(),
+                    offset,
+                },
+            );
+        }
+    }
+
+    /// Delivers offsets `from..=to` of `channel` from history.
+    async fn fill(&self, channel: &Arc<str>, epoch: &str, from: u64, to: u64) {
+        let mut conn = self.conn.clone();
+        match self.publisher.range(&mut conn, channel, from, to).await {
+            Ok(frames) => {
+                for (offset, frame) in frames {
+                    self.metrics.gap_fills.inc();
+                    let d = Arc::new(Delivery {
+                        text: Utf8Bytes::from(frame),
+                        channel: channel.clone(),
+                        offset,
+                        epoch: epoch.into(),
+                        published_ms: 0,
+                    });
+                    self.hub.fanout(&d);
+                }
+            }
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(%channel, cause = %e, "cannot fill a delivery gap from history");
+            }
+        }
+    }
+
+    async fn on_message(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        positions: &mut HashMap<Arc<str>, Position>,
+    ) {
+        let Some(env) = envelope::decode(payload) else {
+            tracing::warn!(channel, "dropping a malformed pub/sub payload");
+            return;
+        };
+        let name: Arc<str> = match positions.get_key_value(channel) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(channel),
+        };
+        match positions.get(channel).cloned() {
+            Some(pos) if *pos.epoch == *env.epoch => {
+                if env.offset <= pos.offset {
+                    return; // already delivered (by a gap fill)
+                }
+                if env.offset > pos.offset + 1 {
+                    self.fill(&name, env.epoch, pos.offset + 1, env.offset - 1)
+                        .await;
+                }
+            }
+            Some(_) if env.offset > 1 => {
+                // A new epoch (history was lost): everything in it is new to us.
+                self.fill(&name, env.epoch, 1, env.offset - 1).await;
+            }
+            _ => {}
+        }
+        positions.insert(
+            name.clone(),
+            Position {
+                epoch: env.epoch.into(),
+                offset: env.offset,
+            },
+        );
+        let Ok(text) = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload[env.frame_start..]))
+        else {
+            tracing::warn!(channel, "dropping a non-UTF-8 frame");
+            return;
+        };
+        let d = Arc::new(Delivery {
+            text,
+            channel: name,
+            offset: env.offset,
+            epoch: env.epoch.into(),
+            published_ms: env.published_ms,
+        });
+        self.hub.fanout(&d);
+    }
+
+    fn on_control(&self, payload: &[u8]) {
+        let Ok(cmd) = serde_json::from_slice::<Control>(payload) else {
+            tracing::warn!("ignoring a malformed control message");
+            return;
+        };
+        let n = match &cmd {
+            Control::DisconnectConn { conn_id } => self.hub.kick_where(
+                |c| c.conn_id == *conn_id,
+                &Kick::new(
+                    "admin_disconnect",
+                    "disconnected by an operator",
+                    1008,
+                    false,
+                ),
+            ),
+            Control::DisconnectUser { user_id } => self.hub.kick_where(
+                |c| c.user == *user_id,
+                &Kick::new(
+                    "admin_disconnect",
+                    "disconnected by an operator",
+                    1008,
+                    false,
+                ),
+            ),
+            Control::Revoke { jti } => self.hub.kick_where(
+                |c| c.jti().as_deref() == Some(jti.as_str()),
+                &Kick::new("token_revoked", "token revoked", 1008, false),
+            ),
+        };
+        if n > 0 {
+            tracing::info!(?cmd, closed = n, "control command applied");
+        }
+    }
+}
+
+async fn timeout<T>(
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(PUBSUB_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "pub/sub request timed out",
+            )))
+        })
+}

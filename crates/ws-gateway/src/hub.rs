@@ -1,0 +1,393 @@
+//! The local side of fan-out: which connections listen to which channels, and the
+//! one hand-off from a published message to every local subscriber's queue.
+//!
+//! A message arrives once per gateway (Redis Pub/Sub), is wrapped once in an
+//! `Arc<Delivery>` whose bytes are the finished client frame, and each recipient
+//! gets a clone of that `Arc` through a bounded queue: one read lock per message,
+//! no lock, parse or allocation per recipient. A recipient whose queue is full (by
+//! frames or bytes) is kicked as a slow consumer instead of slowing anyone else.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// One published message as every local recipient receives it.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    /// The exact client frame.
+    pub(crate) text: Utf8Bytes,
+    pub(crate) channel: Arc<str>,
+    pub(crate) offset: u64,
+    pub(crate) epoch: Box<str>,
+    /// When it was published (Unix ms), for the delivery-latency histogram; 0 if unknown.
+    pub(crate) published_ms: u64,
+}
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Kick {
+    /// The `disconnect` frame's `code`.
+    pub(crate) code: &'static str,
+    pub(crate) reason: String,
+    pub(crate) close_code: u16,
+    pub(crate) reconnect: bool,
+}
+
+impl Kick {
+    pub(crate) fn new(code: &'static str, reason: &str, close_code: u16, reconnect: bool) -> Self {
+        Self {
+            code,
+            reason: reason.to_owned(),
+            close_code,
+            reconnect,
+        }
+    }
+}
+
+/// The part of a connection that other tasks (fan-out, control) may touch.
+#[derive(Debug)]
+pub(crate) struct ConnShared {
+    pub(crate) conn_id: String,
+    pub(crate) user: String,
+    pub(crate) ip: IpAddr,
+    pub(crate) connected_ms: u64,
+    /// The token id the connection authenticated with (changes on re-auth).
+    pub(crate) jti: Mutex<Option<String>>,
+    pub(crate) tx: mpsc::Sender<Arc<Delivery>>,
+    /// Bytes sitting in `tx`, bounded by the outbound byte limit.
+    pub(crate) queued_bytes: AtomicUsize,
+    pub(crate) cancel: CancellationToken,
+    kick: OnceLock<Kick>,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    /// The channels the connection is in, for the monitor (written on change only).
+    pub(crate) channels: Mutex<Vec<String>>,
+}
+
+impl ConnShared {
+    pub(crate) fn new(
+        conn_id: String,
+        user: String,
+        ip: IpAddr,
+        jti: Option<String>,
+        tx: mpsc::Sender<Arc<Delivery>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            conn_id,
+            user,
+            ip,
+            connected_ms: herald_proto::time::now_ms(),
+            jti: Mutex::new(jti),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            cancel,
+            kick: OnceLock::new(),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            channels: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Asks the connection to close for `why`; the first reason wins. Returns
+    /// whether this call was the first.
+    pub(crate) fn kick(&self, why: Kick) -> bool {
+        let first = self.kick.set(why).is_ok();
+        self.cancel.cancel();
+        first
+    }
+
+    pub(crate) fn kicked(&self) -> Option<&Kick> {
+        self.kick.get()
+    }
+
+    pub(crate) fn jti(&self) -> Option<String> {
+        self.jti.lock().ok().and_then(|j| j.clone())
+    }
+}
+
+/// A channel with local subscribers.
+#[derive(Debug)]
+struct Channel {
+    subs: HashMap<u64, Arc<ConnShared>>,
+    /// Becomes true once Redis confirmed the SUBSCRIBE, so a subscriber's history
+    /// read cannot miss a message published in between.
+    ready: watch::Sender<bool>,
+    /// Messages delivered on this node (cumulative), for the monitor's rates.
+    messages: AtomicU64,
+}
+
+/// What the Pub/Sub driver must do in Redis.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    Subscribe(Arc<str>),
+    Unsubscribe(Arc<str>),
+}
+
+/// The registry of local connections and subscriptions.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    channels: RwLock<HashMap<Arc<str>, Channel>>,
+    conns: RwLock<HashMap<u64, Arc<ConnShared>>>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    metrics: Metrics,
+    queue_bytes: usize,
+}
+
+/// Locks poisoned by a panicking thread still hold consistent maps (every
+/// mutation is a single insert/remove), so carry on with the inner value.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Hub {
+    pub(crate) fn new(
+        cmds: mpsc::UnboundedSender<Cmd>,
+        metrics: Metrics,
+        queue_bytes: usize,
+    ) -> Self {
+        Self {
+            channels: RwLock::new(HashMap::new()),
+            conns: RwLock::new(HashMap::new()),
+            cmds,
+            metrics,
+            queue_bytes,
+        }
+    }
+
+    // === connections ===
+
+    pub(crate) fn add_conn(&self, key: u64, conn: Arc<ConnShared>) {
+        write(&self.conns).insert(key, conn);
+        self.metrics.connections.inc();
+    }
+
+    pub(crate) fn remove_conn(&self, key: u64) {
+        if write(&self.conns).remove(&key).is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+
+    pub(crate) fn conn_count(&self) -> usize {
+        read(&self.conns).len()
+    }
+
+    /// Kicks every connection `pred` selects; returns how many.
+    pub(crate) fn kick_where(&self, pred: impl Fn(&ConnShared) -> bool, why: &Kick) -> usize {
+        let conns = read(&self.conns);
+        let mut n = 0;
+        for c in conns.values().filter(|c| pred(c)) {
+            c.kick(why.clone());
+            n += 1;
+        }
+        n
+    }
+
+    /// Every connection, for shutdown and presence snapshots.
+    pub(crate) fn all_conns(&self) -> Vec<Arc<ConnShared>> {
+        read(&self.conns).values().cloned().collect()
+    }
+
+    // === subscriptions ===
+
+    /// Adds a local subscriber; returns a receiver that turns true once Redis
+    /// delivers the channel to this node.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        key: u64,
+        conn: Arc<ConnShared>,
+    ) -> watch::Receiver<bool> {
+        let mut map = write(&self.channels);
+        if let Some(ch) = map.get_mut(channel) {
+            if ch.subs.insert(key, conn).is_none() {
+                self.metrics.subscriptions.inc();
+            }
+            return ch.ready.subscribe();
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let (ready, rx) = watch::channel(false);
+        let mut subs = HashMap::new();
+        subs.insert(key, conn);
+        map.insert(
+            name.clone(),
+            Channel {
+                subs,
+                ready,
+                messages: AtomicU64::new(0),
+            },
+        );
+        self.metrics.subscriptions.inc();
+        self.metrics.channels.inc();
+        let _ = self.cmds.send(Cmd::Subscribe(name));
+        rx
+    }
+
+    /// Removes a local subscriber; the last one out unsubscribes the node in Redis.
+    pub(crate) fn unsubscribe(&self, channel: &str, key: u64) {
+        let mut map = write(&self.channels);
+        let Some(ch) = map.get_mut(channel) else {
+            return;
+        };
+        if ch.subs.remove(&key).is_some() {
+            self.metrics.subscriptions.dec();
+        }
+        if ch.subs.is_empty()
+            && let Some((name, _)) = map.remove_entry(channel)
+        {
+            self.metrics.channels.dec();
+            let _ = self.cmds.send(Cmd::Unsubscribe(name));
+        }
+    }
+
+    /// Whether the channel still has local subscribers (the driver's demand check).
+    pub(crate) fn wants(&self, channel: &str) -> bool {
+        read(&self.channels).contains_key(channel)
+    }
+
+    /// Marks a channel as delivered by Redis.
+    pub(crate) fn mark_ready(&self, channel: &str) {
+        if let Some(ch) = read(&self.channels).get(channel) {
+            ch.ready.send_replace(true);
+        }
+    }
+
+    /// The channels with local subscribers.
+    pub(crate) fn channel_names(&self) -> Vec<Arc<str>> {
+        read(&self.channels).keys().cloned().collect()
+    }
+
+    /// (channel, local subscribers, messages delivered) for every channel.
+    pub(crate) fn channel_stats(&self) -> Vec<(Arc<str>, u64, u64)> {
+        read(&self.channels)
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    c.subs.len() as u64,
+                    c.messages.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    // === fan-out ===
+
+    /// Hands `d` to every local subscriber of its channel; returns how many got it.
+    pub(crate) fn fanout(&self, d: &Arc<Delivery>) -> usize {
+        let map = read(&self.channels);
+        let Some(ch) = map.get(&d.channel) else {
+            return 0;
+        };
+        ch.messages.fetch_add(1, Ordering::Relaxed);
+        let len = d.text.len();
+        let mut n = 0;
+        for conn in ch.subs.values() {
+            let queued = conn.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+            if queued > self.queue_bytes {
+                self.slow(conn);
+                continue;
+            }
+            match conn.tx.try_send(d.clone()) {
+                Ok(()) => n += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => self.slow(conn),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        n
+    }
+
+    fn slow(&self, conn: &ConnShared) {
+        if conn.kick(Kick::new("slow_consumer", "slow_consumer", 1013, true)) {
+            self.metrics.slow_consumer_disconnects.inc();
+            tracing::info!(conn_id = %conn.conn_id, "slow consumer disconnected");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: &str, cap: usize) -> (Arc<ConnShared>, mpsc::Receiver<Arc<Delivery>>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let c = ConnShared::new(
+            id.to_owned(),
+            "u".to_owned(),
+            "127.0.0.1".parse().unwrap(),
+            None,
+            tx,
+            CancellationToken::new(),
+        );
+        (Arc::new(c), rx)
+    }
+
+    fn delivery(channel: &str, offset: u64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            text: Utf8Bytes::from(format!("{{\"offset\":{offset}}}")),
+            channel: Arc::from(channel),
+            offset,
+            epoch: "e".into(),
+            published_ms: 0,
+        })
+    }
+
+    #[test]
+    fn subscribe_once_per_channel_and_unsubscribe_when_empty() {
+        let (tx, mut cmds) = mpsc::unbounded_channel();
+        let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20);
+        let (a, _ra) = conn("a", 8);
+        let (b, _rb) = conn("b", 8);
+        hub.subscribe("news", 1, a);
+        hub.subscribe("news", 2, b);
+        assert!(matches!(cmds.try_recv(), Ok(Cmd::Subscribe(c)) if &*c == "news"));
+        assert!(cmds.try_recv().is_err(), "one SUBSCRIBE per channel");
+        hub.unsubscribe("news", 1);
+        assert!(cmds.try_recv().is_err());
+        hub.unsubscribe("news", 2);
+        assert!(matches!(cmds.try_recv(), Ok(Cmd::Unsubscribe(c)) if &*c == "news"));
+        assert!(!hub.wants("news"));
+    }
+
+    #[test]
+    fn fanout_shares_one_allocation_and_kicks_slow_consumers() {
+        let (tx, _cmds) = mpsc::unbounded_channel();
+        let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20);
+        let (fast, mut rfast) = conn("fast", 8);
+        let (slow, _rslow) = conn("slow", 1);
+        hub.subscribe("news", 1, fast.clone());
+        hub.subscribe("news", 2, slow.clone());
+        let d = delivery("news", 1);
+        assert_eq!(hub.fanout(&d), 2);
+        assert_eq!(hub.fanout(&delivery("news", 2)), 1);
+        assert!(slow.cancel.is_cancelled());
+        assert_eq!(slow.kicked().unwrap().close_code, 1013);
+        assert!(!fast.cancel.is_cancelled());
+        let got = rfast.try_recv().unwrap();
+        assert!(Arc::ptr_eq(&got, &d), "recipients share the same bytes");
+        assert_eq!(hub.fanout(&delivery("other", 1)), 0);
+    }
+
+    #[test]
+    fn byte_bound_kicks_too() {
+        let (tx, _cmds) = mpsc::unbounded_channel();
+        let hub = Hub::new(tx, Metrics::new().unwrap(), 20);
+        let (c, _r) = conn("c", 100);
+        hub.subscribe("news", 1, c.clone());
+        hub.fanout(&delivery("news", 1));
+        assert!(!c.cancel.is_cancelled());
+        hub.fanout(&delivery("news", 2));
+        assert!(c.cancel.is_cancelled(), "over the byte bound");
+    }
+}

@@ -1,0 +1,172 @@
+//! Per-IP limits that hold across the whole cluster: live connections per IP and
+//! connection attempts per second per IP, counted in Redis by one script per
+//! connection attempt (never per message).
+//!
+//! Each gateway's share of an IP's connections is a field of one HASH, stamped with
+//! the time the gateway last confirmed it; shares not confirmed for
+//! [`STALE_MS`] (a dead gateway's) stop counting and are removed, so a crashed
+//! gateway cannot lock an IP out for long. If Redis is unreachable the gateway
+//! falls back to its local count, so limits still hold per node.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use herald_common::keys::Keys;
+use herald_proto::time::now_ms;
+
+/// A gateway's share of an IP's connections stops counting after this long without
+/// being refreshed (the presence task refreshes every few seconds).
+pub(crate) const STALE_MS: u64 = 15_000;
+/// The per-IP HASH outlives its last write by this much.
+pub(crate) const KEY_TTL_MS: u64 = 60_000;
+
+const ACQUIRE_LUA: &str = r#"
+local n = redis.call('INCR', KEYS[2])
+if n == 1 then redis.call('PEXPIRE', KEYS[2], 2000) end
+if n > tonumber(ARGV[5]) then return -2 end
+local now = tonumber(ARGV[2])
+local stale = tonumber(ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+local counts = {}
+local stamps = {}
+for i = 1, #all, 2 do
+  local f = all[i]
+  if string.sub(f, -2) == ':t' then
+    stamps[string.sub(f, 1, -3)] = tonumber(all[i + 1])
+  else
+    counts[f] = tonumber(all[i + 1])
+  end
+end
+local total = 0
+for node, c in pairs(counts) do
+  local t = stamps[node] or 0
+  if node ~= ARGV[1] and now - t > stale then
+    redis.call('HDEL', KEYS[1], node, node .. ':t')
+  else
+    total = total + c
+  end
+end
+if total >= tonumber(ARGV[4]) then return -1 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HSET', KEYS[1], ARGV[1] .. ':t', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return total + 1
+"#;
+
+/// Why a connection attempt was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Too many live connections from this IP.
+    TooMany,
+    /// Too many attempts from this IP this second.
+    TooFast,
+}
+
+/// The cluster-wide per-IP limiter.
+#[derive(Debug)]
+pub(crate) struct IpLimiter {
+    keys: Keys,
+    node: String,
+    max_conns: u32,
+    max_rate: u32,
+    script: Script,
+    /// This node's live connections per IP (the truth the Redis share is refreshed from).
+    local: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// A held connection slot; dropping it gives the slot back.
+#[derive(Debug)]
+pub(crate) struct IpSlot {
+    ip: IpAddr,
+    limiter: Arc<IpLimiter>,
+    release: tokio::sync::mpsc::UnboundedSender<IpAddr>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.limiter.release_local(self.ip);
+        let _ = self.release.send(self.ip);
+    }
+}
+
+impl IpLimiter {
+    pub(crate) fn new(keys: Keys, node: String, max_conns: u32, max_rate: u32) -> Self {
+        Self {
+            keys,
+            node,
+            max_conns,
+            max_rate,
+            script: Script::new(ACQUIRE_LUA),
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn release_local(&self, ip: IpAddr) {
+        let mut local = self.local();
+        if let Some(n) = local.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                local.remove(&ip);
+            }
+        }
+    }
+
+    /// This node's live connections per IP.
+    pub(crate) fn snapshot(&self) -> Vec<(IpAddr, u32)> {
+        self.local().iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Takes a slot for `ip`, or says why not.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        conn: &mut ConnectionManager,
+        ip: IpAddr,
+        release: tokio::sync::mpsc::UnboundedSender<IpAddr>,
+    ) -> Result<IpSlot, Refusal> {
+        let now = now_ms();
+        let res: redis::RedisResult<i64> = self
+            .script
+            .key(self.keys.ip_connections(ip))
+            .key(self.keys.ip_attempts(ip, now / 1000))
+            .arg(&self.node)
+            .arg(now)
+            .arg(STALE_MS)
+            .arg(self.max_conns)
+            .arg(self.max_rate)
+            .arg(KEY_TTL_MS)
+            .invoke_async(conn)
+            .await;
+        match res {
+            Ok(-2) => return Err(Refusal::TooFast),
+            Ok(n) if n < 0 => return Err(Refusal::TooMany),
+            Ok(_) => {
+                *self.local().entry(ip).or_insert(0) += 1;
+            }
+            Err(e) => {
+                // Redis is away: hold the limit on this node alone.
+                tracing::debug!(cause = %e, "per-IP limit falls back to the local count");
+                let mut local = self.local();
+                let n = local.entry(ip).or_insert(0);
+                if *n >= self.max_conns {
+                    return Err(Refusal::TooMany);
+                }
+                *n += 1;
+            }
+        }
+        Ok(IpSlot {
+            ip,
+            limiter: self.clone(),
+            release,
+        })
+    }
+}

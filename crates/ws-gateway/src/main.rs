@@ -1,0 +1,27 @@
+//! The ws-gateway binary: configuration, tracing, Redis check, bind, run.
+
+use anyhow::Context;
+
+use herald_common::config::{exit_if_problems, parse_or_exit};
+use ws_gateway::Config;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: Config = parse_or_exit();
+    herald_common::telemetry::init(&config.common.log);
+    let settings = match config.settings() {
+        Ok(s) => s,
+        Err(problems) => {
+            exit_if_problems("ws-gateway", &problems);
+            unreachable!("exit_if_problems exits when there are problems");
+        }
+    };
+    if let Err(e) = herald_common::store::connect(&config.common.redis_url).await {
+        eprintln!("ws-gateway: cannot start: {e}");
+        std::process::exit(1);
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    ws_gateway::run(listener, config, herald_common::shutdown::shutdown_signal()).await
+}

@@ -1,0 +1,184 @@
+//! Keeps the monitor's view of this gateway in Redis: its connections
+//! (`node:<id>:conns`), its channels (`node:<id>:channels`) and its share of each
+//! IP's connection count. Writes are batched and incremental (proportional to
+//! churn, not to the number of connections), and everything carries a TTL that the
+//! beat refreshes, so a crashed gateway leaves nothing behind for long.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use herald_common::keys::Keys;
+use herald_proto::envelope::{ChannelStat, ConnInfo};
+use herald_proto::time::now_ms;
+
+use crate::hub::Hub;
+use crate::limits::{IpLimiter, KEY_TTL_MS};
+use crate::metrics::Metrics;
+
+/// How often batched changes are written.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often channel stats, IP shares and TTLs are refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// TTL of the per-node presence keys.
+const PRESENCE_TTL_MS: u64 = 15_000;
+
+/// A change to publish.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A connection opened or changed its channels.
+    Upsert(ConnInfo),
+    Closed(String),
+}
+
+/// Runs until `token` is cancelled, then removes this node's presence keys.
+#[allow(clippy::too_many_arguments, reason = "one call site, wiring only")]
+pub(crate) async fn run(
+    mut conn: ConnectionManager,
+    keys: Keys,
+    node: String,
+    hub: Arc<Hub>,
+    ips: Arc<IpLimiter>,
+    metrics: Metrics,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    mut ip_release: mpsc::UnboundedReceiver<IpAddr>,
+    token: CancellationToken,
+) {
+    let conns_key = keys.node_connections(&node);
+    let chans_key = keys.node_channels(&node);
+    let mut pending: HashMap<String, Option<ConnInfo>> = HashMap::new();
+    let mut released: Vec<IpAddr> = Vec::new();
+    let mut written_channels: HashMap<Arc<str>, ChannelStat> = HashMap::new();
+    let mut resync = false;
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut refresh = tokio::time::interval(REFRESH_EVERY);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            Some(ev) = events.recv() => {
+                match ev {
+                    Event::Upsert(info) => { pending.insert(info.conn_id.clone(), Some(info)); }
+                    Event::Closed(id) => { pending.insert(id, None); }
+                }
+            }
+            Some(ip) = ip_release.recv() => released.push(ip),
+            _ = flush.tick() => {
+                if pending.is_empty() && released.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                for (id, info) in pending.drain() {
+                    match info.and_then(|i| serde_json::to_string(&i).ok()) {
+                        Some(json) => pipe.hset(&conns_key, id, json).ignore(),
+                        None => pipe.hdel(&conns_key, id).ignore(),
+                    };
+                }
+                for ip in released.drain(..) {
+                    pipe.hincr(keys.ip_connections(ip), &node, -1).ignore();
+                }
+                pipe.pexpire(&conns_key, PRESENCE_TTL_MS as i64).ignore();
+                if pipe.query_async::<()>(&mut conn).await.is_err() {
+                    metrics.redis_errors.inc();
+                    resync = true;
+                }
+            }
+            _ = refresh.tick() => {
+                let ok = refresh_all(&mut conn, &keys, &node, &hub, &ips, &chans_key, &conns_key, &mut written_channels, resync).await;
+                if ok {
+                    resync = false;
+                } else {
+                    metrics.redis_errors.inc();
+                    resync = true;
+                    written_channels.clear();
+                }
+            }
+        }
+    }
+    let _: redis::RedisResult<()> = redis::pipe()
+        .del(&conns_key)
+        .ignore()
+        .del(&chans_key)
+        .ignore()
+        .query_async(&mut conn)
+        .await;
+}
+
+/// Writes changed channel stats, refreshes IP shares and TTLs; after a Redis
+/// outage (`full`), rewrites everything from local truth.
+#[allow(clippy::too_many_arguments, reason = "internal helper")]
+async fn refresh_all(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    node: &str,
+    hub: &Hub,
+    ips: &IpLimiter,
+    chans_key: &str,
+    conns_key: &str,
+    written: &mut HashMap<Arc<str>, ChannelStat>,
+    full: bool,
+) -> bool {
+    let now = now_ms();
+    let mut pipe = redis::pipe();
+    if full {
+        pipe.del(chans_key).ignore();
+        pipe.del(conns_key).ignore();
+        for c in hub.all_conns() {
+            let info = conn_info(&c, node);
+            if let Ok(json) = serde_json::to_string(&info) {
+                pipe.hset(conns_key, &c.conn_id, json).ignore();
+            }
+        }
+    }
+    let stats = hub.channel_stats();
+    let mut live: HashMap<Arc<str>, ChannelStat> = HashMap::with_capacity(stats.len());
+    for (name, subscribers, messages) in stats {
+        let stat = ChannelStat {
+            subscribers,
+            messages,
+        };
+        let changed = full || written.get(&name) != Some(&stat);
+        if changed && let Ok(json) = serde_json::to_string(&stat) {
+            pipe.hset(chans_key, &*name, json).ignore();
+        }
+        live.insert(name, stat);
+    }
+    for gone in written.keys().filter(|k| !live.contains_key(*k)) {
+        pipe.hdel(chans_key, &**gone).ignore();
+    }
+    for (ip, n) in ips.snapshot() {
+        let key = keys.ip_connections(ip);
+        if full {
+            pipe.hset(&key, node, n).ignore();
+        }
+        pipe.hset(&key, format!("{node}:t"), now).ignore();
+        pipe.pexpire(&key, KEY_TTL_MS as i64).ignore();
+    }
+    pipe.pexpire(chans_key, PRESENCE_TTL_MS as i64).ignore();
+    pipe.pexpire(conns_key, PRESENCE_TTL_MS as i64).ignore();
+    let ok = pipe.query_async::<()>(conn).await.is_ok();
+    if ok {
+        *written = live;
+    }
+    ok
+}
+
+/// The monitor's record of one connection.
+pub(crate) fn conn_info(c: &crate::hub::ConnShared, node: &str) -> ConnInfo {
+    use std::sync::atomic::Ordering;
+    let channels = c.channels.lock().map(|c| c.clone()).unwrap_or_default();
+    ConnInfo {
+        conn_id: c.conn_id.clone(),
+        user: c.user.clone(),
+        ip: c.ip.to_string(),
+        node: node.to_owned(),
+        channels,
+        connected_ms: c.connected_ms,
+        messages_in: c.messages_in.load(Ordering::Relaxed),
+        messages_out: c.messages_out.load(Ordering::Relaxed),
+    }
+}
