@@ -536,3 +536,103 @@ pub async fn http_json(
     let text = within("HTTP body", resp.text()).await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+// === Fault injection ===
+
+/// A TCP proxy in front of Redis that can wedge Pub/Sub connections: after
+/// [`WedgeProxy::wedge_subscribers`], connections that had sent SUBSCRIBE stay up
+/// but stop receiving anything — the silent failure the gateway's probe must catch.
+#[derive(Debug)]
+pub struct WedgeProxy {
+    pub port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<ProxyConn>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyConn {
+    subscriber: std::sync::atomic::AtomicBool,
+    wedged: std::sync::atomic::AtomicBool,
+}
+
+impl WedgeProxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<ProxyConn>>>> =
+            std::sync::Arc::default();
+        let registry = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                    continue;
+                };
+                let state = std::sync::Arc::new(ProxyConn::default());
+                registry.lock().expect("registry").push(state.clone());
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = state.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = String::from_utf8_lossy(&buf[..n]).to_ascii_uppercase();
+                        if chunk.contains("SUBSCRIBE") {
+                            up.subscriber.store(true, Ordering::Relaxed);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if state.wedged.load(Ordering::Relaxed) {
+                            // Swallow everything: the socket stays open, nothing arrives.
+                            continue;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, conns, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Wedges every Pub/Sub connection open now; returns how many.
+    pub fn wedge_subscribers(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        let conns = self.conns.lock().expect("registry");
+        let mut n = 0;
+        for c in conns
+            .iter()
+            .filter(|c| c.subscriber.load(Ordering::Relaxed))
+        {
+            c.wedged.store(true, Ordering::Relaxed);
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Drop for WedgeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -481,9 +481,13 @@ impl Conn {
         self.shared.messages_in.fetch_add(1, Ordering::Relaxed);
         self.state.metrics.messages_received.inc();
         if let Err(wait) = self.limiter.check() {
-            return self
-                .rate_limited(wait.wait_time_from(DefaultClock::default().now()))
-                .await;
+            let wait = wait.wait_time_from(DefaultClock::default().now());
+            // Parse only to echo the request's id (the frame is within the size limit).
+            let id = (text.len() <= self.state.settings.max_frame_bytes)
+                .then(|| client::parse(&text).ok())
+                .flatten()
+                .and_then(|m| m.id().cloned());
+            return self.rate_limited(wait, id).await;
         }
         if text.len() > self.state.settings.max_frame_bytes {
             return self.too_large().await;
@@ -502,7 +506,7 @@ impl Conn {
         }
     }
 
-    async fn rate_limited(&mut self, wait: Duration) -> Flow {
+    async fn rate_limited(&mut self, wait: Duration, id: Option<Id>) -> Flow {
         self.state
             .metrics
             .ratelimit_hits
@@ -528,7 +532,7 @@ impl Conn {
         let frame = server::error_full(
             ErrorCode::RateLimited,
             "rate limit exceeded",
-            None,
+            id.as_ref(),
             None,
             Some(wait.as_millis().max(1) as u64),
         );
