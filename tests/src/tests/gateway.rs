@@ -833,3 +833,84 @@ async fn wedged_pubsub_is_detected_and_nothing_is_lost() {
     }
     assert!(metric(&gw, "herald_pubsub_reconnects_total").await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_clients_get_batch_messages() {
+    let redis = Redis::start().await;
+    let gw = gateway(&redis)
+        .env("HERALD_BATCH_WINDOW_MS", "50")
+        .env("HERALD_RATE_LIMIT_MESSAGES", "100000")
+        .spawn()
+        .await;
+    let t = token("b", &["news"], &["news"]);
+    let mut batcher = Ws::connect(&gw.ws()).await;
+    batcher
+        .send(json!({"type":"auth","token":t,"channels":["news"],"batch":true}))
+        .await;
+    batcher.recv_type("auth_success").await;
+    let (mut publisher, _) = Ws::auth(&gw, &t, &[]).await;
+    for i in 0..10 {
+        publisher
+            .send(json!({"type":"broadcast","channel":"news","message":i}))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut batches = 0;
+    while seen.len() < 10 {
+        let v = batcher.recv().await;
+        match v["type"].as_str() {
+            Some("batch_messages") => {
+                batches += 1;
+                let msgs = v["messages"].as_array().expect("messages");
+                assert_eq!(v["count"].as_u64(), Some(msgs.len() as u64));
+                assert!(msgs.len() <= 100);
+                seen.extend(msgs.iter().map(|m| m["message"].as_u64().expect("n")));
+            }
+            Some("message") => seen.push(v["message"].as_u64().expect("n")),
+            other => panic!("unexpected frame {other:?}: {v}"),
+        }
+    }
+    assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    assert!(
+        batches >= 1,
+        "ten quick messages within a 50 ms window come batched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_capacity_and_origin_checks() {
+    let redis = Redis::start().await;
+    let gw = gateway(&redis)
+        .env("HERALD_MAX_CONNECTIONS", "2")
+        .env("HERALD_ALLOWED_ORIGINS", "https://app.example")
+        .spawn()
+        .await;
+    let t = token("cap", &[], &[]);
+    let (_a, _) = Ws::auth(&gw, &t, &[]).await;
+    let (_b, _) = Ws::auth(&gw, &t, &[]).await;
+    assert_eq!(Ws::try_connect(&gw.ws(), &[]).await.err(), Some(503));
+    drop((_a, _b));
+    let gw2 = gateway(&redis)
+        .env("HERALD_ALLOWED_ORIGINS", "https://app.example")
+        .spawn()
+        .await;
+    assert_eq!(
+        Ws::try_connect(&gw2.ws(), &[("origin", "https://evil.example")])
+            .await
+            .err(),
+        Some(403)
+    );
+    let mut ok = Ws::try_connect(&gw2.ws(), &[("origin", "https://app.example")])
+        .await
+        .expect("allowed origin");
+    ok.send(json!({"token": t})).await;
+    ok.recv_type("auth_success").await;
+    // Without an allow-list, browsers (requests with Origin) are refused outside dev mode.
+    let gw3 = gateway(&redis).spawn().await;
+    assert_eq!(
+        Ws::try_connect(&gw3.ws(), &[("origin", "https://app.example")])
+            .await
+            .err(),
+        Some(403)
+    );
+}

@@ -1,0 +1,283 @@
+//! auth-svc settings (`--flags` or `HERALD_*` variables) and its operator
+//! subcommands, checked all at once before anything is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use herald_common::config::{CommonConfig, parse_listen};
+use herald_common::jwt::{Alg, JwtConfig};
+
+use crate::signing::Ed25519Key;
+
+pub const ENV_LISTEN: &str = "HERALD_LISTEN";
+pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8081";
+/// Access tokens live 15 minutes: short enough that revocation rarely matters.
+pub const DEFAULT_ACCESS_TTL_S: u64 = 900;
+/// Refresh tokens live 30 days (each use rotates them and restarts the clock).
+pub const DEFAULT_REFRESH_TTL_S: u64 = 30 * 24 * 3600;
+pub const DEFAULT_LOGIN_MAX_FAILURES_PER_USER: u64 = 5;
+pub const DEFAULT_LOGIN_MAX_FAILURES_PER_IP: u64 = 50;
+pub const DEFAULT_LOGIN_WINDOW_S: u64 = 15 * 60;
+
+/// The command line: settings plus an optional subcommand (none = serve).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "auth-svc",
+    version,
+    about = "Herald's token service",
+    after_help = "Settings given as flags go before the subcommand \
+                  (auth-svc --redis-url URL user list); HERALD_* variables work everywhere."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Everything the server reads.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    #[command(flatten)]
+    pub jwt: JwtConfig,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN_ADDR)]
+    pub listen: String,
+    /// Bearer key of the admin endpoints (users, revoke); none refuses them all.
+    #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "HERALD_ACCESS_TOKEN_TTL_S", default_value_t = DEFAULT_ACCESS_TTL_S)]
+    pub access_token_ttl_s: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "HERALD_REFRESH_TOKEN_TTL_S", default_value_t = DEFAULT_REFRESH_TTL_S)]
+    pub refresh_token_ttl_s: u64,
+    /// PKCS#8 PEM Ed25519 private key to sign with (EdDSA); without it a key is
+    /// generated once and shared through Redis.
+    #[arg(long, env = "HERALD_JWT_PRIVATE_KEY_FILE")]
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// Failed logins per username within the window before logins are refused.
+    #[arg(long, env = "HERALD_LOGIN_MAX_FAILURES_PER_USER", default_value_t = DEFAULT_LOGIN_MAX_FAILURES_PER_USER)]
+    pub login_max_failures_per_user: u64,
+    /// Failed logins per client IP within the window before logins are refused.
+    #[arg(long, env = "HERALD_LOGIN_MAX_FAILURES_PER_IP", default_value_t = DEFAULT_LOGIN_MAX_FAILURES_PER_IP)]
+    pub login_max_failures_per_ip: u64,
+    /// The login throttling window, in seconds.
+    #[arg(long, env = "HERALD_LOGIN_WINDOW_S", default_value_t = DEFAULT_LOGIN_WINDOW_S)]
+    pub login_window_s: u64,
+}
+
+/// Operator subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Mint an access token and print it on stdout (for scripts and tests).
+    Token(TokenArgs),
+    /// Manage signing keys (asymmetric modes).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Add {
+        name: String,
+        /// The password; `-` reads it from the first line of stdin, which keeps
+        /// it out of the process list and shell history.
+        #[arg(long, env = "HERALD_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Comma-separated channel patterns the user may subscribe to.
+        #[arg(long, default_value = "")]
+        channels: String,
+        /// Comma-separated channel patterns the user may publish to.
+        #[arg(long, default_value = "")]
+        publish: String,
+    },
+    /// Delete a user.
+    Del { name: String },
+    /// List user names, one per line.
+    List,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The token's subject.
+    #[arg(long)]
+    pub user: String,
+    /// Comma-separated channel patterns.
+    #[arg(long, default_value = "")]
+    pub channels: String,
+    /// Comma-separated publish patterns.
+    #[arg(long, default_value = "")]
+    pub publish: String,
+    /// Lifetime in seconds (default: the access-token TTL).
+    #[arg(long)]
+    pub ttl: Option<u64>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new current signing key; the previous one stays published until
+    /// its tokens have expired.
+    Rotate,
+}
+
+/// The checked parts of [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: Option<SocketAddr>,
+    pub alg: Alg,
+    /// The HS256 secret (HS256 only).
+    pub secret: Option<String>,
+    /// The key of `HERALD_JWT_PRIVATE_KEY_FILE`, parsed.
+    pub key_file: Option<Arc<Ed25519Key>>,
+}
+
+impl Config {
+    /// Checks every setting that serving or signing needs; `problems` collects
+    /// one line per bad setting.
+    pub fn settings(&self, problems: &mut Vec<String>) -> Settings {
+        problems.extend(self.common.problems());
+        let listen = parse_listen(ENV_LISTEN, &self.listen, problems);
+        let (alg, secret) = self.jwt.resolve(self.common.dev, problems);
+        if alg == Alg::Rs256 {
+            problems.push(
+                "HERALD_JWT_ALG RS256 is not supported by auth-svc; use EdDSA or HS256".to_owned(),
+            );
+        }
+        let key_file = match &self.jwt_private_key_file {
+            Some(_) if alg != Alg::EdDsa => {
+                problems.push("HERALD_JWT_PRIVATE_KEY_FILE needs HERALD_JWT_ALG=EdDSA".to_owned());
+                None
+            }
+            Some(path) => match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| Ed25519Key::from_pem(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    problems.push(format!(
+                        "HERALD_JWT_PRIVATE_KEY_FILE {}: {e}",
+                        path.display()
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        if self.access_token_ttl_s == 0 {
+            problems.push("HERALD_ACCESS_TOKEN_TTL_S must be at least 1".to_owned());
+        }
+        if self.refresh_token_ttl_s == 0 {
+            problems.push("HERALD_REFRESH_TOKEN_TTL_S must be at least 1".to_owned());
+        }
+        if self.login_max_failures_per_user == 0 || self.login_max_failures_per_ip == 0 {
+            problems
+                .push("HERALD_LOGIN_MAX_FAILURES_PER_USER/_PER_IP must be at least 1".to_owned());
+        }
+        if self.login_window_s == 0 {
+            problems.push("HERALD_LOGIN_WINDOW_S must be at least 1".to_owned());
+        }
+        if let Some(k) = &self.admin_key
+            && k.is_empty()
+        {
+            problems.push("HERALD_ADMIN_KEY is set but empty".to_owned());
+        }
+        Settings {
+            listen,
+            alg,
+            secret,
+            key_file,
+        }
+    }
+
+    /// How long a retired signing key stays published: until every access
+    /// token it signed has expired, leeway included.
+    pub fn key_retention_ms(&self) -> u64 {
+        (self.access_token_ttl_s + self.jwt.jwt_leeway_s) * 1000
+    }
+}
+
+/// Splits a comma-separated list, dropping blanks.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut all = vec!["auth-svc"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["--jwt-secret", "0123456789abcdef"]);
+        let c = &cli.config;
+        assert_eq!(c.listen, DEFAULT_LISTEN_ADDR);
+        assert_eq!(c.access_token_ttl_s, 900);
+        assert_eq!(c.refresh_token_ttl_s, 30 * 24 * 3600);
+        assert_eq!(c.login_max_failures_per_user, 5);
+        assert_eq!(c.login_max_failures_per_ip, 50);
+        assert_eq!(c.login_window_s, 900);
+        let mut problems = Vec::new();
+        let s = c.settings(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.alg, Alg::Hs256);
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn problems_are_all_reported() {
+        let cli = parse(&["--listen", "nope", "--access-token-ttl-s", "0"]);
+        let mut problems = Vec::new();
+        cli.config.settings(&mut problems);
+        // Bad listen, no secret, zero TTL.
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn subcommands() {
+        let cli = parse(&[
+            "user",
+            "add",
+            "alice",
+            "--password",
+            "pw",
+            "--channels",
+            "news, chat:*",
+        ]);
+        let Some(Command::User(UserCommand::Add { name, channels, .. })) = cli.command else {
+            panic!("not user add");
+        };
+        assert_eq!(name, "alice");
+        assert_eq!(split_list(&channels), ["news", "chat:*"]);
+        let cli = parse(&["token", "--user", "u1", "--ttl", "60"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Token(TokenArgs { ttl: Some(60), .. }))
+        ));
+        let cli = parse(&["keys", "rotate"]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Keys(KeysCommand::Rotate))
+        ));
+    }
+}
