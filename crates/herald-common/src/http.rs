@@ -140,6 +140,10 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
         return Err(ApiError::bad_json(format!("body is not valid JSON: {e}")));
     }
+    // serde would read a JSON array as a struct's fields in order; bodies are objects.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::unprocessable("body must be a JSON object"));
+    }
     serde_json::from_slice::<T>(bytes)
         .map_err(|e| ApiError::unprocessable(format!("body has the wrong shape: {e}")))
 }
@@ -246,6 +250,7 @@ mod tests {
             422
         );
         assert_eq!(parse_body::<Body>(b"{}").unwrap_err().status, 422);
+        assert_eq!(parse_body::<Body>(b"[1]").unwrap_err().status, 422);
         assert!(parse_body::<Body>(b"{\"a\":1}").is_ok());
     }
 

@@ -1,0 +1,120 @@
+//! The broadcaster's settings: `--flags` or `HERALD_*` environment variables.
+
+use clap::Parser;
+
+use herald_common::config::{CommonConfig, parse_listen};
+use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8082";
+/// How long a pending job may sit unacknowledged before another worker takes it.
+pub const DEFAULT_JOB_CLAIM_IDLE_MS: u64 = 30_000;
+/// Jobs one process runs at the same time.
+pub const DEFAULT_JOB_WORKERS: usize = 2;
+/// How long an idempotency key remembers its first publish (SPEC §3: 5 minutes).
+pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 5 * 60 * 1000;
+/// Upper bound for `HERALD_JOB_WORKERS`, so a typo cannot start thousands of tasks.
+pub const MAX_JOB_WORKERS: usize = 256;
+/// Lower bound for `HERALD_JOB_CLAIM_IDLE_MS`: below it, a worker's keep-alive
+/// could not keep its own running job from being taken over.
+pub const MIN_JOB_CLAIM_IDLE_MS: u64 = 300;
+
+/// Everything the broadcaster can be told at startup.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "broadcaster", version = herald_common::VERSION, about = "Herald's server-side publish API, legacy Redis bridges and background jobs")]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Bearer key callers must present; without one, the API refuses every request.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Messages kept per channel for client recovery.
+    #[arg(long, env = "HERALD_HISTORY_SIZE", default_value_t = DEFAULT_HISTORY_SIZE)]
+    pub history_size: u64,
+    /// Lifetime of a channel's history after its last publish, in ms.
+    #[arg(long, env = "HERALD_HISTORY_TTL_MS", default_value_t = DEFAULT_HISTORY_TTL_MS)]
+    pub history_ttl_ms: u64,
+    /// A job pending this long (its worker presumably dead) is claimed by another worker.
+    #[arg(long, env = "HERALD_JOB_CLAIM_IDLE_MS", default_value_t = DEFAULT_JOB_CLAIM_IDLE_MS)]
+    pub job_claim_idle_ms: u64,
+    /// Jobs this process runs concurrently (0 disables the job workers of this node).
+    #[arg(long, env = "HERALD_JOB_WORKERS", default_value_t = DEFAULT_JOB_WORKERS)]
+    pub job_workers: usize,
+    /// How long a publish `idempotency_key` is remembered, in ms.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_TTL_MS", default_value_t = DEFAULT_IDEMPOTENCY_TTL_MS)]
+    pub idempotency_ttl_ms: u64,
+}
+
+impl Config {
+    /// Every problem the broadcaster cannot start with; empty when all is well.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.common.problems();
+        parse_listen("HERALD_LISTEN", &self.listen, &mut out);
+        if self.history_ttl_ms == 0 {
+            out.push("HERALD_HISTORY_TTL_MS must be greater than 0".to_owned());
+        }
+        if self.job_claim_idle_ms < MIN_JOB_CLAIM_IDLE_MS {
+            out.push(format!(
+                "HERALD_JOB_CLAIM_IDLE_MS must be at least {MIN_JOB_CLAIM_IDLE_MS}"
+            ));
+        }
+        if self.job_workers > MAX_JOB_WORKERS {
+            out.push(format!(
+                "HERALD_JOB_WORKERS must be at most {MAX_JOB_WORKERS}"
+            ));
+        }
+        if self.idempotency_ttl_ms == 0 {
+            out.push("HERALD_IDEMPOTENCY_TTL_MS must be greater than 0".to_owned());
+        }
+        out
+    }
+
+    /// The API key, with an empty value counting as none.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref().filter(|k| !k.is_empty())
+    }
+
+    pub fn history(&self) -> HistoryConfig {
+        HistoryConfig {
+            size: self.history_size,
+            ttl_ms: self.history_ttl_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from(["broadcaster"]).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.job_claim_idle_ms, 30_000);
+        assert_eq!(c.job_workers, 2);
+        assert_eq!(c.idempotency_ttl_ms, 300_000);
+        assert_eq!(c.history_size, DEFAULT_HISTORY_SIZE);
+        assert!(c.api_key().is_none());
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let c = Config::try_parse_from([
+            "broadcaster",
+            "--listen",
+            "nowhere",
+            "--job-claim-idle-ms",
+            "1",
+            "--history-ttl-ms",
+            "0",
+            "--api-key",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
+        assert!(c.api_key().is_none());
+    }
+}

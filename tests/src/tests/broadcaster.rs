@@ -1,0 +1,876 @@
+//! The broadcaster end to end: a real `redis-server` and the real `broadcaster`
+//! binary, observed the way gateways observe it (Pub/Sub `herald:ch:<channel>` and
+//! the history streams), plus its HTTP errors, legacy bridges, jobs and failover.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{
+    API_KEY, Redis, Service, ServiceBuilder, eventually, free_port, http_json, run_bin, within,
+};
+
+// === Helpers ===
+
+/// A frame as a gateway receives it from Redis.
+#[derive(Debug)]
+struct Delivered {
+    channel: String,
+    offset: u64,
+    epoch: String,
+    /// The frame exactly as published.
+    text: String,
+    frame: Value,
+}
+
+/// A Pub/Sub subscriber to Herald channels.
+struct Sub {
+    stream: redis::aio::PubSubStream,
+}
+
+impl Sub {
+    async fn new(redis: &Redis, channels: &[&str]) -> Self {
+        let client = redis::Client::open(redis.url()).expect("redis url");
+        let mut ps = within("a pubsub connection", client.get_async_pubsub())
+            .await
+            .expect("pubsub");
+        for c in channels {
+            within("subscribe", ps.subscribe(format!("herald:ch:{c}")))
+                .await
+                .expect("subscribe");
+        }
+        Self {
+            stream: ps.into_on_message(),
+        }
+    }
+
+    async fn next(&mut self) -> Delivered {
+        let msg = within("a published frame", self.stream.next())
+            .await
+            .expect("pubsub closed");
+        let channel = msg
+            .get_channel_name()
+            .strip_prefix("herald:ch:")
+            .expect("herald channel")
+            .to_owned();
+        let payload = msg.get_payload_bytes();
+        let env = herald_proto::envelope::decode(payload).expect("payload has the envelope header");
+        let text = std::str::from_utf8(&payload[env.frame_start..])
+            .expect("utf-8 frame")
+            .to_owned();
+        let frame: Value = serde_json::from_str(&text).expect("frame is JSON");
+        assert_eq!(
+            frame["offset"], env.offset,
+            "header and frame agree: {text}"
+        );
+        assert_eq!(frame["epoch"], env.epoch, "header and frame agree: {text}");
+        Delivered {
+            channel,
+            offset: env.offset,
+            epoch: env.epoch.to_owned(),
+            text,
+            frame,
+        }
+    }
+
+    /// Asserts nothing more arrives within `d`.
+    async fn assert_quiet(&mut self, d: Duration) {
+        if let Ok(Some(msg)) = tokio::time::timeout(d, self.stream.next()).await {
+            panic!(
+                "unexpected frame: {}",
+                String::from_utf8_lossy(msg.get_payload_bytes())
+            );
+        }
+    }
+}
+
+async fn start(redis: &Redis) -> Service {
+    ServiceBuilder::new("broadcaster")
+        .redis(redis)
+        .spawn()
+        .await
+}
+
+async fn post(svc: &Service, path: &str, body: Value) -> (u16, Value) {
+    http_json(
+        Method::POST,
+        &format!("{}{path}", svc.http()),
+        Some(API_KEY),
+        Some(body),
+    )
+    .await
+}
+
+async fn post_raw(svc: &Service, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{path}", svc.http()))
+        .body(body.to_owned());
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = within("HTTP", req.send()).await.expect("http");
+    let status = resp.status().as_u16();
+    let text = within("HTTP body", resp.text()).await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn get_job(svc: &Service, id: &str) -> Value {
+    let (status, v) = http_json(
+        Method::GET,
+        &format!("{}/v1/jobs/{id}", svc.http()),
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+async fn submit(svc: &Service, job_type: &str, data: Value, target: &str) -> String {
+    let (status, v) = post(
+        svc,
+        "/v1/jobs",
+        json!({"job_type": job_type, "data": data, "target_channel": target}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    v["job_id"].as_str().expect("job_id").to_owned()
+}
+
+/// Polls until the job is `done` or `failed`, for at most `limit`.
+async fn finished(svc: &Service, id: &str, limit: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let v = get_job(svc, id).await;
+        if v["status"] == "done" || v["status"] == "failed" {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} did not finish within {limit:?}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn history_len(redis: &Redis, channel: &str) -> u64 {
+    let mut c = redis.conn().await;
+    redis::cmd("XLEN")
+        .arg(format!("herald:hist:{{{channel}}}"))
+        .query_async(&mut c)
+        .await
+        .expect("XLEN")
+}
+
+/// Waits until `n` bridges listen on both legacy channels.
+async fn bridges_subscribed(redis: &Redis, n: u64) {
+    let url = redis.url();
+    eventually("the legacy bridge to subscribe", || {
+        let url = url.clone();
+        async move {
+            let client = redis::Client::open(url).ok()?;
+            let mut c = client.get_multiplexed_async_connection().await.ok()?;
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("system_notifications")
+                .arg("user_messages")
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            counts.iter().all(|(_, c)| *c >= n).then_some(())
+        }
+    })
+    .await;
+}
+
+async fn legacy_publish(redis: &Redis, channel: &str, payload: &str) {
+    let mut c = redis.conn().await;
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(&mut c)
+        .await
+        .expect("PUBLISH");
+}
+
+async fn metrics(svc: &Service) -> String {
+    let resp = within(
+        "GET /metrics",
+        reqwest::get(format!("{}/metrics", svc.http())),
+    )
+    .await
+    .expect("metrics");
+    within("metrics body", resp.text())
+        .await
+        .expect("metrics text")
+}
+
+// === Publishing ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_assigns_increasing_offsets_and_passes_the_message_through() {
+    let redis = Redis::start().await;
+    let bc = start(&redis).await;
+    let mut sub = Sub::new(&redis, &["news"]).await;
+
+    // Odd spacing and number formats must reach clients byte for byte.
+    let raw = r#"{"b": 1, "a":[1.50, "x"]}"#;
+    let (status, first) = post_raw(
+        &bc,
+        "/v1/publish",
+        Some(API_KEY),
+        &format!(r#"{{"channel":"news","message":{raw}}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["offset"], 1);
+    let epoch = first["epoch"].as_str().expect("epoch").to_owned();
+
+    let d = sub.next().await;
+    assert_eq!(
+        (d.channel.as_str(), d.offset, d.epoch.as_str()),
+        ("news", 1, epoch.as_str())
+    );
+    assert!(
+        d.text.contains(&format!(r#""message":{raw}"#)),
+        "{}",
+        d.text
+    );
+    assert_eq!(d.frame["type"], "message");
+    assert_eq!(d.frame["channel"], "news");
+    assert!(
+        d.frame.get("from_user").is_none(),
+        "server-side publish: {}",
+        d.text
+    );
+    let ts = d.frame["timestamp"].as_str().expect("timestamp");
+    assert!(ts.ends_with('Z') && ts.len() == 24, "{ts}");
+
+    for (i, msg) in [json!("two"), Value::Null].into_iter().enumerate() {
+        let (status, v) = post(&bc, "/v1/publish", json!({"channel":"news","message":msg})).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["offset"], i + 2);
+        assert_eq!(v["epoch"], epoch.as_str());
+        let d = sub.next().await;
+        assert_eq!(d.offset, i as u64 + 2);
+        assert_eq!(d.frame["message"], msg);
+    }
+    assert_eq!(history_len(&redis, "news").await, 3);
+    assert!(metrics(&bc).await.contains("herald_publish_total 3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_publishes_once() {
+    let redis = Redis::start().await;
+    let bc = start(&redis).await;
+    let mut sub = Sub::new(&redis, &["orders"]).await;
+    let body = json!({"channel":"orders","message":{"id":7},"idempotency_key":"order-7"});
+
+    let (status, first) = post(&bc, "/v1/publish", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = post(&bc, "/v1/publish", body.clone()).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["offset"], first["offset"]);
+    assert_eq!(again["epoch"], first["epoch"]);
+    assert_eq!(again["duplicate"], true);
+
+    let d = sub.next().await;
+    assert_eq!(d.frame["message"], json!({"id": 7}));
+    sub.assert_quiet(Duration::from_millis(500)).await;
+    assert_eq!(history_len(&redis, "orders").await, 1);
+
+    // Another key is another publish.
+    let (_, other) = post(
+        &bc,
+        "/v1/publish",
+        json!({"channel":"orders","message":{"id":8},"idempotency_key":"order-8"}),
+    )
+    .await;
+    assert_eq!(other["offset"], 2);
+    assert_eq!(sub.next().await.offset, 2);
+    // The key is remembered for HERALD_IDEMPOTENCY_TTL_MS (5 minutes by default).
+    let mut c = redis.conn().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("herald:once:{orders}:idem:order-7")
+        .query_async(&mut c)
+        .await
+        .expect("PTTL");
+    assert!(ttl > 290_000 && ttl <= 300_000, "{ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_publishes_to_every_channel() {
+    let redis = Redis::start().await;
+    let bc = start(&redis).await;
+    let mut sub = Sub::new(&redis, &["a", "b", "c:1"]).await;
+    // Give channel `b` a history first, so offsets differ per channel.
+    post(&bc, "/v1/publish", json!({"channel":"b","message":0})).await;
+    assert_eq!(sub.next().await.channel, "b");
+
+    let (status, v) = post(
+        &bc,
+        "/v1/broadcast",
+        json!({"channels":["a","b","c:1"],"message":{"hello":"all"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let results = v["results"].as_array().expect("results");
+    let got: Vec<(&str, u64)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["channel"].as_str().unwrap_or(""),
+                r["offset"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(got, [("a", 1), ("b", 2), ("c:1", 1)]);
+    assert!(results.iter().all(|r| r["epoch"].is_string()));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = sub.next().await;
+        assert_eq!(d.frame["message"], json!({"hello":"all"}));
+        seen.push((d.channel, d.offset));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 2),
+            ("c:1".to_owned(), 1)
+        ]
+    );
+
+    // One bad channel refuses the whole request, before anything is published.
+    let (status, v) = post(
+        &bc,
+        "/v1/broadcast",
+        json!({"channels":["a","no way"],"message":1}),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    let too_many: Vec<String> = (0..101).map(|i| format!("ch{i}")).collect();
+    let (status, _) = post(
+        &bc,
+        "/v1/broadcast",
+        json!({"channels":too_many,"message":1}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    sub.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_notifications_and_user_messages() {
+    let redis = Redis::start().await;
+    let bc = start(&redis).await;
+    let mut sub = Sub::new(&redis, &["system", "user:u9"]).await;
+
+    let (status, v) = post(&bc, "/v1/system", json!({"content":"maintenance at 5"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["offset"], 1);
+    let d = sub.next().await;
+    assert_eq!(d.channel, "system");
+    assert_eq!(d.frame["type"], "system_notification");
+    assert_eq!(d.frame["channel"], "system");
+    assert_eq!(d.frame["message"], "maintenance at 5");
+    assert!(d.frame["timestamp"].is_string());
+
+    let (status, v) = post(
+        &bc,
+        "/v1/user-messages",
+        json!({"user_id":"u1","target_channel":"user:u9","content":{"text":"hi"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let d = sub.next().await;
+    assert_eq!(d.channel, "user:u9");
+    assert_eq!(d.frame["type"], "user_message");
+    assert_eq!(d.frame["user_id"], "u1");
+    assert_eq!(d.frame["content"], json!({"text":"hi"}));
+    assert_eq!(d.offset, v["offset"].as_u64().expect("offset"));
+}
+
+// === Legacy bridges ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_channels_are_bridged_and_bad_payloads_survive() {
+    let redis = Redis::start().await;
+    let bc = start(&redis).await;
+    bridges_subscribed(&redis, 1).await;
+    let mut sub = Sub::new(&redis, &["system", "room1"]).await;
+
+    legacy_publish(&redis, "system_notifications", "this is not json").await;
+    legacy_publish(&redis, "user_messages", r#"{"user_id":"u1"}"#).await;
+    legacy_publish(
+        &redis,
+        "system_notifications",
+        r#"{"content":"legacy hello","timestamp":1700000000.5}"#,
+    )
+    .await;
+    let d = sub.next().await;
+    assert_eq!(d.channel, "system");
+    assert_eq!(d.frame["type"], "system_notification");
+    assert_eq!(d.frame["message"], "legacy hello");
+    assert_eq!(d.frame["timestamp"], "2023-11-14T22:13:20.500Z");
+
+    legacy_publish(
+        &redis,
+        "user_messages",
+        r#"{"user_id":"u2","target_channel":"room1","content":{"x":1},"timestamp":"2024-01-01T00:00:00"}"#,
+    )
+    .await;
+    let d = sub.next().await;
+    assert_eq!(d.channel, "room1");
+    assert_eq!(d.frame["type"], "user_message");
+    assert_eq!(d.frame["user_id"], "u2");
+    assert_eq!(d.frame["content"], json!({"x":1}));
+    assert_eq!(d.offset, 1);
+
+    let m = metrics(&bc).await;
+    for line in [
+        r#"herald_bridge_messages_total{result="malformed",source="system_notifications"} 1"#,
+        r#"herald_bridge_messages_total{result="malformed",source="user_messages"} 1"#,
+        r#"herald_bridge_messages_total{result="published",source="system_notifications"} 1"#,
+        r#"herald_bridge_messages_total{result="published",source="user_messages"} 1"#,
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_publish_a_legacy_message_once() {
+    let redis = Redis::start().await;
+    let _a = start(&redis).await;
+    let _b = start(&redis).await;
+    bridges_subscribed(&redis, 2).await;
+    let mut sub = Sub::new(&redis, &["system"]).await;
+
+    legacy_publish(
+        &redis,
+        "system_notifications",
+        r#"{"content":"once","timestamp":1}"#,
+    )
+    .await;
+    let d = sub.next().await;
+    assert_eq!(d.frame["message"], "once");
+    sub.assert_quiet(Duration::from_millis(700)).await;
+    assert_eq!(history_len(&redis, "system").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_resubscribes_after_a_redis_restart() {
+    let mut redis = Redis::start().await;
+    let _bc = start(&redis).await;
+    bridges_subscribed(&redis, 1).await;
+
+    redis.restart().await;
+    bridges_subscribed(&redis, 1).await;
+    let mut sub = Sub::new(&redis, &["system"]).await;
+    legacy_publish(
+        &redis,
+        "system_notifications",
+        r#"{"content":"after restart"}"#,
+    )
+    .await;
+    let d = sub.next().await;
+    assert_eq!(d.frame["message"], "after restart");
+}
+
+// === Jobs ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_and_publish_their_results() {
+    let redis = Redis::start().await;
+    let bc = start(&redis).await;
+    let mut sub = Sub::new(&redis, &["results"]).await;
+
+    let id = submit(&bc, "data_processing", json!([1, 2, 3, 4]), "results").await;
+    let v = finished(&bc, &id, Duration::from_secs(10)).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["job_type"], "data_processing");
+    assert_eq!(v["result"]["count"], 4);
+    assert_eq!(v["result"]["sum"].as_f64(), Some(10.0));
+    assert_eq!(v["result"]["mean"].as_f64(), Some(2.5));
+    let d = sub.next().await;
+    assert_eq!(d.frame["type"], "processing_result");
+    assert_eq!(d.frame["job_id"], id.as_str());
+    assert_eq!(d.frame["job_type"], "data_processing");
+    assert_eq!(d.frame["status"], "done");
+    assert_eq!(d.frame["channel"], "results");
+    assert_eq!(d.frame["result"], v["result"]);
+
+    let id = submit(
+        &bc,
+        "file_operation",
+        json!({"operation":"word_count","content":"one two  three"}),
+        "results",
+    )
+    .await;
+    let v = finished(&bc, &id, Duration::from_secs(10)).await;
+    assert_eq!(v["result"], json!({"words": 3}));
+    assert_eq!(sub.next().await.frame["result"], json!({"words": 3}));
+
+    // A job that fails while running: failed state and a failed result frame.
+    let id = submit(
+        &bc,
+        "data_processing",
+        json!({"values":[1e308, 1e308]}),
+        "results",
+    )
+    .await;
+    let v = finished(&bc, &id, Duration::from_secs(10)).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("overflow")),
+        "{v}"
+    );
+    let d = sub.next().await;
+    assert_eq!(d.frame["status"], "failed");
+    assert!(d.frame["result"]["error"].is_string(), "{}", d.text);
+
+    // Unknown jobs and bad submissions.
+    let (status, _) = http_json(
+        Method::GET,
+        &format!("{}/v1/jobs/0123456789abcdef0123456789abcdef", bc.http()),
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, v) = post(
+        &bc,
+        "/v1/jobs",
+        json!({"job_type":"teleport","data":{},"target_channel":"results"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+
+    let m = metrics(&bc).await;
+    for line in [
+        r#"herald_jobs_total{status="queued"} 3"#,
+        r#"herald_jobs_total{status="done"} 2"#,
+        r#"herald_jobs_total{status="failed"} 1"#,
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_dies_is_taken_over_and_published_once() {
+    let redis = Redis::start().await;
+    let builder = |node: &str| {
+        ServiceBuilder::new("broadcaster")
+            .redis(&redis)
+            .env("HERALD_JOB_CLAIM_IDLE_MS", "1000")
+            .env("HERALD_NODE_ID", node)
+    };
+    let mut a = builder("bc-a").spawn().await;
+    let mut sub = Sub::new(&redis, &["work"]).await;
+
+    let id = submit(&a, "sleep", json!({"ms": 3000}), "work").await;
+    eventually("worker A to start the job", || {
+        let a = &a;
+        let id = id.clone();
+        async move {
+            let v = get_job(a, &id).await;
+            (v["status"] == "running").then_some(())
+        }
+    })
+    .await;
+    a.kill().await;
+
+    let b = builder("bc-b").spawn().await;
+    let v = finished(&b, &id, Duration::from_secs(30)).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["result"], json!({"slept_ms": 3000}));
+    assert_eq!(v["attempts"], 2, "{v}");
+
+    let d = sub.next().await;
+    assert_eq!(d.frame["type"], "processing_result");
+    assert_eq!(d.frame["job_id"], id.as_str());
+    assert_eq!(d.frame["status"], "done");
+    // Exactly once: no second frame, one history entry, nothing left pending.
+    sub.assert_quiet(Duration::from_millis(1500)).await;
+    assert_eq!(history_len(&redis, "work").await, 1);
+    let mut c = redis.conn().await;
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg("herald:jobs")
+        .arg("workers")
+        .query_async(&mut c)
+        .await
+        .expect("XPENDING");
+    let redis::Value::Array(fields) = summary else {
+        panic!("unexpected XPENDING reply {summary:?}");
+    };
+    assert_eq!(fields.first(), Some(&redis::Value::Int(0)), "{fields:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_job_whose_result_was_already_published_is_not_published_again() {
+    let redis = Redis::start().await;
+    // A node without workers only queues.
+    let queuer = ServiceBuilder::new("broadcaster")
+        .redis(&redis)
+        .env("HERALD_JOB_WORKERS", "0")
+        .spawn()
+        .await;
+    let id = submit(&queuer, "sleep", json!({"ms": 10}), "work2").await;
+    assert_eq!(get_job(&queuer, &id).await["status"], "queued");
+
+    // A worker "ghost" takes the job, publishes its result, and dies before
+    // recording it: the entry is pending and the exactly-once marker is set.
+    let mut c = redis.conn().await;
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("herald:jobs")
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .expect("XGROUP CREATE");
+    let read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("herald:jobs")
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .expect("XREADGROUP");
+    assert_ne!(read, redis::Value::Nil);
+    let _: () = redis::cmd("SET")
+        .arg(format!("herald:once:{{work2}}:job:{id}"))
+        .arg("41 ghost-epoch")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+
+    let mut sub = Sub::new(&redis, &["work2"]).await;
+    let worker = ServiceBuilder::new("broadcaster")
+        .redis(&redis)
+        .env("HERALD_JOB_CLAIM_IDLE_MS", "1000")
+        .spawn()
+        .await;
+    let v = finished(&worker, &id, Duration::from_secs(30)).await;
+    assert_eq!(v["status"], "done", "{v}");
+    assert_eq!(v["attempts"], 1);
+    sub.assert_quiet(Duration::from_millis(500)).await;
+    assert_eq!(history_len(&redis, "work2").await, 0);
+}
+
+// === Errors, configuration, operations ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors() {
+    let redis = Redis::start().await;
+    let bc = start(&redis).await;
+    let body = r#"{"channel":"news","message":1}"#;
+    for key in [None, Some("wrong-key")] {
+        let (status, v) = post_raw(&bc, "/v1/publish", key, body).await;
+        assert_eq!(status, 401, "{key:?}");
+        assert_eq!(v["error"]["code"], "unauthorized");
+    }
+    let cases = [
+        ("{not json", 400, "invalid_json"),
+        (r#"{"channel":"news"}"#, 422, "invalid_request"),
+        (r#""just a string""#, 422, "invalid_request"),
+        (
+            r#"{"channel":"bad channel","message":1}"#,
+            422,
+            "invalid_request",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, v) = post_raw(&bc, "/v1/publish", Some(API_KEY), body).await;
+        assert_eq!(
+            (got, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let (status, _) = http_json(Method::GET, &format!("{}/nope", bc.http()), None, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_api_key_it_starts_but_refuses_everything() {
+    let redis = Redis::start().await;
+    let bc = ServiceBuilder::new("broadcaster")
+        .redis(&redis)
+        .env("HERALD_API_KEY", "")
+        .spawn()
+        .await;
+    for key in [Some(API_KEY), Some(""), None] {
+        let (status, _) = post_raw(&bc, "/v1/system", key, r#"{"content":"x"}"#).await;
+        assert_eq!(status, 401);
+    }
+    let (status, _) = http_json(Method::GET, &format!("{}/readyz", bc.http()), None, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_failures_are_one_clear_line() {
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let (code, _, stderr) = run_bin(
+        "broadcaster",
+        &[],
+        &[
+            ("HERALD_REDIS_URL", &dead),
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+            ("HERALD_LOG", "warn"),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("unreachable"), "{stderr}");
+
+    let (code, _, stderr) = run_bin(
+        "broadcaster",
+        &[],
+        &[
+            ("HERALD_LISTEN", "nowhere"),
+            ("HERALD_JOB_CLAIM_IDLE_MS", "5"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("HERALD_LISTEN") && stderr.contains("HERALD_JOB_CLAIM_IDLE_MS"),
+        "{stderr}"
+    );
+
+    let (code, stdout, _) = run_bin("broadcaster", &["--help"], &[]).await;
+    assert_eq!(code, 0);
+    for flag in [
+        "HERALD_API_KEY",
+        "HERALD_JOB_WORKERS",
+        "HERALD_IDEMPOTENCY_TTL_MS",
+        "HERALD_HISTORY_SIZE",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_answers_503_then_recovers() {
+    let mut redis = Redis::start().await;
+    let bc = start(&redis).await;
+    redis.kill().await;
+
+    let started = tokio::time::Instant::now();
+    let resp = within(
+        "a publish during the outage",
+        reqwest::Client::new()
+            .post(format!("{}/v1/publish", bc.http()))
+            .bearer_auth(API_KEY)
+            .body(r#"{"channel":"news","message":1}"#)
+            .send(),
+    )
+    .await
+    .expect("http");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    redis.restart().await;
+    let url = format!("{}/v1/publish", bc.http());
+    eventually("publishing to work again", || {
+        let url = url.clone();
+        async move {
+            let (status, v) = http_json(
+                Method::POST,
+                &url,
+                Some(API_KEY),
+                Some(json!({"channel":"news","message":2})),
+            )
+            .await;
+            (status == 200).then_some(v)
+        }
+    })
+    .await;
+    assert!(
+        metrics(&bc)
+            .await
+            .lines()
+            .any(|l| l.starts_with("herald_redis_errors_total ") && !l.ends_with(" 0"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_metrics_and_graceful_stop() {
+    let redis = Redis::start().await;
+    let mut bc = ServiceBuilder::new("broadcaster")
+        .redis(&redis)
+        .env("HERALD_NODE_ID", "bc-beat")
+        .spawn()
+        .await;
+    post(&bc, "/v1/publish", json!({"channel":"m","message":1})).await;
+
+    let mut c = redis.conn().await;
+    let info: Value = eventually("a heartbeat", || {
+        let mut c = c.clone();
+        async move {
+            let s: Option<String> = redis::cmd("GET")
+                .arg("herald:node:bc-beat")
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            serde_json::from_str(&s?).ok()
+        }
+    })
+    .await;
+    assert_eq!(info["service"], "broadcaster");
+    assert_eq!(info["address"], bc.addr.to_string());
+
+    // The whole exposition passes promtool's checks.
+    let text = metrics(&bc).await;
+    assert!(text.contains("herald_redis_errors_total 0"), "{text}");
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write metrics");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert_eq!(bc.terminate().await, Some(0));
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("herald:nodes")
+        .arg("bc-beat")
+        .query_async(&mut c)
+        .await
+        .expect("ZSCORE");
+    assert_eq!(score, None, "a graceful stop deregisters the node");
+}
