@@ -74,6 +74,12 @@ pub struct Config {
     /// Comma-separated exact origins allowed to open WebSockets from browsers.
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Time a client has to send a complete upgrade request.
+    #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
     /// How often the gateway proves its Pub/Sub connection delivers.
     #[arg(long, env = "HERALD_PUBSUB_PROBE_INTERVAL_MS", default_value_t = 1_000)]
     pub pubsub_probe_interval_ms: u64,
@@ -102,6 +108,8 @@ pub struct Settings {
     pub batch_window: Duration,
     pub allowed_origins: Vec<String>,
     pub probe_interval: Duration,
+    pub handshake_timeout: Duration,
+    pub max_header_bytes: usize,
     pub dev: bool,
 }
 
@@ -203,6 +211,8 @@ impl Config {
                 batch_window: Duration::from_millis(self.batch_window_ms),
                 allowed_origins,
                 probe_interval: Duration::from_millis(self.pubsub_probe_interval_ms),
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+                max_header_bytes: self.max_header_bytes,
                 dev: self.common.dev,
             }),
             _ => Err(problems),

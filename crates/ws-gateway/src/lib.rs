@@ -293,13 +293,7 @@ pub async fn run(
         shutdown.await;
         stop.cancel();
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
-    .await
-    .context("serve")?;
+    serve(listener, app, &settings, state.shutdown.clone()).await;
 
     // Connections saw the same token and are sending `disconnect` + 1001.
     state.tracker.close();
@@ -315,6 +309,58 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), bg_tasks.wait()).await;
     tracing::info!("ws-gateway stopped");
     Ok(())
+}
+
+/// Accepts connections until `stop` is cancelled. hyper is driven directly (not
+/// through `axum::serve`) for two limits the spec sets on the handshake: a request
+/// head larger than `max_header_bytes` gets 431, and a client that does not finish
+/// its request within `handshake_timeout` is dropped.
+async fn serve(listener: TcpListener, app: Router, settings: &Settings, stop: CancellationToken) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.handshake_timeout)
+        .max_buf_size(settings.max_header_bytes);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc = hyper::service::service_fn(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            },
+        );
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
 }
 
 /// The handshake: origin, capacity and per-IP checks, then optional token auth,

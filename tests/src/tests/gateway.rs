@@ -914,3 +914,57 @@ async fn node_capacity_and_origin_checks() {
         Some(403)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_limits_oversized_heads_and_slow_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Redis::start().await;
+    let gw = gateway(&redis)
+        .env("HERALD_HANDSHAKE_TIMEOUT_MS", "500")
+        .spawn()
+        .await;
+    let head = |extra: &str| {
+        format!(
+            "GET /ws?{extra} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        )
+    };
+    // Headers over 16 KiB: 431 before any upgrade.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let big = format!("{}X-Pad: {}\r\n\r\n", head(""), "a".repeat(20 * 1024));
+    let _ = s.write_all(big.as_bytes()).await;
+    let mut buf = vec![0u8; 256];
+    let n = within("the 431 answer", s.read(&mut buf))
+        .await
+        .expect("read");
+    let status = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    // So is a 20 KiB query string.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let long = format!("{}\r\n", head(&"q".repeat(20 * 1024)));
+    let _ = s.write_all(long.as_bytes()).await;
+    let n = within("the answer to a long query", s.read(&mut buf))
+        .await
+        .expect("read");
+    let status = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        status.starts_with("HTTP/1.1 431") || status.starts_with("HTTP/1.1 414"),
+        "{status}"
+    );
+    // A client that never finishes its request is dropped after the handshake timeout.
+    let mut s = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    s.write_all(head("").as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let n = within("the slow client to be dropped", s.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
