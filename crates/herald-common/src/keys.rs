@@ -62,7 +62,7 @@ impl Keys {
         format!("{}node:{id}", self.prefix)
     }
 
-    /// A gateway's connection snapshot (JSON list), for the monitor.
+    /// A gateway's live connections (HASH conn_id → `ConnInfo` JSON), for the monitor.
     pub fn node_connections(&self, id: &str) -> String {
         format!("{}node:{id}:conns", self.prefix)
     }

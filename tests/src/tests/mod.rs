@@ -1,1 +1,6 @@
 //! The scenarios, one module per area; each test starts its own Redis and services.
+mod auth;
+mod broadcaster;
+mod gateway;
+mod metrics;
+mod monitor;

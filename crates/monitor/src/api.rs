@@ -1,0 +1,359 @@
+//! The HTTP API under `/api/v1`: overview, channels and the live stream are
+//! served from the latest sample; connections are read from the gateways'
+//! snapshots on request; admin actions go out on the control channel.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use herald_common::http::{ApiError, require_key};
+use herald_common::keys::Keys;
+use herald_proto::envelope::{ConnInfo, Control};
+use herald_proto::time::ms_to_rfc3339;
+
+use crate::metrics::Metrics;
+use crate::sample::ChannelRow;
+use crate::sampler::{SAMPLE_INTERVAL, Shared};
+
+/// Rows a list returns unless asked otherwise, and at most.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+/// Connection hashes are read in pages of this many entries.
+const HSCAN_COUNT: usize = 500;
+/// With a filter, the count of matches needs a full scan; past this many
+/// entries a request stops and reports a lower bound rather than walk 100k
+/// connections for one page.
+const SCAN_BUDGET: usize = 100_000;
+/// Ids in admin paths are ours to check, as they go out to every gateway.
+const MAX_ID_BYTES: usize = 256;
+
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Keys,
+    pub(crate) admin_key: Option<Arc<str>>,
+    pub(crate) metrics: Metrics,
+    /// Cancelled at shutdown, so open streams end and the server can drain.
+    pub(crate) token: CancellationToken,
+}
+
+pub(crate) fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/overview", get(overview))
+        .route("/api/v1/channels", get(channels))
+        .route("/api/v1/connections", get(connections))
+        .route("/api/v1/stream", get(stream))
+        .route(
+            "/api/v1/connections/{conn_id}/disconnect",
+            post(disconnect_conn),
+        )
+        .route("/api/v1/users/{user}/disconnect", post(disconnect_user))
+        .with_state(state)
+}
+
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+}
+
+fn clamp_limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT)
+}
+
+// === Read endpoints ===
+
+async fn overview(State(s): State<AppState>) -> Response {
+    let snap = s.shared.snapshot();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        snap.overview_json.clone(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelsQuery {
+    prefix: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelsPage<'a> {
+    channels: Vec<&'a ChannelRow>,
+    total: usize,
+}
+
+async fn channels(
+    State(s): State<AppState>,
+    q: Result<Query<ChannelsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
+    let limit = clamp_limit(q.limit);
+    let snap = s.shared.snapshot();
+    let prefix = q.prefix.as_deref().unwrap_or("");
+    let mut total = 0;
+    let mut rows = Vec::new();
+    for row in snap
+        .channels
+        .iter()
+        .filter(|c| c.channel.starts_with(prefix))
+    {
+        total += 1;
+        if rows.len() < limit {
+            rows.push(row);
+        }
+    }
+    Ok(axum::Json(ChannelsPage {
+        channels: rows,
+        total,
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectionsQuery {
+    node: Option<String>,
+    user: Option<String>,
+    channel: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+impl ConnectionsQuery {
+    fn matches(&self, c: &ConnInfo) -> bool {
+        self.user.as_ref().is_none_or(|u| &c.user == u)
+            && self
+                .channel
+                .as_ref()
+                .is_none_or(|ch| c.channels.iter().any(|x| x == ch))
+    }
+
+    fn filtered(&self) -> bool {
+        self.user.is_some() || self.channel.is_some()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ConnRow {
+    #[serde(flatten)]
+    info: ConnInfo,
+    connected_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ConnectionsPage {
+    connections: Vec<ConnRow>,
+    total: u64,
+    /// True when `total` is a lower bound: the scan stopped at its budget.
+    truncated: bool,
+}
+
+async fn connections(
+    State(mut s): State<AppState>,
+    q: Result<Query<ConnectionsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(bad_query)?;
+    let page = read_connections(&mut s, &q).await.inspect_err(|_| {
+        s.metrics.redis_errors_total.inc();
+    })?;
+    Ok(axum::Json(page).into_response())
+}
+
+/// Walks the live gateways' connection hashes with HSCAN, keeping one page.
+async fn read_connections(
+    s: &mut AppState,
+    q: &ConnectionsQuery,
+) -> Result<ConnectionsPage, redis::RedisError> {
+    let limit = clamp_limit(q.limit);
+    let offset = q.offset.unwrap_or(0);
+    let nodes: Vec<String> = match &q.node {
+        Some(n) => vec![n.clone()],
+        None => {
+            let snap = s.shared.snapshot();
+            snap.live_nodes().map(|n| n.id.clone()).collect()
+        }
+    };
+    let mut page = Vec::new();
+    let mut matched: u64 = 0;
+    let mut scanned = 0usize;
+    let mut complete = true;
+    'nodes: for (i, node) in nodes.iter().enumerate() {
+        let key = s.keys.node_connections(node);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, flat): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(HSCAN_COUNT)
+                .query_async(&mut s.conn)
+                .await?;
+            scanned += flat.len();
+            for (conn_id, json) in flat {
+                let Ok(mut info) = serde_json::from_str::<ConnInfo>(&json) else {
+                    tracing::debug!(%node, %conn_id, "unreadable connection entry");
+                    continue;
+                };
+                if !q.matches(&info) {
+                    continue;
+                }
+                matched += 1;
+                if matched > offset as u64 && page.len() < limit {
+                    if info.conn_id.is_empty() {
+                        info.conn_id = conn_id;
+                    }
+                    if info.node.is_empty() {
+                        info.node = node.clone();
+                    }
+                    page.push(ConnRow {
+                        connected_at: ms_to_rfc3339(info.connected_ms),
+                        info,
+                    });
+                }
+            }
+            cursor = next;
+            let more = cursor != 0 || i + 1 < nodes.len();
+            // Unfiltered, the total comes from HLEN below, so one full page is enough.
+            if more && page.len() >= limit && (!q.filtered() || scanned >= SCAN_BUDGET) {
+                complete = false;
+                break 'nodes;
+            }
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    let total = if complete || q.filtered() {
+        matched
+    } else {
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.cmd("HLEN").arg(s.keys.node_connections(node));
+        }
+        let lens: Vec<u64> = pipe.query_async(&mut s.conn).await?;
+        lens.iter().sum()
+    };
+    Ok(ConnectionsPage {
+        connections: page,
+        total,
+        truncated: !complete && q.filtered(),
+    })
+}
+
+/// Server-Sent Events: one `overview` event per sample.
+async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let guard = StreamGuard::new(&s.metrics);
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let events =
+        futures_util::stream::unfold((s, tick, guard), |(s, mut tick, guard)| async move {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = s.token.cancelled() => return None,
+            }
+            let snap = s.shared.snapshot();
+            let event = Event::default()
+                .event("overview")
+                .data(snap.overview_json.as_str());
+            Some((Ok(event), (s, tick, guard)))
+        });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Counts an open stream for as long as it lives.
+#[derive(Debug)]
+struct StreamGuard(prometheus::IntGauge);
+
+impl StreamGuard {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.stream_clients.inc();
+        Self(metrics.stream_clients.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+// === Admin actions ===
+
+async fn disconnect_conn(
+    State(mut s): State<AppState>,
+    headers: HeaderMap,
+    Path(conn_id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_key(&headers, s.admin_key.as_deref())?;
+    check_id("conn_id", &conn_id)?;
+    send_control(
+        &mut s,
+        "disconnect_conn",
+        &Control::DisconnectConn { conn_id },
+    )
+    .await
+}
+
+async fn disconnect_user(
+    State(mut s): State<AppState>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_key(&headers, s.admin_key.as_deref())?;
+    check_id("user", &user_id)?;
+    send_control(
+        &mut s,
+        "disconnect_user",
+        &Control::DisconnectUser { user_id },
+    )
+    .await
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(ApiError::unprocessable(format!(
+            "{what} must be 1 to {MAX_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Publishes a control command to every gateway; the owner of the target acts on it.
+async fn send_control(
+    s: &mut AppState,
+    action: &'static str,
+    control: &Control,
+) -> Result<Response, ApiError> {
+    let json = serde_json::to_string(control).map_err(ApiError::internal)?;
+    let gateways: u64 = redis::cmd("PUBLISH")
+        .arg(s.keys.control())
+        .arg(&json)
+        .query_async(&mut s.conn)
+        .await
+        .inspect_err(|_| s.metrics.redis_errors_total.inc())?;
+    s.metrics
+        .admin_actions_total
+        .with_label_values(&[action])
+        .inc();
+    tracing::info!(action, command = %json, gateways, "admin action published");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"ok": true})),
+    )
+        .into_response())
+}

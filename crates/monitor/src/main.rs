@@ -1,0 +1,32 @@
+//! The `monitor` binary: configuration, Redis check, bind, then [`monitor::run_with`].
+
+use anyhow::Context as _;
+
+use herald_common::config::{exit_if_problems, parse_or_exit};
+use herald_common::shutdown::shutdown_signal;
+use herald_common::{store, telemetry};
+use monitor::Config;
+
+#[tokio::main]
+async fn main() {
+    let config: Config = parse_or_exit();
+    exit_if_problems(monitor::SERVICE, &config.problems());
+    telemetry::init(&config.common.log);
+    if let Err(e) = serve(config).await {
+        // One line, the whole cause chain, for operators and scripts.
+        eprintln!("{}: {e:#}", monitor::SERVICE);
+        std::process::exit(1);
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let (_client, conn) = store::connect(&config.common.redis_url).await?;
+    let addr = config
+        .listen_addr()
+        .context("HERALD_LISTEN is not an address")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "monitor listening");
+    monitor::run_with(listener, config, conn, shutdown_signal()).await
+}

@@ -1,0 +1,404 @@
+//! The background work: once a second, read the node registry, every node's
+//! stats and channel counts and the new rate-limit events from Redis, drop nodes
+//! that have been down for five minutes, and swap in a new [`Snapshot`]; on its
+//! own interval, probe every listed node's `/healthz`.
+//!
+//! Requests never touch this path: they read the latest snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use herald_common::keys::Keys;
+use herald_proto::envelope::{ChannelStat, NodeInfo, RateLimitEvent};
+use herald_proto::time::now_ms;
+
+use crate::metrics::Metrics;
+use crate::sample::{self, NodeReading, Probe, Rates, Snapshot, StreamId, Tally};
+
+/// How often the cluster is sampled (and the stream pushes an overview).
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// A round that takes longer than this failed: the next one starts fresh.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A probe that has not answered by then failed.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Rate-limit events read per request, and requests per round: the stream keeps
+/// about 1000 entries, so one round catches up with all of it.
+const EVENTS_PER_READ: usize = 500;
+const EVENT_READS_PER_ROUND: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SampleError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("sampling took longer than {SAMPLE_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// What the sampler and prober write and every request reads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Swapped whole once per round; readers clone the `Arc` and never hold the
+    /// lock while they work (std lock: it is never held across an `.await`).
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// The last probe of each listed node.
+    probes: Mutex<HashMap<String, Probe>>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            snapshot: RwLock::new(Arc::new(Snapshot::empty(now_ms()))),
+            probes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, s: Snapshot) {
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(s);
+    }
+
+    fn probes(&self) -> HashMap<String, Probe> {
+        self.probes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+// === Sampler ===
+
+/// Reads the cluster once per [`SAMPLE_INTERVAL`] and keeps what rates need
+/// from one round to the next.
+#[derive(Debug)]
+pub(crate) struct Sampler {
+    conn: ConnectionManager,
+    keys: Keys,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    /// Whether the last round reached Redis: this is `/readyz`.
+    ready: Arc<AtomicBool>,
+    rates: HashMap<String, Rates>,
+    tally: Tally,
+    /// The `herald_node_up` label sets currently exported.
+    shown: HashSet<(String, String)>,
+}
+
+impl Sampler {
+    pub(crate) fn new(
+        conn: ConnectionManager,
+        keys: Keys,
+        shared: Arc<Shared>,
+        metrics: Metrics,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            conn,
+            keys,
+            shared,
+            metrics,
+            ready,
+            rates: HashMap::new(),
+            tally: Tally::default(),
+            shown: HashSet::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, token: CancellationToken) {
+        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = token.cancelled() => return,
+            }
+            self.round().await;
+        }
+    }
+
+    /// One round: on success a new snapshot; on failure the last one, flagged stale.
+    pub(crate) async fn round(&mut self) {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(SAMPLE_TIMEOUT, self.read()).await {
+            Ok(r) => r,
+            Err(_) => Err(SampleError::Timeout),
+        };
+        match result {
+            Ok((now, nodes)) => {
+                self.metrics
+                    .sample_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let probes = self.shared.probes();
+                let (snapshot, statuses) =
+                    sample::build(now, &nodes, &mut self.rates, &self.tally, &probes);
+                self.metrics
+                    .record_sample(&snapshot.overview.totals, &statuses, &mut self.shown);
+                self.shared.replace(snapshot);
+                if !self.ready.swap(true, Ordering::Relaxed) {
+                    tracing::info!("sampling the cluster from Redis");
+                }
+            }
+            Err(e) => {
+                self.metrics.redis_errors_total.inc();
+                if self.ready.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(cause = %e, "cannot sample the cluster; serving the last sample");
+                }
+                let last = (*self.shared.snapshot()).clone();
+                self.shared.replace(last.into_stale());
+            }
+        }
+    }
+
+    async fn read(&mut self) -> Result<(u64, Vec<NodeReading>), SampleError> {
+        let now = now_ms();
+        let registry: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.keys.nodes())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn)
+            .await?;
+        let mut listed = Vec::with_capacity(registry.len());
+        let mut expired = Vec::new();
+        for (id, score) in registry {
+            // Beats are whole milliseconds, well inside f64's exact range.
+            let beat_ms = if score.is_finite() && score > 0.0 {
+                score as u64
+            } else {
+                0
+            };
+            if sample::expired(now, beat_ms) {
+                expired.push(id);
+            } else {
+                listed.push((id, beat_ms));
+            }
+        }
+        if !expired.is_empty() {
+            self.prune(now, &expired).await?;
+        }
+        let nodes = self.read_nodes(now, listed).await?;
+        self.read_events().await?;
+        Ok((now, nodes))
+    }
+
+    /// Drops nodes silent for longer than the retention, with everything they left.
+    async fn prune(&mut self, now: u64, ids: &[String]) -> Result<(), SampleError> {
+        let cutoff = now.saturating_sub(sample::DOWN_RETENTION_MS);
+        let mut pipe = redis::pipe();
+        // By score, not by id: a node that beat again in the meantime stays.
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.nodes())
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .ignore();
+        for id in ids {
+            pipe.cmd("DEL")
+                .arg(self.keys.node(id))
+                .arg(self.keys.node_connections(id))
+                .arg(self.keys.node_channels(id))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn).await?;
+        self.metrics.nodes_pruned_total.inc_by(ids.len() as u64);
+        tracing::info!(nodes = ?ids, "dropped nodes down for five minutes");
+        Ok(())
+    }
+
+    async fn read_nodes(
+        &mut self,
+        now: u64,
+        listed: Vec<(String, u64)>,
+    ) -> Result<Vec<NodeReading>, SampleError> {
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let infos: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(
+                listed
+                    .iter()
+                    .map(|(id, _)| self.keys.node(id))
+                    .collect::<Vec<_>>(),
+            )
+            .query_async(&mut self.conn)
+            .await?;
+        // Only live nodes' channel counts matter; a down gateway's subscribers are gone.
+        let live: Vec<usize> = listed
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, beat))| sample::classify(now, *beat).is_live())
+            .map(|(i, _)| i)
+            .collect();
+        let mut channel_maps: Vec<HashMap<String, String>> = Vec::new();
+        if !live.is_empty() {
+            let mut pipe = redis::pipe();
+            for &i in &live {
+                pipe.cmd("HGETALL")
+                    .arg(self.keys.node_channels(&listed[i].0));
+            }
+            channel_maps = pipe.query_async(&mut self.conn).await?;
+        }
+        let mut channels_of: HashMap<usize, HashMap<String, String>> =
+            live.into_iter().zip(channel_maps).collect();
+        let readings = listed
+            .into_iter()
+            .zip(infos)
+            .enumerate()
+            .map(|(i, ((id, beat_ms), info))| NodeReading {
+                info: info.and_then(|json| parse_node(&id, &json)),
+                channels: channels_of
+                    .remove(&i)
+                    .map(|m| parse_channels(&id, m))
+                    .unwrap_or_default(),
+                id,
+                beat_ms,
+            })
+            .collect();
+        Ok(readings)
+    }
+
+    /// Reads rate-limit events newer than the last one counted.
+    async fn read_events(&mut self) -> Result<(), SampleError> {
+        let key = self.keys.ratelimit_events();
+        // A Redis that restarted empty starts its ids over: notice and start over too.
+        if let Some(last) = self.tally.last_id {
+            let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.conn)
+                .await?;
+            let newest = newest.ids.first().and_then(|e| StreamId::parse(&e.id));
+            if newest.is_none_or(|n| n < last) {
+                self.tally.last_id = None;
+            }
+        }
+        for _ in 0..EVENT_READS_PER_ROUND {
+            let start = match self.tally.last_id {
+                Some(id) => format!("({id}"),
+                None => "-".to_owned(),
+            };
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(EVENTS_PER_READ)
+                .query_async(&mut self.conn)
+                .await?;
+            let n = reply.ids.len();
+            for entry in reply.ids {
+                let Some(id) = StreamId::parse(&entry.id) else {
+                    continue;
+                };
+                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+                let event = RateLimitEvent {
+                    who: field("who"),
+                    kind: field("kind"),
+                    node: field("node"),
+                    at_ms: entry.get::<u64>("at_ms").unwrap_or(id.ms),
+                };
+                self.tally.record(id, event);
+            }
+            if n < EVENTS_PER_READ {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node's stats; a node that writes garbage is still listed, without them.
+fn parse_node(id: &str, json: &str) -> Option<NodeInfo> {
+    serde_json::from_str(json)
+        .inspect_err(|e| tracing::debug!(node = %id, cause = %e, "unreadable node stats"))
+        .ok()
+}
+
+fn parse_channels(id: &str, raw: HashMap<String, String>) -> HashMap<String, ChannelStat> {
+    raw.into_iter()
+        .filter_map(|(channel, json)| match serde_json::from_str(&json) {
+            Ok(stat) => Some((channel, stat)),
+            Err(e) => {
+                tracing::debug!(node = %id, %channel, cause = %e, "unreadable channel stat");
+                None
+            }
+        })
+        .collect()
+}
+
+// === Prober ===
+
+/// Probes every listed node's `/healthz` each `interval`, all at once, and
+/// keeps the results for the next sample.
+pub(crate) async fn run_prober(
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    metrics: Metrics,
+    interval: Duration,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = token.cancelled() => return,
+        }
+        let snapshot = shared.snapshot();
+        let probes = snapshot.overview.nodes.iter().map(|n| {
+            let client = &client;
+            let metrics = &metrics;
+            async move {
+                let probe = probe(client, &n.address).await;
+                metrics
+                    .probe_latency_seconds
+                    .observe(probe.latency_ms / 1000.0);
+                if !probe.ok {
+                    metrics
+                        .probe_failures_total
+                        .with_label_values(&[n.service.as_str()])
+                        .inc();
+                }
+                (n.id.clone(), probe)
+            }
+        });
+        let results: HashMap<String, Probe> = tokio::select! {
+            r = futures_util::future::join_all(probes) => r.into_iter().collect(),
+            () = token.cancelled() => return,
+        };
+        *shared.probes.lock().unwrap_or_else(PoisonError::into_inner) = results;
+    }
+}
+
+async fn probe(client: &reqwest::Client, address: &str) -> Probe {
+    let started = Instant::now();
+    let ok = if address.is_empty() {
+        false
+    } else {
+        let url = format!("http://{address}/healthz");
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, client.get(url).send()).await,
+            Ok(Ok(r)) if r.status().is_success()
+        )
+    };
+    Probe {
+        ok,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }
+}
