@@ -3,7 +3,13 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # === config ===
-compose := "docker compose -f docker/compose.yml"
+# --- docker (issue 4) ---
+compose_files := "-f docker/compose.yml"
+offline_files := "-f docker/compose.yml -f docker/compose.offline.yml"
+debian_mirror := env_var_or_default("HERALD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# A bash function: Compose v2 (`docker compose`) where it exists, else v1 (`docker-compose`).
+docker_compose := 'docker_compose() { if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi; }'
+# --- end docker ---
 dev_redis_port := env_var_or_default("HERALD_DEV_REDIS_PORT", "6379")
 monitor_url := env_var_or_default("HERALD_MONITOR_URL", "http://127.0.0.1:8083")
 
@@ -71,10 +77,130 @@ dev: build
 tui:
     cargo run -p herald-tui -- --monitor {{monitor_url}}
 
-# Bring the stack up in containers.
-up:
-    {{compose}} up -d --build
+# === docker (issue 4): the stack in containers; docker/README.md explains ===
 
-# Tear the container stack down.
+# Bring the whole stack up in containers (writes docker/.env with random secrets first if missing).
+up:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{docker_compose}}
+    if [[ ! -f docker/.env ]]; then
+        secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }
+        sed -e "s|^HERALD_JWT_SECRET=.*|HERALD_JWT_SECRET=$(secret)|" \
+            -e "s|^HERALD_ADMIN_KEY=.*|HERALD_ADMIN_KEY=$(secret)|" \
+            -e "s|^HERALD_API_KEY=.*|HERALD_API_KEY=$(secret)|" \
+            docker/.env.example > docker/.env
+        chmod 600 docker/.env
+        echo "wrote docker/.env with fresh random secrets (admin and API keys are in it)"
+    fi
+    docker_compose {{compose_files}} up -d --build
+    echo "Herald is up: ws://127.0.0.1:8765/ws and ws://127.0.0.1:8766/ws, auth-svc :8081, broadcaster :8082, monitor :8083"
+
+# The same stack from the images `just images-offline` made (no registry needed).
+up-offline: images-offline
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{docker_compose}}
+    [[ -f docker/.env ]] || { echo "docker/.env is missing: copy docker/.env.example (or run \`just up\` once)" >&2; exit 1; }
+    docker_compose {{offline_files}} up -d
+
+# Tear the container stack down (and delete its Redis data volume).
 down:
-    {{compose}} down -v --remove-orphans
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{docker_compose}}
+    HERALD_ENV_FILE="${HERALD_ENV_FILE:-$PWD/docker/.env.example}" \
+        docker_compose {{compose_files}} --profile prometheus --profile tui down -v --remove-orphans
+
+# Build every image the stack needs without a registry: debian:bookworm-slim (debootstrap), redis:7 and prom/prometheus (Debian packages), herald (host-built release binaries).
+images-offline:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v docker >/dev/null || { echo "images-offline: docker is not installed" >&2; exit 1; }
+    docker info >/dev/null || { echo "images-offline: the Docker engine is not reachable" >&2; exit 1; }
+    started=$(date +%s)
+    have() { [[ -z "${HERALD_OFFLINE_REBUILD:-}" ]] && docker image inspect "$1" >/dev/null 2>&1; }
+    cargo build --release --bins
+    if ! have debian:bookworm-slim; then
+        command -v debootstrap >/dev/null || { echo "images-offline: needs debootstrap (apt-get install debootstrap) and root" >&2; exit 1; }
+        rootfs=target/offline/rootfs
+        rm -rf "$rootfs" && mkdir -p "$rootfs"
+        debootstrap --variant=minbase bookworm "$rootfs" {{debian_mirror}} > target/offline/debootstrap.log
+        # Trimmed like the official slim image: no docs, manuals or translations, no apt caches.
+        printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+            'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+            'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' \
+            > "$rootfs/etc/dpkg/dpkg.cfg.d/docker"
+        printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://deb.debian.org/debian-security bookworm-security main\n' \
+            {{debian_mirror}} {{debian_mirror}} > "$rootfs/etc/apt/sources.list"
+        find "$rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+        rm -rf "$rootfs"/usr/share/{man,info,locale}/* "$rootfs"/var/cache/apt/archives/*.deb \
+            "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
+        tar -C "$rootfs" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim
+        rm -rf "$rootfs"
+    fi
+    have redis:7 || docker build -q -f docker/offline/Dockerfile.redis -t redis:7 docker/offline
+    have prom/prometheus:v2.53.0 || docker build -q -f docker/offline/Dockerfile.prometheus -t prom/prometheus:v2.53.0 docker/offline
+    docker build -q -f docker/Dockerfile.prebuilt -t "${HERALD_IMAGE:-herald:latest}" .
+    echo "images-offline: done in $(( $(date +%s) - started ))s"
+
+# The compose stack end to end (needs Docker): offline images, then the ignored `compose` scenario; tears down even on failure.
+compose-e2e: images-offline
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{docker_compose}}
+    export HERALD_COMPOSE_PROJECT="herald-e2e-$(date +%s)-$$"
+    cleanup() {
+        HERALD_ENV_FILE="$PWD/docker/.env.example" docker_compose -p "$HERALD_COMPOSE_PROJECT" \
+            {{offline_files}} --profile prometheus --profile tui down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
+    }
+    trap cleanup EXIT
+    started=$(date +%s)
+    cargo nextest run -p e2e --run-ignored only --no-capture compose
+    echo "compose-e2e: the scenario took $(( $(date +%s) - started ))s"
+
+# === end docker ===
+
+# Reproduce BENCHMARKS.md: release build, one pinned gateway, loopback (about 5 minutes).
+bench:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -p ws-gateway -p herald-bench -p broadcaster
+    out=target/bench; mkdir -p $out
+    secret=bench-secret-0123456789abcdef
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no > $out/redis.log 2>&1 &
+    pids=($!)
+    trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+    sleep 0.5
+    gw() {
+        HERALD_REDIS_URL=redis://127.0.0.1:$port HERALD_JWT_SECRET=$secret HERALD_LISTEN=127.0.0.1:18765 \
+        HERALD_MAX_CONNECTIONS_PER_IP=100000 HERALD_CONNECT_RATE_PER_IP=100000 \
+        HERALD_RATE_LIMIT_MESSAGES=100000000 HERALD_LOG=warn \
+        taskset -c 0 target/release/ws-gateway > $out/gateway.log 2>&1 &
+        gwpid=$!; pids+=($gwpid); sleep 1
+    }
+    bench() { taskset -c 1 target/release/herald-bench --json "$@" --url ws://127.0.0.1:18765/ws --secret $secret --pid $gwpid; }
+    gw
+    echo "== 1. fan-out: 1 channel, 10,000 subscribers, 100-byte payload (rate sweep)"
+    for rate in 20 50 100; do bench fanout --subscribers 10000 --rate $rate --duration 10 --payload 100 | tee -a $out/fanout.jsonl; done
+    echo "== 2. latency: 1,000 subscribers, 100 publishes/s"
+    bench fanout --subscribers 1000 --rate 100 --duration 20 --payload 100 | tee $out/latency.json
+    kill $gwpid; wait $gwpid 2>/dev/null || true; gw
+    echo "== 3. many channels: 10,000 connections on their own channel + a shared one"
+    bench fanout --subscribers 10000 --channels 10000 --shared-every 10 --rate 2000 --duration 10 --payload 100 | tee $out/channels.json
+    kill $gwpid; wait $gwpid 2>/dev/null || true; gw
+    echo "== 4. idle connections: 19,000"
+    bench connections --count 19000 --hold 10 | tee $out/idle.json
+    kill $gwpid; wait $gwpid 2>/dev/null || true
+    echo "== 5. raw baseline: pre-encoded frames over plain tokio TCP, 10,000 subscribers"
+    taskset -c 0 target/release/herald-bench raw-server --listen 127.0.0.1:19100 --subscribers 10000 --duration 10 --payload 100 > $out/raw-server.json &
+    rawpid=$!; pids+=($rawpid); sleep 0.5
+    taskset -c 1 target/release/herald-bench --json fanout --raw --url tcp://127.0.0.1:19100 --subscribers 10000 --payload 100 --pid $rawpid | tee $out/raw.json
+    echo "== 6. HTTP publish through the broadcaster"
+    gw
+    HERALD_REDIS_URL=redis://127.0.0.1:$port HERALD_API_KEY=bench-key HERALD_LISTEN=127.0.0.1:18082 HERALD_LOG=warn \
+        taskset -c 0 target/release/broadcaster > $out/broadcaster.log 2>&1 &
+    pids+=($!); sleep 1
+    bench fanout --subscribers 10 --rate 0 --duration 10 --publish http --publishers 1 --window 256 --api-url http://127.0.0.1:18082 --api-key bench-key | tee $out/http.json
+    echo "results in $out/"
