@@ -344,7 +344,9 @@ impl Plan {
         let k = self.counter.fetch_add(1, Ordering::Relaxed);
         let msg = format!(r#"{{"t":{},"pad":"{}"}}"#, now_ns(), self.pad);
         match self.shared_every {
-            Some(every) if every > 0 && k.is_multiple_of(every) => (SHARED_CHANNEL, self.everyone, msg),
+            Some(every) if every > 0 && k.is_multiple_of(every) => {
+                (SHARED_CHANNEL, self.everyone, msg)
+            }
             _ => {
                 let c = (k as usize) % self.channels.len();
                 (&self.channels[c], self.per_channel[c], msg)
