@@ -4,3 +4,4 @@ mod broadcaster;
 mod gateway;
 mod metrics;
 mod monitor;
+mod observe;
