@@ -104,6 +104,9 @@ pub(crate) async fn serve(
         last_seen: Instant::now(),
         last_report: None,
         batch,
+        pending_out: 0,
+        batch_now_ms: 0,
+        latency: state.metrics.delivery_latency.local(),
     };
     tracing::debug!(conn_id = %shared.conn_id, user = %shared.user, %ip, "connected");
     conn.run(channels, auth_id).await;
@@ -239,6 +242,12 @@ struct Conn {
     last_report: Option<Instant>,
     expiry: Instant,
     batch: bool,
+    /// Deliveries written since the last [`Conn::flush_stats`].
+    pending_out: u64,
+    /// The clock read once per write batch, for latencies.
+    batch_now_ms: u64,
+    /// This connection's share of the latency histogram, flushed per batch.
+    latency: prometheus::local::LocalHistogram,
 }
 
 impl Conn {
@@ -313,18 +322,24 @@ impl Conn {
 
     /// Writes queued deliveries, coalescing what is already waiting into one flush.
     async fn write_deliveries(&mut self, first: Arc<Delivery>) -> Flow {
-        if self.batch {
-            return self.write_batch(first).await;
-        }
+        self.batch_now_ms = now_ms();
+        let flow = if self.batch {
+            self.write_batch(first).await
+        } else {
+            self.write_plain(first).await
+        };
+        self.flush_stats();
+        flow
+    }
+
+    async fn write_plain(&mut self, first: Arc<Delivery>) -> Flow {
         let mut pending = Some(first);
         let mut written = 0usize;
-        let mut latest_ms = 0u64;
         while let Some(d) = pending.take() {
             self.shared
                 .queued_bytes
                 .fetch_sub(d.text.len(), Ordering::Relaxed);
             if self.keep(&d) {
-                latest_ms = latest_ms.max(d.published_ms);
                 if self
                     .socket
                     .feed(Message::Text(d.text.clone()))
@@ -343,7 +358,6 @@ impl Conn {
         if self.socket.flush().await.is_err() {
             return Flow::Stop;
         }
-        let _ = latest_ms;
         Flow::Continue
     }
 
@@ -392,20 +406,34 @@ impl Conn {
         }
     }
 
-    fn observe(&self, d: &Delivery) {
-        self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.state.metrics.messages_delivered.inc();
+    /// Counts one written delivery into this connection's local tallies; they are
+    /// folded into the shared metrics once per write batch ([`Self::flush_stats`]),
+    /// so the hot path touches no shared cache line per message.
+    fn observe(&mut self, d: &Delivery) {
+        self.pending_out += 1;
         if d.published_ms > 0 {
-            let ms = now_ms().saturating_sub(d.published_ms);
+            let ms = self.batch_now_ms.saturating_sub(d.published_ms);
+            self.latency.observe(ms as f64 / 1000.0);
+        }
+    }
+
+    fn flush_stats(&mut self) {
+        if self.pending_out > 0 {
+            self.shared
+                .messages_out
+                .fetch_add(self.pending_out, Ordering::Relaxed);
             self.state
                 .metrics
-                .delivery_latency
-                .observe(ms as f64 / 1000.0);
+                .messages_delivered
+                .inc_by(self.pending_out);
+            self.pending_out = 0;
+            self.latency.flush();
         }
     }
 
     /// Writes what is queued (shutdown drain), bounded by the queue's size.
     async fn drain(&mut self) {
+        self.batch_now_ms = now_ms();
         let mut n = 0;
         while let Ok(d) = self.rx.try_recv() {
             self.shared
@@ -428,6 +456,7 @@ impl Conn {
             }
         }
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.socket.flush()).await;
+        self.flush_stats();
     }
 
     /// Sends `disconnect` and closes.
