@@ -5,3 +5,4 @@ mod gateway;
 mod metrics;
 mod monitor;
 mod observe;
+mod pipeline;
