@@ -6,3 +6,4 @@ mod metrics;
 mod monitor;
 mod observe;
 mod pipeline;
+mod tui;

@@ -1,0 +1,114 @@
+//! The cluster header: node counts by status, totals, and a sparkline of the
+//! messages delivered per second over the last minute.
+
+use std::collections::VecDeque;
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Sparkline, Widget};
+
+use super::{Palette, count, rate};
+use crate::model::{Overview, Status};
+
+/// The width the three lines of numbers need before the sparkline gets any.
+const TEXT_MIN: u16 = 54;
+
+#[derive(Debug)]
+pub struct ClusterPanel<'a> {
+    pub overview: &'a Overview,
+    /// Delivered messages per second, oldest first.
+    pub history: &'a VecDeque<u64>,
+    pub palette: Palette,
+}
+
+impl Widget for ClusterPanel<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let p = self.palette;
+        let block = p.block("Cluster".to_owned());
+        let inner = block.inner(area);
+        block.render(area, buf);
+
+        let t = &self.overview.totals;
+        let label = |s: &'static str| Span::styled(s, p.header());
+        let value = |s: String| Span::styled(s, p.text());
+        let lines = vec![
+            Line::from(vec![
+                label("Nodes        "),
+                Span::styled(format!("{} up", t.nodes_up), p.status(Status::Up)),
+                value("  ".to_owned()),
+                Span::styled(
+                    format!("{} stale", t.nodes_stale),
+                    stale_or_text(p, t.nodes_stale, Status::Stale),
+                ),
+                value("  ".to_owned()),
+                Span::styled(
+                    format!("{} down", t.nodes_down),
+                    stale_or_text(p, t.nodes_down, Status::Down),
+                ),
+            ]),
+            Line::from(vec![
+                label("Connections  "),
+                value(count(t.connections)),
+                value(format!(
+                    " · channels {} · subs {}",
+                    count(t.channels),
+                    count(t.subscriptions)
+                )),
+            ]),
+            Line::from(vec![
+                label("Messages/s   "),
+                value(format!(
+                    "in {} · out {}",
+                    rate(t.messages_in_per_sec),
+                    rate(t.messages_out_per_sec)
+                )),
+                label("  Rate-limited "),
+                value(count(
+                    self.overview.ratelimit.hits_total.max(t.ratelimit_hits),
+                )),
+            ]),
+        ];
+        // The numbers need about 54 columns; the sparkline gets the rest.
+        let text_width = (inner.width * 55 / 100).max(TEXT_MIN).min(inner.width);
+        let [text, spark] =
+            Layout::horizontal([Constraint::Length(text_width), Constraint::Fill(1)]).areas(inner);
+        Paragraph::new(lines).render(text, buf);
+
+        if spark.width < 8 {
+            return;
+        }
+        let [spark_title, spark_bars] =
+            Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(spark);
+        // The newest points only: a sparkline draws from its first value.
+        let skip = self.history.len().saturating_sub(usize::from(spark.width));
+        let points: Vec<u64> = self.history.iter().skip(skip).copied().collect();
+        let peak = points.iter().copied().max().unwrap_or(0);
+        Paragraph::new(Line::from(Span::styled(
+            format!(
+                "delivered/s · {} s · peak {}",
+                self.history.len(),
+                count(peak)
+            ),
+            p.dim(),
+        )))
+        .render(spark_title, buf);
+        let style = if p.stale {
+            p.dim()
+        } else {
+            Style::new().fg(Color::Cyan)
+        };
+        Sparkline::default()
+            .data(&points)
+            // Without traffic the bars stay empty rather than all full.
+            .max(peak.max(1))
+            .style(style)
+            .render(spark_bars, buf);
+    }
+}
+
+/// Zero stale or down nodes is not news; only a non-zero count gets a colour.
+fn stale_or_text(p: Palette, n: u64, s: Status) -> Style {
+    if n == 0 { p.text() } else { p.status(s) }
+}

@@ -1,0 +1,69 @@
+//! Rate-limit hits: the total, a count per kind, and the latest offenders.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Row, Table, Widget};
+
+use super::{Palette, count};
+use crate::model::{RateLimits, clock};
+
+#[derive(Debug)]
+pub struct RateLimitPanel<'a> {
+    pub ratelimit: &'a RateLimits,
+    pub palette: Palette,
+}
+
+impl Widget for RateLimitPanel<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let p = self.palette;
+        let r = self.ratelimit;
+        let block = p.block("Rate limits".to_owned());
+        let inner = block.inner(area);
+        block.render(area, buf);
+        let [summary, list] =
+            Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
+
+        let hot = if r.hits_total > 0 && !p.stale {
+            Style::new().fg(Color::Yellow)
+        } else {
+            p.text()
+        };
+        let mut spans = vec![
+            // Gateways report an offender at most once a second per connection,
+            // so this counts reports; the header counts every refused frame.
+            Span::styled("reported ", p.header()),
+            Span::styled(count(r.hits_total), hot),
+        ];
+        for (kind, n) in &r.by_kind {
+            spans.push(Span::styled(format!(" · {kind} {}", count(*n)), p.text()));
+        }
+        Paragraph::new(Line::from(spans)).render(summary, buf);
+
+        if r.recent.is_empty() {
+            Paragraph::new(Span::styled("no rate-limit hits", p.dim())).render(list, buf);
+            return;
+        }
+        let rows = r.recent.iter().map(|h| {
+            Row::new([
+                clock(&h.at).to_owned(),
+                h.who.clone(),
+                h.kind.clone(),
+                h.node.clone(),
+            ])
+            .style(p.text())
+        });
+        Table::new(
+            rows,
+            [
+                Constraint::Length(8),
+                Constraint::Fill(2),
+                Constraint::Length(11),
+                Constraint::Fill(1),
+            ],
+        )
+        .header(Row::new(["AT", "WHO", "KIND", "NODE"]).style(p.header()))
+        .render(list, buf);
+    }
+}
