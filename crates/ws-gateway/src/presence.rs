@@ -27,6 +27,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// TTL of the per-node presence keys.
 const PRESENCE_TTL_MS: u64 = 15_000;
+/// How often per-connection message counters are refreshed (only changed ones).
+const COUNTERS_EVERY: u32 = 5;
 
 /// A change to publish.
 #[derive(Debug)]
@@ -54,6 +56,8 @@ pub(crate) async fn run(
     let mut pending: HashMap<String, Option<ConnInfo>> = HashMap::new();
     let mut released: Vec<IpAddr> = Vec::new();
     let mut written_channels: HashMap<Arc<str>, ChannelStat> = HashMap::new();
+    let mut written_counters: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut ticks = 0u32;
     let mut resync = false;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
@@ -88,6 +92,10 @@ pub(crate) async fn run(
                 }
             }
             _ = refresh.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(COUNTERS_EVERY) {
+                    refresh_counters(&hub, &node, &mut written_counters, &mut pending);
+                }
                 let ok = refresh_all(&mut conn, &keys, &node, &hub, &ips, &chans_key, &conns_key, &mut written_channels, resync).await;
                 if ok {
                     resync = false;
@@ -106,6 +114,29 @@ pub(crate) async fn run(
         .ignore()
         .query_async(&mut conn)
         .await;
+}
+
+/// Queues the records of connections whose message counters moved since last time.
+fn refresh_counters(
+    hub: &Hub,
+    node: &str,
+    written: &mut HashMap<String, (u64, u64)>,
+    pending: &mut HashMap<String, Option<ConnInfo>>,
+) {
+    use std::sync::atomic::Ordering;
+    let conns = hub.all_conns();
+    let mut live = HashMap::with_capacity(conns.len());
+    for c in conns {
+        let now = (
+            c.messages_in.load(Ordering::Relaxed),
+            c.messages_out.load(Ordering::Relaxed),
+        );
+        if written.get(&c.conn_id) != Some(&now) && !pending.contains_key(&c.conn_id) {
+            pending.insert(c.conn_id.clone(), Some(conn_info(&c, node)));
+        }
+        live.insert(c.conn_id.clone(), now);
+    }
+    *written = live;
 }
 
 /// Writes changed channel stats, refreshes IP shares and TTLs; after a Redis

@@ -85,6 +85,15 @@ async fn monitor_counts_real_clients_rates_and_failures() {
         (o["totals"]["messages_out_per_sec"].as_f64()? > 1.0).then_some(())
     });
     tokio::join!(pump, watch);
+    // Per-connection counters reach the monitor too.
+    eventually("per-connection message counts", || async {
+        let c = get(&monitor, &format!("/api/v1/connections?node={gw1_id}")).await;
+        let list = c["connections"].as_array()?.clone();
+        let ins: u64 = list.iter().filter_map(|c| c["messages_in"].as_u64()).sum();
+        let outs: u64 = list.iter().filter_map(|c| c["messages_out"].as_u64()).sum();
+        (ins >= 60 && outs >= 60).then_some(())
+    })
+    .await;
 
     // Admin disconnect needs the key, then the owning gateway closes the connection.
     let victim = clients[2].1.clone();
