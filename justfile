@@ -141,7 +141,13 @@ images-offline:
     fi
     have redis:7 || docker build -q -f docker/offline/Dockerfile.redis -t redis:7 docker/offline
     have prom/prometheus:v2.53.0 || docker build -q -f docker/offline/Dockerfile.prometheus -t prom/prometheus:v2.53.0 docker/offline
-    docker build -q -f docker/Dockerfile.prebuilt -t "${HERALD_IMAGE:-herald:latest}" .
+    image="${HERALD_IMAGE:-herald:latest}"
+    old=$(docker image inspect -f '{{{{.Id}}' "$image" 2>/dev/null || true)
+    docker build -q -f docker/Dockerfile.prebuilt -t "$image" .
+    # The image this replaced (new binaries) would pile up untagged, run after run.
+    if [[ -n "$old" && "$old" != "$(docker image inspect -f '{{{{.Id}}' "$image")" ]]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
     echo "images-offline: done in $(( $(date +%s) - started ))s"
 
 # The compose stack end to end (needs Docker): offline images, then the ignored `compose` scenario; tears down even on failure.
@@ -204,3 +210,46 @@ bench:
     pids+=($!); sleep 1
     bench fanout --subscribers 10 --rate 0 --duration 10 --publish http --publishers 1 --window 256 --api-url http://127.0.0.1:18082 --api-key bench-key | tee $out/http.json
     echo "results in $out/"
+
+# === fuzzing and soak (issue 5); docs/security.md and docs/reliability.md explain ===
+
+# Fuzz each target (all when none is named: client_frame token claims http_body) with cargo-fuzz for HERALD_FUZZ_SECS seconds each (default 60); not in CI.
+fuzz *targets:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    # libFuzzer instrumentation needs nightly-only rustc flags; the stable toolchain allows
+    # them with RUSTC_BOOTSTRAP=1 (the fuzz crate is its own workspace, so nothing else sees it).
+    export RUSTC_BOOTSTRAP=1
+    secs="${HERALD_FUZZ_SECS:-60}"
+    # Pin the fuzz build to the workspace's dependency versions.
+    [[ -f fuzz/Cargo.lock ]] || cp Cargo.lock fuzz/Cargo.lock
+    targets=({{targets}})
+    ((${#targets[@]})) || targets=(client_frame token claims http_body)
+    cd fuzz
+    for t in "${targets[@]}"; do
+        # New inputs go to target/corpus (scratch); the kept seeds in corpus/ stay small.
+        mkdir -p "target/corpus/$t" "target/artifacts/$t"
+        echo "fuzz: $t for ${secs}s"
+        if ! cargo fuzz run "$t" "target/corpus/$t" "corpus/$t" -- \
+            -max_total_time="$secs" -dict=herald.dict -artifact_prefix="target/artifacts/$t/" -print_final_stats=1; then
+            echo "fuzz: $t failed an invariant; the input is in fuzz/target/artifacts/$t/:" >&2
+            echo "  copy it to fuzz/regressions/$t/ (replayed by \`cargo test -p herald-fuzz\`), add a named test, fix" >&2
+            exit 1
+        fi
+    done
+
+# The same targets with herald-fuzz's coverage-free mutation fuzzer (stable toolchain, no cargo-fuzz); HERALD_FUZZ_SECS each.
+fuzz-stable *targets:
+    cargo run -q -p herald-fuzz -- --secs "${HERALD_FUZZ_SECS:-60}" {{targets}}
+
+# Soak (not in CI): HERALD_SOAK_SECS (default 600) of mixed load, churn and Redis restarts every HERALD_SOAK_REDIS_RESTART_SECS (default 60); prints a report and fails on any loss.
+soak: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The suite's nextest profiles kill tests after 2 minutes; the soak gets a profile
+    # without that limit (it bounds itself).
+    mkdir -p target/soak
+    printf '[profile.soak]\nslow-timeout = { period = "120s" }\n' > target/soak/nextest.toml
+    cargo nextest run -p e2e --tool-config-file "herald-soak:$PWD/target/soak/nextest.toml" -P soak \
+        --run-ignored only --no-capture -E 'test(=tests::chaos::soak)'
