@@ -121,7 +121,7 @@ impl JwtConfig {
     /// The validation rules for `alg`.
     pub fn validation(&self, alg: Alg) -> Validation {
         let mut v = Validation::new(alg.algorithm());
-        v.set_required_spec_claims(&["exp"]);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v.validate_exp = true;
         v.validate_nbf = true;
         v.leeway = self.jwt_leeway_s.min(300);

@@ -261,6 +261,8 @@ impl Conn {
                 Err(SubError::Broken) => return,
             }
         }
+        // Listed for the monitor at once, channels or not.
+        self.publish_presence();
         let hello = server::auth_success(
             &self.shared.user,
             &self.shared.conn_id,

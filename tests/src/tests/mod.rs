@@ -1,6 +1,7 @@
 //! The scenarios, one module per area; each test starts its own Redis and services.
 mod auth;
 mod broadcaster;
+mod chaos;
 mod compose;
 mod gateway;
 mod metrics;
