@@ -64,21 +64,34 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The whole router: API, ops endpoints, metrics and tracing layers.
-pub(crate) fn router(state: AppState, ops: Ops) -> Router {
-    let api = Router::new()
+/// The routers: the public API with the ops endpoints, and the admin endpoints
+/// (users, revoke) — merged into the public one unless `separate_admin`, in which
+/// case they are returned on their own for a private listener.
+pub(crate) fn router(state: AppState, ops: Ops, separate_admin: bool) -> (Router, Option<Router>) {
+    let public = Router::new()
         .route("/v1/token", post(login))
         .route("/v1/token/refresh", post(refresh))
+        .route("/.well-known/jwks.json", get(jwks))
+        .with_state(state.clone());
+    let admin = Router::new()
         .route("/v1/token/revoke", post(revoke))
         .route("/v1/users", post(create_user).get(list_users))
         .route("/v1/users/{name}", get(get_user).delete(delete_user))
-        .route("/.well-known/jwks.json", get(jwks))
         .with_state(state.clone());
-    let app = api
-        .merge(ops_routes(ops))
-        .route_layer(axum::middleware::from_fn_with_state(state, track))
-        .fallback(|| async { ApiError::not_found("no such endpoint") });
-    layers(app)
+    let finish = |r: Router| {
+        layers(
+            r.route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
+                .fallback(|| async { ApiError::not_found("no such endpoint") }),
+        )
+    };
+    if separate_admin {
+        (
+            finish(public.merge(ops_routes(ops.clone()))),
+            Some(finish(admin.merge(ops_routes(ops)))),
+        )
+    } else {
+        (finish(public.merge(admin).merge(ops_routes(ops))), None)
+    }
 }
 
 // === Errors ===

@@ -51,6 +51,10 @@ pub struct Config {
     /// Bearer key of the admin endpoints (users, revoke); none refuses them all.
     #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Serve the admin endpoints (users, revoke) only on this address, e.g. a private
+    /// interface; unset, they share the main listener.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "HERALD_ACCESS_TOKEN_TTL_S", default_value_t = DEFAULT_ACCESS_TTL_S)]
     pub access_token_ttl_s: u64,
@@ -149,6 +153,9 @@ impl Config {
     pub fn settings(&self, problems: &mut Vec<String>) -> Settings {
         problems.extend(self.common.problems());
         let listen = parse_listen(ENV_LISTEN, &self.listen, problems);
+        if let Some(a) = &self.admin_listen {
+            parse_listen("HERALD_ADMIN_LISTEN", a, problems);
+        }
         let (alg, secret) = self.jwt.resolve(self.common.dev, problems);
         if alg == Alg::Rs256 {
             problems.push(

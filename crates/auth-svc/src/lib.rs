@@ -134,9 +134,34 @@ pub async fn run(
     ));
     tracker.spawn(api::reload_keys(state.clone(), token.child_token()));
 
-    let app = api::router(state, ops);
+    // The admin listener is optional and named by the same configuration, so it is
+    // bound here rather than by the caller.
+    let admin_listener = match &config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (HERALD_ADMIN_LISTEN)"))?,
+        ),
+        None => None,
+    };
+    let (app, admin_app) = api::router(state, ops, admin_listener.is_some());
     tracing::info!(node = %node_id, addr = %local, "auth-svc serving");
     let stop = token.clone();
+    if let (Some(l), Some(admin_app)) = (admin_listener, admin_app) {
+        tracing::info!(addr = %l.local_addr()?, "auth-svc admin endpoints listening");
+        let stop = token.clone();
+        tracker.spawn(async move {
+            let r = axum::serve(
+                l,
+                admin_app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+            if let Err(e) = r {
+                tracing::error!(cause = %e, "admin listener failed");
+            }
+        });
+    }
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -50,12 +50,19 @@ pub(crate) struct AppState {
     pub(crate) token: CancellationToken,
 }
 
+/// The read API.
 pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/channels", get(channels))
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/stream", get(stream))
+        .with_state(state)
+}
+
+/// The admin actions, served with [`routes`] or on their own listener.
+pub(crate) fn admin_routes(state: AppState) -> Router {
+    Router::new()
         .route(
             "/api/v1/connections/{conn_id}/disconnect",
             post(disconnect_conn),

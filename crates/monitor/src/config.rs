@@ -30,6 +30,10 @@ pub struct Config {
     /// Bearer key for the admin actions (disconnects); without it they refuse everything.
     #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Serve the admin actions only on this address (e.g. a private interface);
+    /// unset, they share the main listener.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// How often every node's `/healthz` is probed, in ms.
     #[arg(long, env = "HERALD_PROBE_INTERVAL_MS", default_value_t = DEFAULT_PROBE_INTERVAL_MS)]
     pub probe_interval_ms: u64,
@@ -40,6 +44,9 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.common.problems();
         parse_listen(ENV_LISTEN, &self.listen, &mut out);
+        if let Some(a) = &self.admin_listen {
+            parse_listen("HERALD_ADMIN_LISTEN", a, &mut out);
+        }
         if !PROBE_INTERVAL_RANGE_MS.contains(&self.probe_interval_ms) {
             out.push(format!(
                 "HERALD_PROBE_INTERVAL_MS must be between {} and {}, got {}",

@@ -147,11 +147,38 @@ pub async fn run_with(
         metrics,
         token: token.clone(),
     };
-    let app = layers(
-        api::routes(state)
-            .merge(ops_routes(Ops { registry, ready }))
-            .fallback(|| async { herald_common::http::ApiError::not_found("no such endpoint") }),
-    );
+    let ops = Ops { registry, ready };
+    let finish = |r: axum::Router| {
+        layers(
+            r.fallback(|| async { herald_common::http::ApiError::not_found("no such endpoint") }),
+        )
+    };
+    // The admin listener is optional and named by the same configuration, so it is
+    // bound here rather than by the caller.
+    let app = match &config.admin_listen {
+        Some(addr) => {
+            let admin = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (HERALD_ADMIN_LISTEN)"))?;
+            tracing::info!(addr = %admin.local_addr()?, "monitor admin actions listening");
+            let admin_app = finish(api::admin_routes(state.clone()).merge(ops_routes(ops.clone())));
+            let stop = token.clone();
+            tracker.spawn(async move {
+                let r = axum::serve(admin, admin_app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(cause = %e, "admin listener failed");
+                }
+            });
+            finish(api::routes(state).merge(ops_routes(ops)))
+        }
+        None => finish(
+            api::routes(state.clone())
+                .merge(api::admin_routes(state))
+                .merge(ops_routes(ops)),
+        ),
+    };
 
     let stop = token.clone();
     let served = axum::serve(listener, app)

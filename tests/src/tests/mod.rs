@@ -1,4 +1,5 @@
 //! The scenarios, one module per area; each test starts its own Redis and services.
+mod admin;
 mod auth;
 mod broadcaster;
 mod chaos;
