@@ -54,6 +54,12 @@ use hub::Hub;
 use limits::{IpLimiter, Refusal};
 use metrics::Metrics;
 
+/// Per-connection socket read buffer.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Outgoing bytes buffered before tungstenite writes to the socket (flushes write
+/// earlier; this only bounds how much one burst accumulates).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Everything connection tasks and handlers share.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -472,7 +478,12 @@ async fn ws_handler(
     // Our own checks give `too_large` errors below this; beyond it the socket fails.
     let hard_limit = (state.settings.max_frame_bytes * 4).max(1 << 20);
     let tracker = state.tracker.clone();
+    // Small buffers: tungstenite's defaults (128 KiB each way) are sized for bulk
+    // transfer, but an idle connection should cost a few KiB. Larger frames still
+    // work; the buffers grow while they are read or written.
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, ip, pre, slot)))
 }

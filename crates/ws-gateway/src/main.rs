@@ -9,6 +9,12 @@ use ws_gateway::Config;
 async fn main() -> anyhow::Result<()> {
     let config: Config = parse_or_exit();
     herald_common::telemetry::init(&config.common.log);
+    // Every client is a file descriptor: lift the soft limit to the hard one, so the
+    // node's capacity is HERALD_MAX_CONNECTIONS or the machine's limit, not a default 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(cause = %e, "cannot raise the open-file limit"),
+    }
     let settings = match config.settings() {
         Ok(s) => s,
         Err(problems) => {
