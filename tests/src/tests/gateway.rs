@@ -481,13 +481,25 @@ async fn per_ip_connection_cap_holds_across_gateways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_rate_per_ip() {
     let redis = Redis::start().await;
-    let gw = gateway(&redis)
+    // Two gateways share the per-IP attempt budget through Redis.
+    let gw1 = gateway(&redis)
         .env("HERALD_CONNECT_RATE_PER_IP", "5")
         .spawn()
         .await;
+    let gw2 = gateway(&redis)
+        .env("HERALD_CONNECT_RATE_PER_IP", "5")
+        .spawn()
+        .await;
+    // Attempts are counted per wall-clock second: start just after one begins.
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_millis();
+    tokio::time::sleep(Duration::from_millis(u64::from(1000 - into) + 5)).await;
     let mut refused = 0;
     let mut open = Vec::new();
-    for _ in 0..12 {
+    for i in 0..12 {
+        let gw = if i % 2 == 0 { &gw1 } else { &gw2 };
         match Ws::try_connect(&gw.ws(), &[]).await {
             Ok(ws) => open.push(ws),
             Err(status) => {
@@ -967,4 +979,65 @@ async fn handshake_limits_oversized_heads_and_slow_clients() {
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// The JWKS endpoint going away or hanging: keys already fetched keep working, an
+/// unknown `kid` is refused, and other clients are served while a fetch hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_outage_keeps_cached_keys_and_never_blocks() {
+    let redis = Redis::start().await;
+    let jwks = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":TEST_ED25519_X,"kid":"k1","alg":"EdDSA","use":"sig"}]});
+    let (url, server) = serve_json(jwks.to_string()).await;
+    let gw = gateway(&redis)
+        .env("HERALD_JWT_ALG", "EdDSA")
+        .env("HERALD_JWKS_URL", &url)
+        .spawn()
+        .await;
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(TEST_ED25519_PEM.as_bytes()).expect("key");
+    let sign = |kid: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        let claims = json!({"sub":"ed","exp":now()+60,"iss":"herald-auth","aud":"herald"});
+        jsonwebtoken::encode(&header, &claims, &key).expect("token")
+    };
+    let (_first, _) = Ws::auth(&gw, &sign("k1"), &[]).await;
+    // The key server now accepts connections and never answers.
+    server.abort();
+    let _ = server.await;
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("addr")
+        .to_owned();
+    let hang = tokio::net::TcpListener::bind(&addr)
+        .await
+        .expect("rebind the JWKS port");
+    let hanging = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    // An unknown kid makes the gateway refetch (at most once per 5 s, so wait that
+    // out), which hangs until the fetch timeout...
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    let mut unknown = Ws::connect(&gw.ws()).await;
+    unknown.send(json!({"token": sign("k2")})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...while clients with the cached key are served at once.
+    let started = std::time::Instant::now();
+    let (_second, ok) = Ws::auth(&gw, &sign("k1"), &[]).await;
+    assert_eq!(ok["user_id"], "ed", "the cached key still verifies");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let (closed, _) = unknown.closed().await;
+    assert_eq!(
+        closed.code, 1008,
+        "the unknown kid is refused once the fetch gives up"
+    );
+    hanging.abort();
 }
