@@ -50,6 +50,16 @@ pub(crate) fn host_port(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// A TCP connection from `source` to `target`.
 pub(crate) async fn tcp(source: IpAddr, target: SocketAddr) -> anyhow::Result<TcpStream> {
+    // Binding to port 0 makes the kernel search for a free port at bind time, which
+    // gets slow with thousands of sockets in TIME_WAIT; for the default source, let
+    // connect() pick the port instead.
+    if source == IpAddr::from([127, 0, 0, 1]) {
+        let stream = TcpStream::connect(target)
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?;
+        stream.set_nodelay(true)?;
+        return Ok(stream);
+    }
     let socket = if target.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
