@@ -58,7 +58,9 @@ pub(crate) async fn serve(
 ) {
     let (claims, channels, batch, auth_id) = match pre {
         Some(p) => (p.claims, p.channels, p.batch, None),
-        None => match first_frame_auth(&mut socket, &state).await {
+        // Boxed (here and for the other rare, deep requests below) so their state is
+        // allocated only while they run instead of enlarging every idle connection's task.
+        None => match Box::pin(first_frame_auth(&mut socket, &state)).await {
             Ok(v) => v,
             Err(Some((code, reason))) => {
                 close(&mut socket, code, reason).await;
@@ -255,7 +257,7 @@ impl Conn {
         let mut subscribed = Vec::new();
         let mut errors = Vec::new();
         for ch in dedup(initial) {
-            match self.subscribe(&ch, None, None, false).await {
+            match Box::pin(self.subscribe(&ch, None, None, false)).await {
                 Ok(()) => subscribed.push(ch),
                 Err(SubError::Frame(frame)) => errors.push(frame),
                 Err(SubError::Broken) => return,
@@ -618,7 +620,7 @@ impl Conn {
         match msg {
             ClientMsg::Ping { id } => Reply::Frame(server::pong(id.as_ref())),
             ClientMsg::Subscribe { channel, since, id } => {
-                match self.subscribe(&channel, since, id.as_ref(), true).await {
+                match Box::pin(self.subscribe(&channel, since, id.as_ref(), true)).await {
                     Ok(()) => Reply::Nothing,
                     Err(SubError::Frame(frame)) => Reply::Frame(frame),
                     Err(SubError::Broken) => Reply::Broken,
@@ -643,15 +645,12 @@ impl Conn {
                 channel,
                 message,
                 id,
-            } => match self
-                .broadcast(&channel, message.0.as_ref(), id.as_ref())
-                .await
-            {
+            } => match Box::pin(self.broadcast(&channel, message.0.as_ref(), id.as_ref())).await {
                 Some(f) => Reply::Frame(f),
                 None => Reply::Nothing,
             },
             ClientMsg::Auth { token, id, .. } => {
-                Reply::Frame(self.reauth(&token, id.as_ref()).await)
+                Reply::Frame(Box::pin(self.reauth(&token, id.as_ref())).await)
             }
         }
     }

@@ -55,7 +55,7 @@ use limits::{IpLimiter, Refusal};
 use metrics::Metrics;
 
 /// Per-connection socket read buffer.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 /// Outgoing bytes buffered before tungstenite writes to the socket (flushes write
 /// earlier; this only bounds how much one burst accumulates).
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
