@@ -52,6 +52,7 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
     }
     wait_connected(&connected, args.count as u64, &mut tasks, "connections").await?;
     let setup = started.elapsed();
+    let after_setup = report::sample(args.target.pid);
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let held = report::sample(args.target.pid);
     let _ = stop_tx.send(true);
@@ -70,6 +71,10 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
             "rss_before_mib": before.map(|b| (b.rss_bytes as f64 / 1048576.0 * 10.0).round() / 10.0),
             "rss_held_mib": held.map(|h| (h.rss_bytes as f64 / 1048576.0 * 10.0).round() / 10.0),
             "rss_kib_per_connection": per_conn.map(|k| (k * 100.0).round() / 100.0),
+            "setup_cpu_us_per_connection": match (before, after_setup) {
+                (Some(b), Some(a)) if args.count > 0 => Some(((a.cpu_s - b.cpu_s) * 1e6 / args.count as f64).round()),
+                _ => None,
+            },
         },
     });
     report::print(&out, json_out);

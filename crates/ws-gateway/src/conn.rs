@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -99,7 +99,7 @@ pub(crate) async fn serve(
         claims,
         channels: HashSet::new(),
         floors: HashMap::new(),
-        limiter: RateLimiter::direct(quota),
+        limiter: RateLimiter::direct_with_clock(quota, state.clock.clone()),
         refused: 0,
         refused_since: Instant::now(),
         too_large: Vec::new(),
@@ -514,7 +514,7 @@ impl Conn {
         self.shared.messages_in.fetch_add(1, Ordering::Relaxed);
         self.state.metrics.messages_received.inc();
         if let Err(wait) = self.limiter.check() {
-            let wait = wait.wait_time_from(DefaultClock::default().now());
+            let wait = wait.wait_time_from(self.state.clock.now());
             // Parse only to echo the request's id (the frame is within the size limit).
             let id = (text.len() <= self.state.settings.max_frame_bytes)
                 .then(|| client::parse(&text).ok())

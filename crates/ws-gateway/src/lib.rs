@@ -81,6 +81,9 @@ pub(crate) struct State {
     pub(crate) next_key: AtomicU64,
     /// Whether Origin checks are relaxed (HERALD_DEV=1 without an allow-list).
     pub(crate) any_origin: bool,
+    /// One clock for every connection's rate limiter: creating one per connection
+    /// (governor's default) re-reads CPU identification each time.
+    pub(crate) clock: governor::clock::DefaultClock,
 }
 
 impl State {
@@ -198,6 +201,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         next_key: AtomicU64::new(1),
         any_origin,
+        clock: governor::clock::DefaultClock::default(),
     });
 
     let pubsub_ok = Arc::new(AtomicBool::new(false));
