@@ -171,14 +171,7 @@ pub async fn run(
         stop.cancel();
     })
     .await;
-    token.cancel();
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("background tasks did not stop within the grace period");
-    }
+    herald_common::shutdown::stop_tasks(&token, &tracker, SHUTDOWN_GRACE).await;
     served.context("HTTP server failed")
 }
 

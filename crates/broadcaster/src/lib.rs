@@ -198,14 +198,7 @@ pub async fn run_with(
         .await
         .context("http server failed");
 
-    token.cancel();
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "background tasks did not stop in time");
-    }
+    herald_common::shutdown::stop_tasks(&token, &tracker, SHUTDOWN_GRACE).await;
     tracing::info!("broadcaster stopped");
     served
 }

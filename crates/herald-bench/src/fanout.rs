@@ -367,6 +367,27 @@ struct PubCtx {
 }
 
 impl PubCtx {
+    /// Accounts for a reply to a publish: an `ack` makes its deliveries expected, an
+    /// `error` counts as failed. Returns 1 if the reply settled a publish.
+    fn settle(&self, text: &str, owed: &mut std::collections::HashMap<u64, u64>) -> u64 {
+        let id = number_after(text, r#""id":"#);
+        if text.starts_with(r#"{"type":"ack""#) {
+            if let Some(owes) = id.and_then(|id| owed.remove(&id)) {
+                self.expected.fetch_add(owes, Ordering::Relaxed);
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            1
+        } else if text.contains(r#""type":"error""#) {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = id {
+                owed.remove(&id);
+            }
+            1
+        } else {
+            0
+        }
+    }
+
     /// How many publishes are due by now at the configured rate.
     fn due(&self, started: Instant, done: u64) -> u64 {
         if self.rate <= 0.0 {
@@ -401,20 +422,7 @@ async fn ws_publisher(ctx: PubCtx, mut ws: client::Ws) -> anyhow::Result<()> {
         // Read acks without blocking the pacing for long.
         tokio::select! {
             m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let id = number_after(&t, r#""id":"#);
-                    if t.starts_with(r#"{"type":"ack""#) {
-                        acked += 1;
-                        if let Some(owes) = id.and_then(|id| owed.remove(&id)) {
-                            ctx.expected.fetch_add(owes, Ordering::Relaxed);
-                            ctx.sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                    } else if t.contains(r#""type":"error""#) {
-                        acked += 1;
-                        ctx.failed.fetch_add(1, Ordering::Relaxed);
-                        if let Some(id) = id { owed.remove(&id); }
-                    }
-                }
+                Some(Ok(Message::Text(t))) => acked += ctx.settle(&t, &mut owed),
                 Some(Ok(_)) => {}
                 _ => bail!("a publisher connection closed"),
             },
@@ -425,19 +433,7 @@ async fn ws_publisher(ctx: PubCtx, mut ws: client::Ws) -> anyhow::Result<()> {
     let wait_until = Instant::now() + Duration::from_secs(10);
     while acked < done && Instant::now() < wait_until {
         match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => {
-                let id = number_after(&t, r#""id":"#);
-                if t.starts_with(r#"{"type":"ack""#) {
-                    acked += 1;
-                    if let Some(owes) = id.and_then(|id| owed.remove(&id)) {
-                        ctx.expected.fetch_add(owes, Ordering::Relaxed);
-                        ctx.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                } else if t.contains(r#""type":"error""#) {
-                    acked += 1;
-                    ctx.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            Ok(Some(Ok(Message::Text(t)))) => acked += ctx.settle(&t, &mut owed),
             Ok(Some(Ok(_))) => {}
             _ => break,
         }

@@ -163,17 +163,7 @@ impl Publisher {
         published_ms: u64,
     ) -> redis::RedisResult<(u64, String)> {
         let (offset, epoch, _): (u64, String, u8) = self
-            .publish
-            .key(self.keys.meta(channel))
-            .key(self.keys.history(channel))
-            .arg(self.keys.channel(channel))
-            .arg(&frame.head)
-            .arg(&frame.tail)
-            .arg(self.history.size)
-            .arg(self.history.ttl_ms.max(1))
-            .arg(new_epoch())
-            .arg(published_ms)
-            .arg(self.history.ttl_ms + META_EXTRA_TTL_MS)
+            .publish_invocation(channel, frame, published_ms, None)
             .invoke_async(conn)
             .await?;
         Ok((offset, epoch))
@@ -192,22 +182,38 @@ impl Publisher {
         once_ttl_ms: u64,
     ) -> redis::RedisResult<(u64, String, bool)> {
         let (offset, epoch, dup): (u64, String, u8) = self
-            .publish
-            .key(self.keys.meta(channel))
-            .key(self.keys.history(channel))
-            .key(self.keys.once(channel, once_id))
-            .arg(self.keys.channel(channel))
+            .publish_invocation(channel, frame, published_ms, Some((once_id, once_ttl_ms)))
+            .invoke_async(conn)
+            .await?;
+        Ok((offset, epoch, dup == 1))
+    }
+
+    /// The publish script's keys and arguments (see `PUBLISH_LUA`).
+    fn publish_invocation(
+        &self,
+        channel: &str,
+        frame: &FrameTemplate,
+        published_ms: u64,
+        once: Option<(&str, u64)>,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.publish.prepare_invoke();
+        inv.key(self.keys.meta(channel))
+            .key(self.keys.history(channel));
+        if let Some((id, _)) = once {
+            inv.key(self.keys.once(channel, id));
+        }
+        inv.arg(self.keys.channel(channel))
             .arg(&frame.head)
             .arg(&frame.tail)
             .arg(self.history.size)
             .arg(self.history.ttl_ms.max(1))
             .arg(new_epoch())
             .arg(published_ms)
-            .arg(self.history.ttl_ms + META_EXTRA_TTL_MS)
-            .arg(once_ttl_ms.max(1))
-            .invoke_async(conn)
-            .await?;
-        Ok((offset, epoch, dup == 1))
+            .arg(self.history.ttl_ms + META_EXTRA_TTL_MS);
+        if let Some((_, ttl)) = once {
+            inv.arg(ttl.max(1));
+        }
+        inv
     }
 
     /// The channel's position, and with `since` every message after it.

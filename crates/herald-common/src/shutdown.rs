@@ -27,3 +27,18 @@ pub async fn shutdown_signal() {
         () = term => tracing::info!(signal = "SIGTERM", "shutting down"),
     }
 }
+
+/// Stops a service's background tasks: cancels `token`, then waits for `tracker`'s
+/// tasks for at most `grace`, warning when they outlive it (a stuck task must not hold
+/// the process open forever).
+pub async fn stop_tasks(
+    token: &tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+    grace: std::time::Duration,
+) {
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(?grace, "background tasks did not stop in time");
+    }
+}

@@ -189,14 +189,7 @@ pub async fn run_with(
             stop.cancel();
         })
         .await;
-    token.cancel();
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "background tasks did not stop in time");
-    }
+    herald_common::shutdown::stop_tasks(&token, &tracker, SHUTDOWN_GRACE).await;
     served.context("http server failed")?;
     tracing::info!("monitor stopped");
     Ok(())

@@ -314,9 +314,7 @@ pub async fn run(
     {
         tracing::warn!(open, "shutdown grace expired with connections still open");
     }
-    bg.cancel();
-    bg_tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), bg_tasks.wait()).await;
+    herald_common::shutdown::stop_tasks(&bg, &bg_tasks, Duration::from_secs(5)).await;
     tracing::info!("ws-gateway stopped");
     Ok(())
 }
