@@ -47,9 +47,23 @@ pub const SERVICE: &str = "broadcaster";
 /// the stream, and another worker (or this one, restarted) claims it.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// What the API handlers, job workers and bridges share.
+/// What the API handlers, job workers and bridges share. Cloned for every request
+/// (axum state), so it is one `Arc`: cloning the fields themselves (metric handles,
+/// the scripts' source text, strings) cost more than the publish.
 #[derive(Debug, Clone)]
-pub struct Ctx {
+pub struct Ctx(Arc<CtxInner>);
+
+impl std::ops::Deref for Ctx {
+    type Target = CtxInner;
+
+    fn deref(&self) -> &CtxInner {
+        &self.0
+    }
+}
+
+/// The fields behind [`Ctx`].
+#[derive(Debug)]
+pub struct CtxInner {
     /// The shared multiplexed connection for short requests (never for blocking ones).
     pub conn: ConnectionManager,
     /// For connections that must not be shared: Pub/Sub and blocking stream reads.
@@ -75,7 +89,7 @@ impl Ctx {
         let publisher = Publisher::new(keys.clone(), config.history());
         let metrics = Metrics::new().context("cannot register metrics")?;
         let node_id = config.common.node_id(SERVICE);
-        Ok(Self {
+        Ok(Self(Arc::new(CtxInner {
             conn,
             client,
             keys,
@@ -85,7 +99,7 @@ impl Ctx {
             config: Arc::new(config),
             published: Arc::default(),
             received: Arc::default(),
-        })
+        })))
     }
 
     /// Publishes `frame` to `channel`, at most once per `once` id `(id, ttl_ms)` when
