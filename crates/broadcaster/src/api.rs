@@ -142,15 +142,28 @@ async fn publish(
     let once = once
         .as_deref()
         .map(|id| (id, ctx.config.idempotency_ttl_ms));
-    let (offset, epoch, duplicate) = ctx.publish(&req.channel, &frame, once).await?;
+    Ok(Json(
+        publish_counted(&ctx, &req.channel, &frame, once).await?,
+    ))
+}
+
+/// Publishes through the shared script and counts it; an idempotent replay publishes
+/// nothing and is not counted.
+async fn publish_counted(
+    ctx: &Ctx,
+    channel: &str,
+    frame: &envelope::FrameTemplate,
+    once: Option<(&str, u64)>,
+) -> Result<Position, ApiError> {
+    let (offset, epoch, duplicate) = ctx.publish(channel, frame, once).await?;
     if !duplicate {
         ctx.metrics.publish_total.inc();
     }
-    Ok(Json(Position {
+    Ok(Position {
         offset,
         epoch,
         duplicate,
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,8 +189,7 @@ async fn broadcast(
     let mut results = Vec::with_capacity(req.channels.len());
     for channel in req.channels {
         let frame = envelope::message(&channel, &req.message, None, &ts);
-        let (offset, epoch, _) = ctx.publish(&channel, &frame, None).await?;
-        ctx.metrics.publish_total.inc();
+        let Position { offset, epoch, .. } = publish_counted(&ctx, &channel, &frame, None).await?;
         results.push(ChannelPosition {
             channel,
             offset,
@@ -198,13 +210,9 @@ async fn system(
 ) -> Result<Json<Position>, ApiError> {
     ctx.received();
     let frame = envelope::system_notification(&req.content, &now_rfc3339());
-    let (offset, epoch, _) = ctx.publish(channel::SYSTEM_CHANNEL, &frame, None).await?;
-    ctx.metrics.publish_total.inc();
-    Ok(Json(Position {
-        offset,
-        epoch,
-        duplicate: false,
-    }))
+    Ok(Json(
+        publish_counted(&ctx, channel::SYSTEM_CHANNEL, &frame, None).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,13 +235,9 @@ async fn user_messages(
         &req.content,
         &now_rfc3339(),
     );
-    let (offset, epoch, _) = ctx.publish(&req.target_channel, &frame, None).await?;
-    ctx.metrics.publish_total.inc();
-    Ok(Json(Position {
-        offset,
-        epoch,
-        duplicate: false,
-    }))
+    Ok(Json(
+        publish_counted(&ctx, &req.target_channel, &frame, None).await?,
+    ))
 }
 
 // === Jobs ===
