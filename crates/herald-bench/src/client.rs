@@ -117,13 +117,19 @@ pub(crate) async fn connect(
         channels.join(",")
     );
     let req = url.into_client_request()?;
-    let (mut ws, _) = match tokio_tungstenite::client_async(req, stream).await {
-        Ok(ok) => ok,
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            bail!("the gateway refused the connection: HTTP {}", resp.status())
-        }
-        Err(e) => return Err(e.into()),
-    };
+    // Small buffers, as the gateway uses: tungstenite's 128 KiB defaults make every
+    // connection an mmap/munmap pair and page faults, and the bench the bottleneck.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                bail!("the gateway refused the connection: HTTP {}", resp.status())
+            }
+            Err(e) => return Err(e.into()),
+        };
     loop {
         match ws.next().await {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {

@@ -41,10 +41,12 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
             // Keep reading so pings are answered; stop when told.
+            let stopped = stop.changed();
+            tokio::pin!(stopped);
             loop {
                 tokio::select! {
                     m = ws.next() => if !matches!(m, Some(Ok(_))) { break },
-                    _ = stop.changed() => break,
+                    _ = &mut stopped => break,
                 }
             }
             anyhow::Ok(())

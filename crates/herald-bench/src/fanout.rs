@@ -284,10 +284,14 @@ async fn subscriber(mut ws: client::Ws, tally: &Tally, mut stop: watch::Receiver
     let mut own_last = 0u64;
     let mut shared_last = 0u64;
     let mut samples = Vec::with_capacity(SAMPLE_BATCH);
+    // One stop future for the whole run: a fresh `changed()` per frame would take the
+    // watch's waiter lock twice per delivery and slow the reader being measured.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let msg = tokio::select! {
             m = ws.next() => m,
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
@@ -443,7 +447,9 @@ async fn ws_publisher(ctx: PubCtx, mut ws: client::Ws) -> anyhow::Result<()> {
 
 async fn http_publisher(ctx: PubCtx, url: String, key: String) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(4)
+        // Keep a connection per request in flight: a smaller idle pool closes and
+        // reopens connections all the time, and the target pays for the handshakes.
+        .pool_max_idle_per_host(ctx.window)
         .timeout(Duration::from_secs(5))
         .build()?;
     let started = Instant::now();

@@ -71,7 +71,8 @@ pub(crate) async fn serve(
     };
     let key = state.next_key.fetch_add(1, Ordering::Relaxed);
     let conn_id = format!("{:016x}", rand::random::<u64>());
-    let (tx, rx) = mpsc::channel(state.settings.queue_frames);
+    // Unbounded as a channel, bounded by the hub's frame/byte count (see `ConnShared`).
+    let (tx, rx) = mpsc::unbounded_channel();
     let cancel = state.shutdown.child_token();
     let user = claims.user().unwrap_or_default().to_owned();
     let shared = Arc::new(ConnShared::new(
@@ -228,7 +229,7 @@ struct Conn {
     state: Arc<State>,
     shared: Arc<ConnShared>,
     key: u64,
-    rx: mpsc::Receiver<Arc<Delivery>>,
+    rx: mpsc::UnboundedReceiver<Arc<Delivery>>,
     claims: Claims,
     channels: HashSet<String>,
     /// After a subscribe, live messages at or below the reported offset were
@@ -284,11 +285,20 @@ impl Conn {
         let hb = self.state.settings.heartbeat;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + hb, hb);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Created once, not per loop turn: a fresh `cancelled()` or `sleep_until` would
+        // register with (and on drop leave) the token's waiter list and the timer wheel
+        // on every wake-up, i.e. per delivered message.
+        let cancelled = self.shared.cancel.clone().cancelled_owned();
+        tokio::pin!(cancelled);
+        let expiry = tokio::time::sleep_until(self.expiry);
+        tokio::pin!(expiry);
         loop {
-            let expiry = tokio::time::sleep_until(self.expiry);
+            if expiry.deadline() != self.expiry {
+                expiry.as_mut().reset(self.expiry);
+            }
             let flow = tokio::select! {
                 biased;
-                () = self.shared.cancel.cancelled() => {
+                () = &mut cancelled => {
                     let kick = self.shared.kicked().cloned().unwrap_or_else(|| {
                         Kick::new("shutdown", "going away", 1001, true)
                     });
@@ -307,7 +317,7 @@ impl Conn {
                     _ => Flow::Stop,
                 },
                 _ = heartbeat.tick() => self.on_heartbeat().await,
-                () = expiry => {
+                () = &mut expiry => {
                     self.kick(&Kick::new("token_expired", "token expired", 1008, false)).await;
                     Flow::Stop
                 }
@@ -339,10 +349,10 @@ impl Conn {
     async fn write_plain(&mut self, first: Arc<Delivery>) -> Flow {
         let mut pending = Some(first);
         let mut written = 0usize;
+        let (mut taken, mut taken_bytes) = (0u64, 0u64);
         while let Some(d) = pending.take() {
-            self.shared
-                .queued_bytes
-                .fetch_sub(d.text.len(), Ordering::Relaxed);
+            taken += 1;
+            taken_bytes += d.text.len() as u64;
             if self.keep(&d) {
                 if self
                     .socket
@@ -359,6 +369,7 @@ impl Conn {
                 pending = self.rx.try_recv().ok();
             }
         }
+        self.shared.dequeued(taken, taken_bytes);
         if self.socket.flush().await.is_err() {
             return Flow::Stop;
         }
@@ -370,10 +381,10 @@ impl Conn {
         tokio::time::sleep(self.state.settings.batch_window).await;
         let mut frames: Vec<Arc<Delivery>> = Vec::with_capacity(8);
         let mut next = Some(first);
+        let (mut taken, mut taken_bytes) = (0u64, 0u64);
         while let Some(d) = next.take() {
-            self.shared
-                .queued_bytes
-                .fetch_sub(d.text.len(), Ordering::Relaxed);
+            taken += 1;
+            taken_bytes += d.text.len() as u64;
             if self.keep(&d) {
                 frames.push(d);
             }
@@ -381,6 +392,7 @@ impl Conn {
                 next = self.rx.try_recv().ok();
             }
         }
+        self.shared.dequeued(taken, taken_bytes);
         let text = match frames.len() {
             0 => return Flow::Continue,
             1 => frames[0].text.clone(),
@@ -440,9 +452,7 @@ impl Conn {
         self.batch_now_ms = now_ms();
         let mut n = 0;
         while let Ok(d) = self.rx.try_recv() {
-            self.shared
-                .queued_bytes
-                .fetch_sub(d.text.len(), Ordering::Relaxed);
+            self.shared.dequeued(1, d.text.len() as u64);
             if self.keep(&d) {
                 let r = tokio::time::timeout(
                     CLOSE_WRITE_TIMEOUT,

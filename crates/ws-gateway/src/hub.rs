@@ -3,13 +3,14 @@
 //!
 //! A message arrives once per gateway (Redis Pub/Sub), is wrapped once in an
 //! `Arc<Delivery>` whose bytes are the finished client frame, and each recipient
-//! gets a clone of that `Arc` through a bounded queue: one read lock per message,
-//! no lock, parse or allocation per recipient. A recipient whose queue is full (by
-//! frames or bytes) is kicked as a slow consumer instead of slowing anyone else.
+//! gets a clone of that `Arc` through its queue: one read lock per message, no lock,
+//! parse or allocation per recipient. The queue is bounded by one packed counter of
+//! frames and bytes (a single atomic add per recipient); a recipient over either
+//! bound is kicked as a slow consumer instead of slowing anyone else.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -60,9 +61,10 @@ pub(crate) struct ConnShared {
     pub(crate) connected_ms: u64,
     /// The token id the connection authenticated with (changes on re-auth).
     pub(crate) jti: Mutex<Option<String>>,
-    pub(crate) tx: mpsc::Sender<Arc<Delivery>>,
-    /// Bytes sitting in `tx`, bounded by the outbound byte limit.
-    pub(crate) queued_bytes: AtomicUsize,
+    pub(crate) tx: mpsc::UnboundedSender<Arc<Delivery>>,
+    /// Frames and bytes sitting in `tx`, packed into one word (frames from bit 40
+    /// up) so the fan-out checks both bounds with one atomic add per recipient.
+    queued: AtomicU64,
     pub(crate) cancel: CancellationToken,
     kick: OnceLock<Kick>,
     pub(crate) messages_in: AtomicU64,
@@ -77,7 +79,7 @@ impl ConnShared {
         user: String,
         ip: IpAddr,
         jti: Option<String>,
-        tx: mpsc::Sender<Arc<Delivery>>,
+        tx: mpsc::UnboundedSender<Arc<Delivery>>,
         cancel: CancellationToken,
     ) -> Self {
         Self {
@@ -87,13 +89,26 @@ impl ConnShared {
             connected_ms: herald_proto::time::now_ms(),
             jti: Mutex::new(jti),
             tx,
-            queued_bytes: AtomicUsize::new(0),
+            queued: AtomicU64::new(0),
             cancel,
             kick: OnceLock::new(),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             channels: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Counts one frame of `bytes` into the queue; returns the queue's (frames, bytes).
+    pub(crate) fn enqueued(&self, bytes: usize) -> (u64, u64) {
+        let add = FRAME_UNIT + bytes as u64;
+        let now = self.queued.fetch_add(add, Ordering::Relaxed) + add;
+        (now / FRAME_UNIT, now % FRAME_UNIT)
+    }
+
+    /// Takes `frames` frames totalling `bytes` off the queue's count.
+    pub(crate) fn dequeued(&self, frames: u64, bytes: u64) {
+        self.queued
+            .fetch_sub(frames * FRAME_UNIT + bytes, Ordering::Relaxed);
     }
 
     /// Asks the connection to close for `why`; the first reason wins. Returns
@@ -112,6 +127,9 @@ impl ConnShared {
         self.jti.lock().ok().and_then(|j| j.clone())
     }
 }
+
+/// One queued frame in [`ConnShared::queued`]; the bits below count bytes.
+const FRAME_UNIT: u64 = 1 << 40;
 
 /// A channel with local subscribers.
 #[derive(Debug)]
@@ -138,7 +156,8 @@ pub(crate) struct Hub {
     conns: RwLock<HashMap<u64, Arc<ConnShared>>>,
     cmds: mpsc::UnboundedSender<Cmd>,
     metrics: Metrics,
-    queue_bytes: usize,
+    queue_bytes: u64,
+    queue_frames: u64,
 }
 
 /// Locks poisoned by a panicking thread still hold consistent maps (every
@@ -156,13 +175,15 @@ impl Hub {
         cmds: mpsc::UnboundedSender<Cmd>,
         metrics: Metrics,
         queue_bytes: usize,
+        queue_frames: usize,
     ) -> Self {
         Self {
             channels: RwLock::new(HashMap::new()),
             conns: RwLock::new(HashMap::new()),
             cmds,
             metrics,
-            queue_bytes,
+            queue_bytes: queue_bytes as u64,
+            queue_frames: queue_frames as u64,
         }
     }
 
@@ -294,15 +315,13 @@ impl Hub {
         let len = d.text.len();
         let mut n = 0;
         for conn in ch.subs.values() {
-            let queued = conn.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-            if queued > self.queue_bytes {
+            let (frames, bytes) = conn.enqueued(len);
+            if frames > self.queue_frames || bytes > self.queue_bytes {
                 self.slow(conn);
                 continue;
             }
-            match conn.tx.try_send(d.clone()) {
-                Ok(()) => n += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => self.slow(conn),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if conn.tx.send(d.clone()).is_ok() {
+                n += 1;
             }
         }
         n
@@ -320,8 +339,8 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn conn(id: &str, cap: usize) -> (Arc<ConnShared>, mpsc::Receiver<Arc<Delivery>>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn conn(id: &str) -> (Arc<ConnShared>, mpsc::UnboundedReceiver<Arc<Delivery>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
         let c = ConnShared::new(
             id.to_owned(),
             "u".to_owned(),
@@ -346,9 +365,9 @@ mod tests {
     #[test]
     fn subscribe_once_per_channel_and_unsubscribe_when_empty() {
         let (tx, mut cmds) = mpsc::unbounded_channel();
-        let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20);
-        let (a, _ra) = conn("a", 8);
-        let (b, _rb) = conn("b", 8);
+        let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20, 8);
+        let (a, _ra) = conn("a");
+        let (b, _rb) = conn("b");
         hub.subscribe("news", 1, a);
         hub.subscribe("news", 2, b);
         assert!(matches!(cmds.try_recv(), Ok(Cmd::Subscribe(c)) if &*c == "news"));
@@ -363,27 +382,29 @@ mod tests {
     #[test]
     fn fanout_shares_one_allocation_and_kicks_slow_consumers() {
         let (tx, _cmds) = mpsc::unbounded_channel();
-        let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20);
-        let (fast, mut rfast) = conn("fast", 8);
-        let (slow, _rslow) = conn("slow", 1);
+        let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20, 1);
+        let (fast, mut rfast) = conn("fast");
+        let (slow, _rslow) = conn("slow");
         hub.subscribe("news", 1, fast.clone());
         hub.subscribe("news", 2, slow.clone());
         let d = delivery("news", 1);
         assert_eq!(hub.fanout(&d), 2);
+        // The fast one drains its queue; the slow one does not.
+        let got = rfast.try_recv().unwrap();
+        assert!(Arc::ptr_eq(&got, &d), "recipients share the same bytes");
+        fast.dequeued(1, got.text.len() as u64);
         assert_eq!(hub.fanout(&delivery("news", 2)), 1);
         assert!(slow.cancel.is_cancelled());
         assert_eq!(slow.kicked().unwrap().close_code, 1013);
         assert!(!fast.cancel.is_cancelled());
-        let got = rfast.try_recv().unwrap();
-        assert!(Arc::ptr_eq(&got, &d), "recipients share the same bytes");
         assert_eq!(hub.fanout(&delivery("other", 1)), 0);
     }
 
     #[test]
     fn byte_bound_kicks_too() {
         let (tx, _cmds) = mpsc::unbounded_channel();
-        let hub = Hub::new(tx, Metrics::new().unwrap(), 20);
-        let (c, _r) = conn("c", 100);
+        let hub = Hub::new(tx, Metrics::new().unwrap(), 20, 100);
+        let (c, _r) = conn("c");
         hub.subscribe("news", 1, c.clone());
         hub.fanout(&delivery("news", 1));
         assert!(!c.cancel.is_cancelled());

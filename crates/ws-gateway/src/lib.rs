@@ -169,7 +169,12 @@ pub async fn run(
     }
 
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let hub = Arc::new(Hub::new(cmd_tx, metrics.clone(), settings.queue_bytes));
+    let hub = Arc::new(Hub::new(
+        cmd_tx,
+        metrics.clone(),
+        settings.queue_bytes,
+        settings.queue_frames,
+    ));
     let publisher = Publisher::new(keys.clone(), settings.history);
     let node_id = settings.node_id.clone();
     let ips = Arc::new(IpLimiter::new(
@@ -303,7 +308,16 @@ pub async fn run(
         shutdown.await;
         stop.cancel();
     });
-    serve(listener, app, &settings, state.shutdown.clone()).await;
+    // The accept loop runs on a runtime worker, not on the thread blocked in `main`:
+    // each accepted connection is then spawned where it will run, with no cross-thread
+    // wake-up (futex) per connection.
+    let accept = {
+        let (settings, stop) = (settings.clone(), state.shutdown.clone());
+        tokio::spawn(async move { serve(listener, app, &settings, stop).await })
+    };
+    if let Err(e) = accept.await {
+        tracing::error!(cause = %e, "accept loop failed");
+    }
 
     // Connections saw the same token and are sending `disconnect` + 1001.
     state.tracker.close();
