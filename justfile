@@ -167,49 +167,10 @@ compose-e2e: images-offline
 
 # === end docker ===
 
-# Reproduce BENCHMARKS.md: release build, one pinned gateway, loopback (about 5 minutes).
+# Reproduce BENCHMARKS.md: release build, gateway and load generator pinned to one
+# core each, loopback (in a fresh network namespace when root); about 6 minutes.
 bench:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    cargo build --release -p ws-gateway -p herald-bench -p broadcaster
-    out=target/bench; mkdir -p $out
-    secret=bench-secret-0123456789abcdef
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no > $out/redis.log 2>&1 &
-    pids=($!)
-    trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-    sleep 0.5
-    gw() {
-        HERALD_REDIS_URL=redis://127.0.0.1:$port HERALD_JWT_SECRET=$secret HERALD_LISTEN=127.0.0.1:18765 \
-        HERALD_MAX_CONNECTIONS_PER_IP=100000 HERALD_CONNECT_RATE_PER_IP=100000 \
-        HERALD_RATE_LIMIT_MESSAGES=100000000 HERALD_LOG=warn \
-        taskset -c 0 target/release/ws-gateway > $out/gateway.log 2>&1 &
-        gwpid=$!; pids+=($gwpid); sleep 1
-    }
-    bench() { taskset -c 1 target/release/herald-bench --json "$@" --url ws://127.0.0.1:18765/ws --secret $secret --pid $gwpid; }
-    gw
-    echo "== 1. fan-out: 1 channel, 10,000 subscribers, 100-byte payload (rate sweep)"
-    for rate in 20 50 100; do bench fanout --subscribers 10000 --rate $rate --duration 10 --payload 100 | tee -a $out/fanout.jsonl; done
-    echo "== 2. latency: 1,000 subscribers, 100 publishes/s"
-    bench fanout --subscribers 1000 --rate 100 --duration 20 --payload 100 | tee $out/latency.json
-    kill $gwpid; wait $gwpid 2>/dev/null || true; gw
-    echo "== 3. many channels: 10,000 connections on their own channel + a shared one"
-    bench fanout --subscribers 10000 --channels 10000 --shared-every 10 --rate 2000 --duration 10 --payload 100 | tee $out/channels.json
-    kill $gwpid; wait $gwpid 2>/dev/null || true; gw
-    echo "== 4. idle connections: 19,000"
-    bench connections --count 19000 --hold 10 | tee $out/idle.json
-    kill $gwpid; wait $gwpid 2>/dev/null || true
-    echo "== 5. raw baseline: pre-encoded frames over plain tokio TCP, 10,000 subscribers"
-    taskset -c 0 target/release/herald-bench raw-server --listen 127.0.0.1:19100 --subscribers 10000 --duration 10 --payload 100 > $out/raw-server.json &
-    rawpid=$!; pids+=($rawpid); sleep 0.5
-    taskset -c 1 target/release/herald-bench --json fanout --raw --url tcp://127.0.0.1:19100 --subscribers 10000 --payload 100 --pid $rawpid | tee $out/raw.json
-    echo "== 6. HTTP publish through the broadcaster"
-    gw
-    HERALD_REDIS_URL=redis://127.0.0.1:$port HERALD_API_KEY=bench-key HERALD_LISTEN=127.0.0.1:18082 HERALD_LOG=warn \
-        taskset -c 0 target/release/broadcaster > $out/broadcaster.log 2>&1 &
-    pids+=($!); sleep 1
-    bench fanout --subscribers 10 --rate 0 --duration 10 --publish http --publishers 1 --window 256 --api-url http://127.0.0.1:18082 --api-key bench-key | tee $out/http.json
-    echo "results in $out/"
+    bash crates/herald-bench/scenarios.sh
 
 # === fuzzing and soak (issue 5); docs/security.md and docs/reliability.md explain ===
 

@@ -108,6 +108,10 @@ pub(crate) struct ConnArgs {
     /// Channel every connection subscribes to at the handshake (none if empty).
     #[arg(long, default_value = "")]
     pub(crate) channel: String,
+    /// Bare TCP connections to `tcp://host:port` (e.g. a raw-server): the
+    /// machine's own connection-setup ceiling, for comparison.
+    #[arg(long)]
+    pub(crate) raw: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -99,6 +99,11 @@ pub(crate) fn token(target: &Target, i: usize) -> anyhow::Result<String> {
     )?)
 }
 
+/// Read buffer of an idle or lightly loaded client connection.
+pub(crate) const SMALL_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of a subscriber under load: one read takes in many frames.
+pub(crate) const BULK_READ_BUFFER: usize = 64 * 1024;
+
 /// Opens an authenticated WebSocket (token and channels in the query) and waits for
 /// `auth_success`.
 pub(crate) async fn connect(
@@ -106,6 +111,7 @@ pub(crate) async fn connect(
     source: IpAddr,
     i: usize,
     channels: &[String],
+    read_buffer: usize,
 ) -> anyhow::Result<Ws> {
     use futures_util::StreamExt;
     let addr = host_port(&target.url)?;
@@ -117,10 +123,11 @@ pub(crate) async fn connect(
         channels.join(",")
     );
     let req = url.into_client_request()?;
-    // Small buffers, as the gateway uses: tungstenite's 128 KiB defaults make every
-    // connection an mmap/munmap pair and page faults, and the bench the bottleneck.
+    // Sized by the caller: tungstenite's 128 KiB default makes every connection an
+    // mmap/munmap pair and page faults (the bench becomes the bottleneck of setup),
+    // while a subscriber under load wants many frames per read.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0);
     let (mut ws, _) =
         match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {

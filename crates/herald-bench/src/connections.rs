@@ -18,6 +18,7 @@ use crate::report::{self, per_sec};
 pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
     let sources = client::sources(&args.target, args.count);
     let before = report::sample(args.target.pid);
+    let me_before = report::sample(Some(std::process::id()));
     let connected = Arc::new(AtomicU64::new(0));
     let sem = Arc::new(Semaphore::new(args.target.connect_concurrency.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -35,9 +36,20 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
             channels.clone(),
         );
         let (connected, sem, mut stop) = (connected.clone(), sem.clone(), stop_rx.clone());
+        let raw = args.raw;
         tasks.spawn(async move {
             let permit = sem.acquire_owned().await.ok();
-            let mut ws = client::connect(&target, source, i, &chans).await?;
+            if raw {
+                // The baseline: a bare TCP connection, nothing on top.
+                let addr = client::host_port(&target.url)?;
+                let _stream = client::tcp(source, addr).await?;
+                drop(permit);
+                connected.fetch_add(1, Ordering::Relaxed);
+                let _ = stop.changed().await;
+                return anyhow::Ok(());
+            }
+            let mut ws =
+                client::connect(&target, source, i, &chans, client::SMALL_READ_BUFFER).await?;
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
             // Keep reading so pings are answered; stop when told.
@@ -55,6 +67,7 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
     wait_connected(&connected, args.count as u64, &mut tasks, "connections").await?;
     let setup = started.elapsed();
     let after_setup = report::sample(args.target.pid);
+    let me_after_setup = report::sample(Some(std::process::id()));
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let held = report::sample(args.target.pid);
     let _ = stop_tx.send(true);
@@ -65,7 +78,7 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let out = json!({
+    let mut out = json!({
         "connections": args.count,
         "setup_seconds": (setup.as_secs_f64() * 1000.0).round() / 1000.0,
         "setup_per_sec": per_sec(args.count as u64, setup),
@@ -77,6 +90,12 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
                 (Some(b), Some(a)) if args.count > 0 => Some(((a.cpu_s - b.cpu_s) * 1e6 / args.count as f64).round()),
                 _ => None,
             },
+        },
+    });
+    out["client"] = json!({
+        "setup_cpu_us_per_connection": match (me_before, me_after_setup) {
+            (Some(b), Some(a)) if args.count > 0 => Some(((a.cpu_s - b.cpu_s) * 1e6 / args.count as f64).round()),
+            _ => None,
         },
     });
     report::print(&out, json_out);

@@ -83,7 +83,7 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
         );
         subs.spawn(async move {
             let permit = sem.acquire_owned().await.ok();
-            let ws = client::connect(&target, source, i, &chans).await?;
+            let ws = client::connect(&target, source, i, &chans, client::BULK_READ_BUFFER).await?;
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
             subscriber(ws, &tally, stop).await;
@@ -121,6 +121,7 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
     });
 
     let before = report::sample(args.target.pid);
+    let me_before = report::sample(Some(std::process::id()));
     let pub_started = Instant::now();
     let deadline = pub_started + Duration::from_secs(args.duration);
     let per_publisher_rate = args.rate as f64 / args.publishers.max(1) as f64;
@@ -148,6 +149,7 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
                 sources[(args.subscribers + j) % sources.len()],
                 args.subscribers + j,
                 &[],
+                client::SMALL_READ_BUFFER,
             )
             .await
             .context("publisher connection")?;
@@ -196,6 +198,7 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
     ticker.abort();
     eprintln!();
     let after = report::sample(args.target.pid);
+    let me_after = report::sample(Some(std::process::id()));
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while subs.join_next().await.is_some() {}
@@ -230,6 +233,7 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
                     "per_sec": per_sec(args.subscribers as u64, setup),
                     "disconnected": tally.disconnected.load(Ordering::Relaxed)},
         "gateway": gateway_json(after, cpu, delivered),
+        "client": client_json(me_before, me_after, delivered),
     });
     report::print(&out, json_out);
     Ok(())
@@ -245,6 +249,23 @@ pub(crate) fn gateway_json(
         "rss_mib": after.map(|a| (a.rss_bytes as f64 / 1048576.0 * 10.0).round() / 10.0),
         "cpu_s": cpu_s.map(|c| (c * 100.0).round() / 100.0),
         "cpu_us_per_delivery": cpu_s.filter(|_| delivered > 0).map(|c| (c * 1e6 / delivered as f64 * 1000.0).round() / 1000.0),
+    })
+}
+
+/// The bench's own CPU per delivery: with both on one machine, the reader is
+/// often the bottleneck, and this shows when.
+pub(crate) fn client_json(
+    before: Option<report::ProcSample>,
+    after: Option<report::ProcSample>,
+    delivered: u64,
+) -> serde_json::Value {
+    let cpu = match (before, after) {
+        (Some(b), Some(a)) if delivered > 0 => Some(a.cpu_s - b.cpu_s),
+        _ => None,
+    };
+    json!({
+        "cpu_s": cpu.map(|c| (c * 100.0).round() / 100.0),
+        "cpu_us_per_delivery": cpu.map(|c| (c * 1e6 / delivered as f64 * 1000.0).round() / 1000.0),
     })
 }
 

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::cli::{FanoutArgs, RawServerArgs};
 use crate::client::{self, number_after};
-use crate::fanout::{Tally, gateway_json, wait_connected};
+use crate::fanout::{Tally, client_json, gateway_json, wait_connected};
 use crate::report::{self, latency_json, per_sec};
 
 fn unix_ns() -> u64 {
@@ -122,6 +122,7 @@ pub(crate) async fn client(args: FanoutArgs, json_out: bool) -> anyhow::Result<(
     let sem = Arc::new(Semaphore::new(args.target.connect_concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let before = report::sample(args.target.pid);
+    let me_before = report::sample(Some(std::process::id()));
     for i in 0..args.subscribers {
         let source = sources[i % sources.len()];
         let (tally, connected, max_seq, sem) = (
@@ -195,6 +196,7 @@ pub(crate) async fn client(args: FanoutArgs, json_out: bool) -> anyhow::Result<(
     eprintln!();
     let elapsed = first_delivery.map_or(started.elapsed(), |f| f.elapsed());
     let after = report::sample(args.target.pid);
+    let me_after = report::sample(Some(std::process::id()));
     let delivered = tally.delivered.load(Ordering::Relaxed);
     let expected = max_seq.load(Ordering::Relaxed) * args.subscribers as u64;
     let hist = tally.latency.lock().map(|h| h.clone()).ok();
@@ -208,6 +210,7 @@ pub(crate) async fn client(args: FanoutArgs, json_out: bool) -> anyhow::Result<(
                        "duplicates": tally.duplicates.load(Ordering::Relaxed), "per_sec": per_sec(delivered, elapsed)},
         "latency_ms": hist.as_ref().map(latency_json),
         "server": gateway_json(after, cpu, delivered),
+        "client": client_json(me_before, me_after, delivered),
     });
     report::print(&out, json_out);
     Ok(())

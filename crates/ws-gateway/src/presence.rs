@@ -67,7 +67,10 @@ pub(crate) async fn run(
             Some(ev) = events.recv() => {
                 match ev {
                     Event::Upsert(info) => { pending.insert(info.conn_id.clone(), Some(info)); }
-                    Event::Closed(id) => { pending.insert(id, None); }
+                    Event::Closed(id) => {
+                        written_counters.remove(&id);
+                        pending.insert(id, None);
+                    }
                 }
             }
             Some(ip) = ip_release.recv() => released.push(ip),
@@ -117,6 +120,9 @@ pub(crate) async fn run(
 }
 
 /// Queues the records of connections whose message counters moved since last time.
+/// `written` holds only connections that ever moved (a new one was written with
+/// zeros when it opened) and loses them when they close, so this costs a scan of
+/// the connections and work proportional to the active ones, not a rebuild.
 fn refresh_counters(
     hub: &Hub,
     node: &str,
@@ -124,19 +130,17 @@ fn refresh_counters(
     pending: &mut HashMap<String, Option<ConnInfo>>,
 ) {
     use std::sync::atomic::Ordering;
-    let conns = hub.all_conns();
-    let mut live = HashMap::with_capacity(conns.len());
-    for c in conns {
+    for c in hub.all_conns() {
         let now = (
             c.messages_in.load(Ordering::Relaxed),
             c.messages_out.load(Ordering::Relaxed),
         );
-        if written.get(&c.conn_id) != Some(&now) && !pending.contains_key(&c.conn_id) {
+        let before = written.get(&c.conn_id).copied().unwrap_or((0, 0));
+        if before != now && !pending.contains_key(&c.conn_id) {
             pending.insert(c.conn_id.clone(), Some(conn_info(&c, node)));
+            written.insert(c.conn_id.clone(), now);
         }
-        live.insert(c.conn_id.clone(), now);
     }
-    *written = live;
 }
 
 /// Writes changed channel stats, refreshes IP shares and TTLs; after a Redis

@@ -1,6 +1,7 @@
 //! The scenarios, one module per area; each test starts its own Redis and services.
 mod admin;
 mod auth;
+mod bench;
 mod broadcaster;
 mod chaos;
 mod compose;

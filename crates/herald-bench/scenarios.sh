@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Runs every scenario of BENCHMARKS.md (`just bench`): release build, one gateway pinned
+# to core 0, the load generator pinned to core 1, loopback only. Results go to
+# target/bench/results.jsonl (one JSON object per run) and a summary table is printed.
+#
+# When run as root, everything runs inside a network namespace made for the run: its
+# loopback has no firewall rules or connection tracking (on this machine Docker's rules
+# add about 20 % to every loopback packet). HERALD_BENCH_NETNS=0 runs on the host.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release -p ws-gateway -p herald-bench -p broadcaster
+bin=$PWD/target/release
+out=$PWD/target/bench
+mkdir -p "$out"
+: >"$out/results.jsonl"
+secret=bench-secret-0123456789abcdef
+ulimit -n "$(ulimit -Hn)"
+
+ns=""
+NS=()
+if [[ ${HERALD_BENCH_NETNS:-1} == 1 && $(id -u) == 0 ]] && command -v ip >/dev/null; then
+    ns=herald-bench-$$
+    ip netns add "$ns"
+    ip netns exec "$ns" ip link set lo up
+    NS=(ip netns exec "$ns")
+fi
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ -n $ns ]]; then ip netns del "$ns" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+echo "bench: network namespace: ${ns:-none (host loopback)}"
+
+free_port() { "${NS[@]}" python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rport=$(free_port)
+gport=$(free_port)
+aport=$(free_port)
+xport=$(free_port)
+"${NS[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$out/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do "${NS[@]}" redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+gw=""
+# Starts a fresh gateway on core $1 (default 0); per-IP limits raised for load.
+start_gw() {
+    stop_gw
+    HERALD_REDIS_URL=redis://127.0.0.1:$rport HERALD_JWT_SECRET=$secret HERALD_LISTEN=127.0.0.1:$gport \
+        HERALD_MAX_CONNECTIONS_PER_IP=100000 HERALD_CONNECT_RATE_PER_IP=100000 \
+        HERALD_RATE_LIMIT_MESSAGES=100000000 HERALD_LOG=warn \
+        "${NS[@]}" taskset -c "${1:-0}" "$bin/ws-gateway" >>"$out/gateway.log" 2>&1 &
+    gw=$!
+    pids+=("$gw")
+    for _ in $(seq 50); do "${NS[@]}" python3 -c "import socket; socket.create_connection(('127.0.0.1',$gport),0.2)" 2>/dev/null && break; sleep 0.1; done
+}
+stop_gw() {
+    if [[ -n $gw ]]; then kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; gw=""; fi
+}
+# run NAME ARGS…: one herald-bench run on core 1, its JSON appended to the results.
+run() {
+    local name=$1
+    shift
+    echo "== $name: herald-bench $*"
+    local line
+    line=$("${NS[@]}" taskset -c 1 "$bin/herald-bench" --json "$@" 2>/dev/null) || { echo "   failed"; return 0; }
+    echo "{\"scenario\":\"$name\",\"result\":$line}" >>"$out/results.jsonl"
+}
+target=(--url "ws://127.0.0.1:$gport/ws" --secret "$secret")
+
+start_gw
+for rate in 2 5 10 20; do
+    run "1. fan-out 10k subscribers, $rate pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate "$rate" --duration 10 --payload 100
+done
+run "1. fan-out 10k subscribers, saturation" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate 0 --publishers 1 --window 8 --duration 10 --payload 100
+start_gw
+run "2. latency 1k subscribers, 100 pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 1000 --rate 100 --duration 20 --payload 100
+start_gw
+run "3. 10k own channels + shared" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --channels 10000 --shared-every 10 --rate 1000 --duration 10 --payload 100
+start_gw
+run "4. idle connections 19k" connections "${target[@]}" --pid "$gw" --count 19000 --hold 10
+start_gw
+run "4. connection setup 15k" connections "${target[@]}" --pid "$gw" --count 15000 --hold 1 --connect-concurrency 1000
+stop_gw
+
+# The raw baseline: pre-encoded frames over plain tokio TCP on the same cores.
+raw() {
+    local name=$1 subs=$2 rate=$3
+    "${NS[@]}" taskset -c 0 "$bin/herald-bench" raw-server --listen "127.0.0.1:$xport" --subscribers "$subs" --rate "$rate" --duration 10 --payload 100 >/dev/null 2>&1 &
+    local rp=$!
+    pids+=("$rp")
+    sleep 0.5
+    run "$name" fanout --raw --url "tcp://127.0.0.1:$xport" --subscribers "$subs" --payload 100 --pid "$rp"
+    wait "$rp" 2>/dev/null || true
+}
+for rate in 2 20; do raw "5. raw baseline 10k subscribers, $rate msg/s" 10000 "$rate"; done
+raw "5. raw baseline 10k subscribers, saturation" 10000 0
+raw "5. raw baseline 1k subscribers, 100 msg/s" 1000 100
+"${NS[@]}" taskset -c 0 "$bin/herald-bench" raw-server --listen "127.0.0.1:$xport" --subscribers 15000 --duration 0 >/dev/null 2>&1 &
+rp=$!
+pids+=("$rp")
+sleep 0.5
+run "5. raw baseline: bare TCP connection setup 15k" connections --raw --url "tcp://127.0.0.1:$xport" --pid "$rp" --count 15000 --hold 1 --connect-concurrency 1000
+wait "$rp" 2>/dev/null || true
+
+# HTTP publishing: the broadcaster on core 0; gateway, Redis and the bench on core 1.
+start_gw 1
+HERALD_REDIS_URL=redis://127.0.0.1:$rport HERALD_API_KEY=bench-key HERALD_LISTEN=127.0.0.1:$aport HERALD_LOG=warn \
+    "${NS[@]}" taskset -c 0 "$bin/broadcaster" >"$out/broadcaster.log" 2>&1 &
+bc=$!
+pids+=("$bc")
+sleep 1
+run "6. HTTP publish via broadcaster" fanout "${target[@]}" --pid "$bc" --subscribers 1 --rate 0 --duration 10 --publish http --publishers 1 --window 64 --api-url "http://127.0.0.1:$aport" --api-key bench-key
+
+python3 - "$out/results.jsonl" <<'EOF'
+import json, sys
+print(f"\n{'scenario':<48} {'deliv/s':>9} {'lost':>5} {'srv µs/del':>10} {'cli µs/del':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+for line in open(sys.argv[1]):
+    r = json.loads(line); name = r["scenario"]; d = r["result"]
+    if "deliveries" in d:
+        srv = d.get("gateway") or d.get("server") or {}
+        cli = d.get("client") or {}
+        lat = d.get("latency_ms") or {}
+        print(f"{name:<48} {d['deliveries']['per_sec']:>9.0f} {d['deliveries']['lost']:>5} "
+              f"{srv.get('cpu_us_per_delivery') or 0:>10.2f} {cli.get('cpu_us_per_delivery') or 0:>10.2f} "
+              f"{lat.get('p50',0):>8.1f} {lat.get('p99',0):>8.1f} {lat.get('max',0):>8.1f}"
+              + (f"   {d['publishes']['per_sec']:.0f} publishes/s" if 'publishes' in d else ""))
+    else:
+        g = d["gateway"]; c = d.get("client", {})
+        print(f"{name:<48} {d['setup_per_sec']:>9.0f} conn/s, server {g.get('setup_cpu_us_per_connection')} µs/conn, "
+              f"client {c.get('setup_cpu_us_per_connection')} µs/conn, {g.get('rss_kib_per_connection')} KiB/conn")
+EOF
+echo "results: $out/results.jsonl"
