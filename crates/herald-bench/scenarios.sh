@@ -22,6 +22,9 @@ if [[ ${HERALD_BENCH_NETNS:-1} == 1 && $(id -u) == 0 ]] && command -v ip >/dev/n
     ns=herald-bench-$$
     ip netns add "$ns"
     ip netns exec "$ns" ip link set lo up
+    # More ephemeral ports: every run leaves its client sockets in TIME_WAIT, and a
+    # crowded port space makes each later connect() search longer.
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
     NS=(ip netns exec "$ns")
 fi
 pids=()
@@ -39,7 +42,8 @@ gport=$(free_port)
 aport=$(free_port)
 xport=$(free_port)
 "${NS[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$out/redis.log" 2>&1 &
-pids+=($!)
+redis=$!
+pids+=("$redis")
 for _ in $(seq 50); do "${NS[@]}" redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 gw=""
@@ -68,20 +72,28 @@ run() {
 }
 target=(--url "ws://127.0.0.1:$gport/ws" --secret "$secret")
 
+# Connection setup first, while no earlier run's sockets crowd the port space.
+start_gw
+run "4. connection setup 15k" connections "${target[@]}" --pid "$gw" --count 15000 --hold 1 --connect-concurrency 1000
+stop_gw
+"${NS[@]}" taskset -c 0 "$bin/herald-bench" raw-server --listen "127.0.0.1:$xport" --subscribers 15000 --duration 0 >/dev/null 2>&1 &
+rp=$!
+pids+=("$rp")
+sleep 0.5
+run "5. raw baseline: bare TCP connection setup 15k" connections --raw --url "tcp://127.0.0.1:$xport" --pid "$rp" --count 15000 --hold 1 --connect-concurrency 1000
+wait "$rp" 2>/dev/null || true
+start_gw
+run "4. idle connections 19k" connections "${target[@]}" --pid "$gw" --count 19000 --hold 10
+
 start_gw
 for rate in 2 5 10 20; do
     run "1. fan-out 10k subscribers, $rate pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate "$rate" --duration 10 --payload 100
 done
-run "1. fan-out 10k subscribers, saturation" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate 0 --publishers 1 --window 8 --duration 10 --payload 100
+run "1. fan-out 10k subscribers, saturation" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate 0 --publishers 4 --window 64 --duration 10 --payload 100
 start_gw
 run "2. latency 1k subscribers, 100 pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 1000 --rate 100 --duration 20 --payload 100
 start_gw
 run "3. 10k own channels + shared" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --channels 10000 --shared-every 10 --rate 1000 --duration 10 --payload 100
-start_gw
-run "4. idle connections 19k" connections "${target[@]}" --pid "$gw" --count 19000 --hold 10
-start_gw
-run "4. connection setup 15k" connections "${target[@]}" --pid "$gw" --count 15000 --hold 1 --connect-concurrency 1000
-stop_gw
 
 # The raw baseline: pre-encoded frames over plain tokio TCP on the same cores.
 raw() {
@@ -96,14 +108,10 @@ raw() {
 for rate in 2 20; do raw "5. raw baseline 10k subscribers, $rate msg/s" 10000 "$rate"; done
 raw "5. raw baseline 10k subscribers, saturation" 10000 0
 raw "5. raw baseline 1k subscribers, 100 msg/s" 1000 100
-"${NS[@]}" taskset -c 0 "$bin/herald-bench" raw-server --listen "127.0.0.1:$xport" --subscribers 15000 --duration 0 >/dev/null 2>&1 &
-rp=$!
-pids+=("$rp")
-sleep 0.5
-run "5. raw baseline: bare TCP connection setup 15k" connections --raw --url "tcp://127.0.0.1:$xport" --pid "$rp" --count 15000 --hold 1 --connect-concurrency 1000
-wait "$rp" 2>/dev/null || true
 
-# HTTP publishing: the broadcaster on core 0; gateway, Redis and the bench on core 1.
+# HTTP publishing: the broadcaster on core 0; gateway, Redis and the bench on core 1
+# (Redis is pinned for this run: where it lands decides more than anything else).
+taskset -p -c 1 "$redis" >/dev/null
 start_gw 1
 HERALD_REDIS_URL=redis://127.0.0.1:$rport HERALD_API_KEY=bench-key HERALD_LISTEN=127.0.0.1:$aport HERALD_LOG=warn \
     "${NS[@]}" taskset -c 0 "$bin/broadcaster" >"$out/broadcaster.log" 2>&1 &

@@ -473,6 +473,8 @@ async fn http_publisher(ctx: PubCtx, url: String, key: String) -> anyhow::Result
         .pool_max_idle_per_host(ctx.window)
         .timeout(Duration::from_secs(5))
         .build()?;
+    // Parsed once, not per request.
+    let url = reqwest::Url::parse(&url).with_context(|| format!("{url} is not a URL"))?;
     let started = Instant::now();
     let mut done = 0u64;
     let mut inflight = JoinSet::new();
@@ -487,7 +489,7 @@ async fn http_publisher(ctx: PubCtx, url: String, key: String) -> anyhow::Result
         let (channel, owes, message) = ctx.plan.next();
         let body = format!(r#"{{"channel":"{channel}","message":{message}}}"#);
         let req = http
-            .post(&url)
+            .post(url.clone())
             .bearer_auth(&key)
             .header("content-type", "application/json")
             .body(body);
