@@ -34,6 +34,7 @@ cleanup() {
     if [[ -n $ns ]]; then ip netns del "$ns" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 echo "bench: network namespace: ${ns:-none (host loopback)}"
 
 free_port() { "${NS[@]}" python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -62,12 +63,16 @@ stop_gw() {
     if [[ -n $gw ]]; then kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; gw=""; fi
 }
 # run NAME ARGS…: one herald-bench run on core 1, its JSON appended to the results.
+runs=0
 run() {
     local name=$1
     shift
     echo "== $name: herald-bench $*"
     local line
-    line=$("${NS[@]}" taskset -c 1 "$bin/herald-bench" --json "$@" 2>/dev/null) || { echo "   failed"; return 0; }
+    runs=$((runs + 1))
+    # Bounded: a run that hangs is reported as failed, its stderr kept for a look.
+    line=$(timeout 300 "${NS[@]}" taskset -c 1 "$bin/herald-bench" --json "$@" 2>"$out/run-$runs.err") ||
+        { echo "   failed (see $out/run-$runs.err)"; return 0; }
     echo "{\"scenario\":\"$name\",\"result\":$line}" >>"$out/results.jsonl"
 }
 target=(--url "ws://127.0.0.1:$gport/ws" --secret "$secret")
@@ -81,6 +86,7 @@ rp=$!
 pids+=("$rp")
 sleep 0.5
 run "5. raw baseline: bare TCP connection setup 15k" connections --raw --url "tcp://127.0.0.1:$xport" --pid "$rp" --count 15000 --hold 1 --connect-concurrency 1000
+kill "$rp" 2>/dev/null || true
 wait "$rp" 2>/dev/null || true
 start_gw
 run "4. idle connections 19k" connections "${target[@]}" --pid "$gw" --count 19000 --hold 10
@@ -103,6 +109,7 @@ raw() {
     pids+=("$rp")
     sleep 0.5
     run "$name" fanout --raw --url "tcp://127.0.0.1:$xport" --subscribers "$subs" --payload 100 --pid "$rp"
+    kill "$rp" 2>/dev/null || true
     wait "$rp" 2>/dev/null || true
 }
 for rate in 2 20; do raw "5. raw baseline 10k subscribers, $rate msg/s" 10000 "$rate"; done

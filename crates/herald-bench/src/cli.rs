@@ -134,4 +134,7 @@ pub(crate) struct RawServerArgs {
     /// Frames queued per connection.
     #[arg(long, default_value_t = 1024)]
     pub(crate) queue: usize,
+    /// Give up (and exit non-zero) if the clients have not all connected by then (s).
+    #[arg(long, default_value_t = 120)]
+    pub(crate) accept_timeout: u64,
 }

@@ -55,8 +55,17 @@ pub(crate) async fn server(args: RawServerArgs) -> anyhow::Result<()> {
         args.subscribers, args.listen
     );
     let mut queues = Vec::with_capacity(args.subscribers);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(args.accept_timeout);
     while queues.len() < args.subscribers {
-        let (stream, _) = listener.accept().await?;
+        let Ok(accepted) = tokio::time::timeout_at(give_up, listener.accept()).await else {
+            anyhow::bail!(
+                "only {} of {} clients connected within {} s",
+                queues.len(),
+                args.subscribers,
+                args.accept_timeout
+            );
+        };
+        let (stream, _) = accepted?;
         stream.set_nodelay(true)?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(args.queue);
         tokio::spawn(async move {
