@@ -47,9 +47,22 @@ fn ws_frame(payload: &[u8]) -> Bytes {
 }
 
 pub(crate) async fn server(args: RawServerArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // A deep accept queue, as the gateway has: connection storms must not wait out
+    // SYN retransmissions.
+    let addr: std::net::SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {} is not host:port", args.listen))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = socket.listen(8192)?;
     eprintln!(
         "raw-server: waiting for {} clients on {}",
         args.subscribers, args.listen

@@ -26,8 +26,24 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("ws-gateway: cannot start: {e}");
         std::process::exit(1);
     }
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener =
+        listen(settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
     ws_gateway::run(listener, config, herald_common::shutdown::shutdown_signal()).await
+}
+
+/// Pending connections the kernel queues for `accept`. tokio's default (1024) overflows
+/// when thousands of clients reconnect at once (a gateway restart, a network blip), and
+/// each dropped SYN costs that client a one-second retransmission timeout. The kernel
+/// caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
