@@ -252,6 +252,19 @@ pub(crate) const TEST_ED25519_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAw
 pub(crate) const TEST_ED25519_X: &str = "zKapNbIGb1JSYfcvyUK8oIhr8d1TpL6Fr9kpfgTrqi8";
 
 /// Serves `body` as JSON at any path on a loopback port until dropped.
+/// A gateway in EdDSA mode whose JWKS (key `k1`, [`TEST_ED25519_X`]) comes from a
+/// local key server; returns the gateway, the JWKS URL and the key server's task.
+async fn eddsa_gateway(redis: &Redis) -> (Service, String, tokio::task::JoinHandle<()>) {
+    let jwks = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":TEST_ED25519_X,"kid":"k1","alg":"EdDSA","use":"sig"}]});
+    let (url, server) = serve_json(jwks.to_string()).await;
+    let gw = gateway(redis)
+        .env("HERALD_JWT_ALG", "EdDSA")
+        .env("HERALD_JWKS_URL", &url)
+        .spawn()
+        .await;
+    (gw, url, server)
+}
+
 async fn serve_json(body: String) -> (String, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -283,13 +296,7 @@ async fn serve_json(body: String) -> (String, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eddsa_mode_and_algorithm_confusion() {
     let redis = Redis::start().await;
-    let jwks = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":TEST_ED25519_X,"kid":"k1","alg":"EdDSA","use":"sig"}]});
-    let (url, server) = serve_json(jwks.to_string()).await;
-    let gw = gateway(&redis)
-        .env("HERALD_JWT_ALG", "EdDSA")
-        .env("HERALD_JWKS_URL", &url)
-        .spawn()
-        .await;
+    let (gw, _, server) = eddsa_gateway(&redis).await;
     let claims =
         json!({"sub":"ed","exp":now()+60,"iss":"herald-auth","aud":"herald","channels":["news"]});
     let key = jsonwebtoken::EncodingKey::from_ed_pem(TEST_ED25519_PEM.as_bytes()).expect("key");
@@ -986,13 +993,7 @@ async fn handshake_limits_oversized_heads_and_slow_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_outage_keeps_cached_keys_and_never_blocks() {
     let redis = Redis::start().await;
-    let jwks = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":TEST_ED25519_X,"kid":"k1","alg":"EdDSA","use":"sig"}]});
-    let (url, server) = serve_json(jwks.to_string()).await;
-    let gw = gateway(&redis)
-        .env("HERALD_JWT_ALG", "EdDSA")
-        .env("HERALD_JWKS_URL", &url)
-        .spawn()
-        .await;
+    let (gw, url, server) = eddsa_gateway(&redis).await;
     let key = jsonwebtoken::EncodingKey::from_ed_pem(TEST_ED25519_PEM.as_bytes()).expect("key");
     let sign = |kid: &str| {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
