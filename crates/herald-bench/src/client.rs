@@ -125,10 +125,10 @@ pub(crate) async fn connect(
     let req = url.into_client_request()?;
     // Sized by the caller: tungstenite's 128 KiB default makes every connection an
     // mmap/munmap pair and page faults (the bench becomes the bottleneck of setup),
-    // while a subscriber under load wants many frames per read.
+    // while a subscriber under load wants many frames per read. Writes keep the default
+    // buffer, so a publisher's fed frames still go out in one write per flush.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(read_buffer)
-        .write_buffer_size(0);
+        .read_buffer_size(read_buffer);
     let (mut ws, _) =
         match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
             Ok(ok) => ok,

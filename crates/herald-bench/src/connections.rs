@@ -78,7 +78,7 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut out = json!({
+    let out = json!({
         "connections": args.count,
         "setup_seconds": (setup.as_secs_f64() * 1000.0).round() / 1000.0,
         "setup_per_sec": per_sec(args.count as u64, setup),
@@ -86,16 +86,10 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
             "rss_before_mib": before.map(|b| (b.rss_bytes as f64 / 1048576.0 * 10.0).round() / 10.0),
             "rss_held_mib": held.map(|h| (h.rss_bytes as f64 / 1048576.0 * 10.0).round() / 10.0),
             "rss_kib_per_connection": per_conn.map(|k| (k * 100.0).round() / 100.0),
-            "setup_cpu_us_per_connection": match (before, after_setup) {
-                (Some(b), Some(a)) if args.count > 0 => Some(((a.cpu_s - b.cpu_s) * 1e6 / args.count as f64).round()),
-                _ => None,
-            },
+            "setup_cpu_us_per_connection": report::cpu_us_per(before, after_setup, args.count as u64),
         },
-    });
-    out["client"] = json!({
-        "setup_cpu_us_per_connection": match (me_before, me_after_setup) {
-            (Some(b), Some(a)) if args.count > 0 => Some(((a.cpu_s - b.cpu_s) * 1e6 / args.count as f64).round()),
-            _ => None,
+        "client": {
+            "setup_cpu_us_per_connection": report::cpu_us_per(me_before, me_after_setup, args.count as u64),
         },
     });
     report::print(&out, json_out);

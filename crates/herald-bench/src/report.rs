@@ -37,6 +37,18 @@ pub(crate) fn sample(pid: Option<u32>) -> Option<ProcSample> {
     })
 }
 
+/// CPU microseconds per item between two samples of one process, rounded.
+pub(crate) fn cpu_us_per(
+    before: Option<ProcSample>,
+    after: Option<ProcSample>,
+    n: u64,
+) -> Option<f64> {
+    match (before, after) {
+        (Some(b), Some(a)) if n > 0 => Some(((a.cpu_s - b.cpu_s) * 1e6 / n as f64).round()),
+        _ => None,
+    }
+}
+
 /// Latency percentiles in milliseconds.
 pub(crate) fn latency_json(h: &Histogram<u64>) -> Value {
     let ms = |ns: u64| (ns as f64 / 1e6 * 1000.0).round() / 1000.0;
