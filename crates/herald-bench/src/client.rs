@@ -3,7 +3,7 @@
 //! by parsing JSON it only needs two integers from).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -99,6 +99,12 @@ pub(crate) fn token(target: &Target, i: usize) -> anyhow::Result<String> {
     )?)
 }
 
+/// Tokens for connections `0..n`, minted before any clock starts: a real client
+/// arrives with its token, so minting is not part of connection setup.
+pub(crate) fn tokens(target: &Target, n: usize) -> anyhow::Result<Vec<Arc<str>>> {
+    (0..n).map(|i| token(target, i).map(Arc::from)).collect()
+}
+
 /// Read buffer of an idle or lightly loaded client connection.
 pub(crate) const SMALL_READ_BUFFER: usize = 4 * 1024;
 /// Read buffer of a subscriber under load: one read takes in many frames.
@@ -109,14 +115,13 @@ pub(crate) const BULK_READ_BUFFER: usize = 64 * 1024;
 pub(crate) async fn connect(
     target: &Target,
     source: IpAddr,
-    i: usize,
+    token: &str,
     channels: &[String],
     read_buffer: usize,
 ) -> anyhow::Result<Ws> {
     use futures_util::StreamExt;
     let addr = host_port(&target.url)?;
     let stream = tcp(source, addr).await?;
-    let token = token(target, i)?;
     let url = format!(
         "{}?token={token}&channels={}",
         target.url,

@@ -17,6 +17,12 @@ use crate::report::{self, per_sec};
 
 pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
     let sources = client::sources(&args.target, args.count);
+    let tokens = if args.raw {
+        Vec::new()
+    } else {
+        client::tokens(&args.target, args.count)?
+    };
+    let target = Arc::new(args.target.clone());
     let before = report::sample(args.target.pid);
     let me_before = report::sample(Some(std::process::id()));
     let connected = Arc::new(AtomicU64::new(0));
@@ -30,11 +36,9 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     let started = Instant::now();
     for i in 0..args.count {
-        let (target, source, chans) = (
-            args.target.clone(),
-            sources[i % sources.len()],
-            channels.clone(),
-        );
+        let (target, source, chans) =
+            (target.clone(), sources[i % sources.len()], channels.clone());
+        let token = tokens.get(i).cloned();
         let (connected, sem, mut stop) = (connected.clone(), sem.clone(), stop_rx.clone());
         let raw = args.raw;
         tasks.spawn(async move {
@@ -48,8 +52,9 @@ pub(crate) async fn run(args: ConnArgs, json_out: bool) -> anyhow::Result<()> {
                 let _ = stop.changed().await;
                 return anyhow::Ok(());
             }
+            let token = token.unwrap_or_default();
             let mut ws =
-                client::connect(&target, source, i, &chans, client::SMALL_READ_BUFFER).await?;
+                client::connect(&target, source, &token, &chans, client::SMALL_READ_BUFFER).await?;
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
             // Keep reading so pings are answered; stop when told.

@@ -62,6 +62,8 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
     let channels: Vec<String> = (0..args.channels).map(|i| format!("bench:{i}")).collect();
     let tally = Arc::new(Tally::new()?);
     let sources = client::sources(&args.target, args.subscribers + args.publishers);
+    let tokens = client::tokens(&args.target, args.subscribers + args.publishers.max(1))?;
+    let target = Arc::new(args.target.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Subscribers.
@@ -74,7 +76,11 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
         if args.shared_every.is_some() {
             chans.push(SHARED_CHANNEL.to_owned());
         }
-        let (target, source) = (args.target.clone(), sources[i % sources.len()]);
+        let (target, source, token) = (
+            target.clone(),
+            sources[i % sources.len()],
+            tokens[i].clone(),
+        );
         let (tally, connected, sem, stop) = (
             tally.clone(),
             connected.clone(),
@@ -83,7 +89,8 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
         );
         subs.spawn(async move {
             let permit = sem.acquire_owned().await.ok();
-            let ws = client::connect(&target, source, i, &chans, client::BULK_READ_BUFFER).await?;
+            let ws =
+                client::connect(&target, source, &token, &chans, client::BULK_READ_BUFFER).await?;
             drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
             subscriber(ws, &tally, stop).await;
@@ -133,6 +140,14 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
             sent: sent.clone(),
             failed: failed.clone(),
             rate: per_publisher_rate,
+            // Publisher j runs j/P of an interval behind the first, so P publishers at
+            // R/P each make one even stream of R, not a burst of P every P/R seconds.
+            started: pub_started
+                + Duration::from_secs_f64(if args.rate > 0 {
+                    j as f64 / args.rate as f64
+                } else {
+                    0.0
+                }),
             window: args.window.max(1),
             deadline,
         };
@@ -147,7 +162,7 @@ pub(crate) async fn run(args: FanoutArgs, json_out: bool) -> anyhow::Result<()> 
             let ws = client::connect(
                 &args.target,
                 sources[(args.subscribers + j) % sources.len()],
-                args.subscribers + j,
+                &tokens[args.subscribers + j],
                 &[],
                 client::SMALL_READ_BUFFER,
             )
@@ -387,6 +402,8 @@ struct PubCtx {
     failed: Arc<AtomicU64>,
     /// Publishes per second for this publisher (0: unpaced).
     rate: f64,
+    /// When this publisher's schedule starts (staggered between publishers).
+    started: Instant,
     window: usize,
     deadline: Instant,
 }
@@ -414,23 +431,25 @@ impl PubCtx {
     }
 
     /// How many publishes are due by now at the configured rate.
-    fn due(&self, started: Instant, done: u64) -> u64 {
+    fn due(&self, done: u64) -> u64 {
         if self.rate <= 0.0 {
             return u64::MAX;
         }
-        let should = (started.elapsed().as_secs_f64() * self.rate) as u64 + 1;
+        let Some(elapsed) = Instant::now().checked_duration_since(self.started) else {
+            return 0;
+        };
+        let should = (elapsed.as_secs_f64() * self.rate) as u64 + 1;
         should.saturating_sub(done)
     }
 }
 
 async fn ws_publisher(ctx: PubCtx, mut ws: client::Ws) -> anyhow::Result<()> {
-    let started = Instant::now();
     let (mut done, mut acked) = (0u64, 0u64);
     let mut owed: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while Instant::now() < ctx.deadline {
         let room = ctx.window.saturating_sub((done - acked) as usize) as u64;
-        let n = ctx.due(started, done).min(room);
+        let n = ctx.due(done).min(room);
         for _ in 0..n {
             let (channel, owes, message) = ctx.plan.next();
             let id = done;
@@ -475,14 +494,13 @@ async fn http_publisher(ctx: PubCtx, url: String, key: String) -> anyhow::Result
         .build()?;
     // Parsed once, not per request.
     let url = reqwest::Url::parse(&url).with_context(|| format!("{url} is not a URL"))?;
-    let started = Instant::now();
     let mut done = 0u64;
     let mut inflight = JoinSet::new();
     while Instant::now() < ctx.deadline {
         while inflight.len() >= ctx.window {
             inflight.join_next().await;
         }
-        if ctx.due(started, done) == 0 {
+        if ctx.due(done) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }

@@ -19,7 +19,6 @@ mod limits;
 mod metrics;
 mod presence;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,8 +28,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, Query, State as AxState};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State as AxState};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use redis::aio::ConnectionManager;
@@ -387,13 +386,47 @@ async fn serve(listener: TcpListener, app: Router, settings: &Settings, stop: Ca
 
 /// The handshake: origin, capacity and per-IP checks, then optional token auth,
 /// all before the upgrade so refusals are plain HTTP statuses.
+/// What a connection may say in its URL (`?token=…&channels=a,b&batch=1`).
+#[derive(Debug, Default, PartialEq)]
+struct ConnectQuery {
+    token: Option<String>,
+    channels: Vec<String>,
+    batch: bool,
+}
+
+impl ConnectQuery {
+    /// Reads the parameters the gateway knows and ignores the rest; a repeated one
+    /// counts as its last value.
+    fn parse(query: Option<&str>) -> Self {
+        let mut q = Self::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "token" => q.token = Some(v.into_owned()),
+                "channels" => {
+                    q.channels = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                "batch" => q.batch = matches!(&*v, "1" | "true"),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
 async fn ws_handler(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    // The request itself rather than `HeaderMap` and `Query` extractors: those copy the
+    // headers and the query into owned maps for every connection.
+    req: Request,
 ) -> Response {
+    let headers = req.headers();
     let ws = match ws {
         Ok(ws) => ws,
         Err(_) => {
@@ -454,27 +487,17 @@ async fn ws_handler(
             return e.into_response();
         }
     };
-    let token = herald_common::http::bearer(&headers)
+    let query = ConnectQuery::parse(req.uri().query());
+    let token = herald_common::http::bearer(headers)
         .map(str::to_owned)
-        .or_else(|| query.get("token").cloned());
+        .or(query.token);
     let pre = match token {
         None => None,
         Some(t) => match state.authenticate(&t).await {
             Ok(claims) => Some(Preauth {
                 claims,
-                channels: query
-                    .get("channels")
-                    .map(|c| {
-                        c.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                batch: query
-                    .get("batch")
-                    .is_some_and(|b| matches!(b.as_str(), "1" | "true")),
+                channels: query.channels,
+                batch: query.batch,
             }),
             Err(e) => {
                 state
@@ -502,4 +525,22 @@ async fn ws_handler(
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, ip, pre, slot)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectQuery;
+
+    #[test]
+    fn connect_query() {
+        assert_eq!(ConnectQuery::parse(None), ConnectQuery::default());
+        let q = ConnectQuery::parse(Some("token=a%2Eb&channels=x,%20y,,z&batch=1&other=2"));
+        assert_eq!(q.token.as_deref(), Some("a.b"));
+        assert_eq!(q.channels, ["x", "y", "z"]);
+        assert!(q.batch);
+        // Malformed escapes are taken literally, a repeat counts as its last value.
+        let q = ConnectQuery::parse(Some("token=%zz&batch=true&batch=0"));
+        assert_eq!(q.token.as_deref(), Some("%zz"));
+        assert!(!q.batch);
+    }
 }
