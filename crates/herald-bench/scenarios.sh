@@ -107,7 +107,8 @@ run "3. 10k own channels + shared" fanout "${target[@]}" --pid "$gw" --subscribe
 # The raw baseline: pre-encoded frames over plain tokio TCP on the same cores.
 raw() {
     local name=$1 subs=$2 rate=$3
-    "${NS[@]}" taskset -c 0 "$bin/herald-bench" raw-server --listen "127.0.0.1:$xport" --subscribers "$subs" --rate "$rate" --duration 10 --payload 100 >/dev/null 2>&1 &
+    shift 3
+    "${NS[@]}" taskset -c 0 "$bin/herald-bench" raw-server --listen "127.0.0.1:$xport" --subscribers "$subs" --rate "$rate" --duration 10 --payload 100 "$@" >/dev/null 2>&1 &
     local rp=$!
     pids+=("$rp")
     sleep 0.5
@@ -118,6 +119,9 @@ raw() {
 for rate in 2 20; do raw "5. raw baseline 10k subscribers, $rate msg/s" 10000 "$rate"; done
 raw "5. raw baseline 10k subscribers, saturation" 10000 0
 raw "5. raw baseline 1k subscribers, 100 msg/s" 1000 100
+# The latency floor: one loop writing each frame to every socket (no queues, no tasks).
+raw "5. raw direct writes 10k subscribers, 2 msg/s" 10000 2 --direct
+raw "5. raw direct writes 1k subscribers, 100 msg/s" 1000 100 --direct
 
 # HTTP publishing: the broadcaster on core 0; gateway, Redis and the bench on core 1.
 start_gw 1

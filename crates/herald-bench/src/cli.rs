@@ -137,4 +137,9 @@ pub(crate) struct RawServerArgs {
     /// Give up (and exit non-zero) if the clients have not all connected by then (s).
     #[arg(long, default_value_t = 120)]
     pub(crate) accept_timeout: u64,
+    /// Write every frame to every socket from the publishing loop itself (one `write`
+    /// per subscriber, no queue, no task per connection): the least a core can do per
+    /// delivery, i.e. the floor for fan-out latency at low rates.
+    #[arg(long)]
+    pub(crate) direct: bool,
 }

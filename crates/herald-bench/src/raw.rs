@@ -2,7 +2,9 @@
 //! WebSocket frames — no JSON, no Redis, no per-connection protocol — the ceiling
 //! this machine allows. The server mirrors Herald's shape (one bounded queue and
 //! one writer task per connection, the frame encoded once and shared) so the
-//! difference is what Herald itself costs.
+//! difference is what Herald itself costs. With `--direct` the publishing loop writes
+//! every frame to every socket itself, with no queue and no task per connection: the
+//! floor for latency at low rates, where each delivery is one `write`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,18 +70,23 @@ pub(crate) async fn server(args: RawServerArgs) -> anyhow::Result<()> {
         args.subscribers, args.listen
     );
     let mut queues = Vec::with_capacity(args.subscribers);
+    let mut direct = Vec::new();
     let give_up = tokio::time::Instant::now() + Duration::from_secs(args.accept_timeout);
-    while queues.len() < args.subscribers {
+    while queues.len() + direct.len() < args.subscribers {
         let Ok(accepted) = tokio::time::timeout_at(give_up, listener.accept()).await else {
             anyhow::bail!(
                 "only {} of {} clients connected within {} s",
-                queues.len(),
+                queues.len() + direct.len(),
                 args.subscribers,
                 args.accept_timeout
             );
         };
         let (stream, _) = accepted?;
         stream.set_nodelay(true)?;
+        if args.direct {
+            direct.push(stream);
+            continue;
+        }
         let (tx, mut rx) = mpsc::channel::<Bytes>(args.queue);
         tokio::spawn(async move {
             let mut w = BufWriter::with_capacity(64 * 1024, stream);
@@ -125,9 +132,14 @@ pub(crate) async fn server(args: RawServerArgs) -> anyhow::Result<()> {
             // Backpressure instead of loss: the ceiling, not a policy.
             let _ = q.send(frame.clone()).await;
         }
+        for s in &mut direct {
+            // One write while the socket has room; waits (backpressure) when it has not.
+            let _ = s.write_all(&frame).await;
+        }
         seq += 1;
     }
     drop(queues);
+    drop(direct);
     println!("{}", json!({"sent": seq, "subscribers": args.subscribers}));
     // Let the writers finish.
     tokio::time::sleep(Duration::from_secs(2)).await;

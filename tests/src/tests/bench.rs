@@ -149,6 +149,16 @@ async fn connections_report_setup_and_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_baseline_delivers_everything() {
+    raw_baseline(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_direct_writes_deliver_everything() {
+    raw_baseline(&["--direct"]).await;
+}
+
+/// A raw-server run with `extra` flags: every frame it sent reaches every client.
+async fn raw_baseline(extra: &[&str]) {
     use tokio::io::AsyncBufReadExt;
     let listen = format!("127.0.0.1:{}", free_port());
     let mut server = tokio::process::Command::new(bin_path("herald-bench"))
@@ -163,6 +173,7 @@ async fn raw_baseline_delivers_everything() {
             "--duration",
             "1",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
