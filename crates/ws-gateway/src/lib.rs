@@ -384,8 +384,6 @@ async fn serve(listener: TcpListener, app: Router, settings: &Settings, stop: Ca
     }
 }
 
-/// The handshake: origin, capacity and per-IP checks, then optional token auth,
-/// all before the upgrade so refusals are plain HTTP statuses.
 /// What a connection may say in its URL (`?token=…&channels=a,b&batch=1`).
 #[derive(Debug, Default, PartialEq)]
 struct ConnectQuery {
@@ -418,6 +416,8 @@ impl ConnectQuery {
     }
 }
 
+/// The handshake: origin, capacity and per-IP checks, then optional token auth,
+/// all before the upgrade so refusals are plain HTTP statuses.
 async fn ws_handler(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
