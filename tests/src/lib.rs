@@ -134,6 +134,11 @@ impl Redis {
         .await;
     }
 
+    /// The server's process id (to stop and continue it with [`signal`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Kills the server (SIGKILL): everything in it is lost, as in a crash.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -183,6 +188,8 @@ pub struct ServiceBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     port: Option<u16>,
+    /// Where stderr goes (appended, restarts included); see [`ServiceBuilder::log_to`].
+    log_file: Option<PathBuf>,
 }
 
 /// A running Herald binary, killed (SIGKILL) on drop.
@@ -211,6 +218,7 @@ impl ServiceBuilder {
             env,
             args: Vec::new(),
             port: None,
+            log_file: None,
         }
     }
 
@@ -231,6 +239,12 @@ impl ServiceBuilder {
 
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    /// Appends the service's stderr (its logs) to `path`, for tests that read them.
+    pub fn log_to(mut self, path: &std::path::Path) -> Self {
+        self.log_file = Some(path.to_owned());
         self
     }
 
@@ -261,7 +275,14 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
-        if std::env::var("HERALD_E2E_LOGS").is_err() {
+        if let Some(path) = &self.builder.log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            cmd.stderr(file);
+        } else if std::env::var("HERALD_E2E_LOGS").is_err() {
             cmd.stderr(Stdio::null());
         }
         self.child = Some(cmd.spawn().expect("spawn service"));
@@ -330,14 +351,31 @@ pub fn signal(pid: i32, sig: i32) {
 /// Runs a Herald binary to completion (CLI subcommands, config errors); returns
 /// (exit code, stdout, stderr).
 pub async fn run_bin(name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = within(
-        &format!("{name} {args:?} to exit"),
+    output(
+        name,
         Command::new(bin_path(name))
             .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+            .envs(env.iter().copied()),
+    )
+    .await
+}
+
+/// [`run_bin`] with exactly `env`: nothing inherited, so the caller's own `HERALD_*`
+/// or `RUST_LOG` cannot change the outcome.
+pub async fn run_bin_clean(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(bin_path(name));
+    cmd.args(args).env_clear().envs(env.iter().copied());
+    output(name, &mut cmd).await
+}
+
+async fn output(name: &str, cmd: &mut Command) -> (i32, String, String) {
+    let out = within(
+        &format!("{name} to exit"),
+        cmd.stdin(Stdio::null()).kill_on_drop(true).output(),
     )
     .await
     .expect("run binary");
@@ -346,6 +384,34 @@ pub async fn run_bin(name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, S
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Serves `body` as JSON on every request (a stand-in JWKS endpoint); returns its
+/// URL and the server task (abort it to stop serving).
+pub async fn serve_json(body: String) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().expect("addr")
+    );
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (url, task)
 }
 
 // === Tokens ===

@@ -164,7 +164,7 @@ async fn decode<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Resu
     serde_json::from_slice(&bytes).map_err(|e| FetchError::Decode(e.to_string()))
 }
 
-/// The error of a non-2xx answer, with the SPEC's `{"error":{"message"}}` when present.
+/// The error of a non-2xx answer, with the protocol's `{"error":{"message"}}` when present.
 async fn error_status(resp: reqwest::Response) -> FetchError {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();

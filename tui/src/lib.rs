@@ -1,5 +1,5 @@
 //! Herald's terminal dashboard: polls the monitor's HTTP API and draws the
-//! cluster live (SPEC §6). It talks to nothing but the monitor.
+//! cluster live (docs/protocol.md). It talks to nothing but the monitor.
 //!
 //! # Layout
 //! - `config`: flags and environment.

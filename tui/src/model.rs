@@ -1,4 +1,4 @@
-//! The monitor's JSON as the dashboard reads it (SPEC §3). Every field has a
+//! The monitor's JSON as the dashboard reads it (docs/protocol.md). Every field has a
 //! default, so a monitor that adds or drops a field still renders.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! The HTTP API of SPEC §3: login, refresh, revoke, users and the JWKS.
+//! The HTTP API of docs/protocol.md: login, refresh, revoke, users and the JWKS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +15,10 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use herald_common::http::{ApiError, ApiJson, Ops, layers, ops_routes, require_key};
+use herald_common::http::{ApiError, ApiJson, KeyKind, Ops, layers, ops_routes, require_key};
 use herald_common::jwt::JwtConfig;
 use herald_common::keys::Keys;
+use herald_common::store;
 use herald_proto::envelope::{Control, RateLimitEvent};
 use herald_proto::time::{now_ms, now_rfc3339};
 
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) jwt: JwtConfig,
     pub(crate) admin_key: Option<String>,
     pub(crate) access_ttl_s: u64,
+    /// Shortest password accepted for a new user, in characters.
+    pub(crate) min_password_len: usize,
     pub(crate) signer: Signer,
     /// Present in asymmetric mode.
     pub(crate) key_store: Option<KeyStore>,
@@ -54,6 +57,8 @@ pub(crate) struct Inner {
     pub(crate) passwords: Passwords,
     pub(crate) metrics: Metrics,
     pub(crate) node_id: String,
+    /// Whether Redis answered the last request; `/readyz` follows it.
+    pub(crate) health: store::Health,
 }
 
 impl std::ops::Deref for AppState {
@@ -105,9 +110,12 @@ pub(crate) enum AppError {
     Internal(String),
 }
 
-/// Marks a response as caused by a Redis failure, for the metrics middleware.
+/// Marks a response as caused by a Redis failure, for the metrics middleware;
+/// `outage` when Redis could not be reached at all (readiness follows that).
 #[derive(Debug, Clone, Copy)]
-struct RedisFailure;
+struct RedisFailure {
+    outage: bool,
+}
 
 impl From<ApiError> for AppError {
     fn from(e: ApiError) -> Self {
@@ -127,6 +135,15 @@ impl From<PasswordError> for AppError {
     }
 }
 
+impl From<KeyError> for AppError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Redis(e) => Self::Redis(e),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<jsonwebtoken::errors::Error> for AppError {
     fn from(e: jsonwebtoken::errors::Error) -> Self {
         Self::Internal(format!("signing failed: {e}"))
@@ -140,7 +157,9 @@ impl IntoResponse for AppError {
             Self::Redis(e) => {
                 tracing::warn!(cause = %e, "redis request failed");
                 let mut resp = ApiError::unavailable().into_response();
-                resp.extensions_mut().insert(RedisFailure);
+                resp.extensions_mut().insert(RedisFailure {
+                    outage: store::is_outage(&e),
+                });
                 resp
             }
             Self::Internal(cause) => ApiError::internal(cause).into_response(),
@@ -168,8 +187,11 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let resp = next.run(req).await;
-    if resp.extensions().get::<RedisFailure>().is_some() {
+    if let Some(failure) = resp.extensions().get::<RedisFailure>() {
         state.metrics.redis_errors.inc();
+        if failure.outage {
+            state.health.down(&"a request could not reach Redis");
+        }
     }
     state
         .metrics
@@ -190,13 +212,15 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        require_key(&parts.headers, state.admin_key.as_deref()).inspect_err(|_| {
-            state
-                .metrics
-                .auth_failures
-                .with_label_values(&["admin_key"])
-                .inc();
-        })?;
+        require_key(&parts.headers, state.admin_key.as_deref(), KeyKind::Admin).inspect_err(
+            |_| {
+                state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&["admin_key"])
+                    .inc();
+            },
+        )?;
         Ok(Self)
     }
 }
@@ -218,9 +242,12 @@ struct TokenResponse {
 }
 
 impl AppState {
-    /// A new access token for `user` plus `refresh`, counted under `grant`.
-    fn token_pair(
+    /// A new access token for `user` plus `refresh`, counted under `grant`. In
+    /// asymmetric mode the signing key's publication is extended to cover the
+    /// token before it is handed out.
+    async fn token_pair(
         &self,
+        conn: &mut ConnectionManager,
         user: &User,
         refresh: &RefreshToken,
         grant: &str,
@@ -232,7 +259,10 @@ impl AppState {
             &user.publish,
             self.access_ttl_s,
         );
-        let access_token = self.signer.sign(&claims)?;
+        let (access_token, kid) = self.signer.sign_with_kid(&claims)?;
+        if let (Some(store), Some(kid)) = (&self.key_store, kid) {
+            store.record_expiry(conn, &kid, claims.exp).await?;
+        }
         self.metrics.tokens_issued.with_label_values(&[grant]).inc();
         Ok(Json(TokenResponse {
             access_token,
@@ -316,7 +346,7 @@ async fn login(
     s.throttle.succeeded(&mut conn, &user.username).await?;
     let refresh = s.refresh.issue(&mut conn, &user.username).await?;
     tracing::info!(user = %user.username, "login");
-    s.token_pair(&user, &refresh, "password")
+    s.token_pair(&mut conn, &user, &refresh, "password").await
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,7 +390,7 @@ async fn refresh(
                 fail("unknown_user");
                 return Err(invalid_grant("the user no longer exists"));
             };
-            s.token_pair(&user, &next, "refresh")
+            s.token_pair(&mut conn, &user, &next, "refresh").await
         }
     }
 }
@@ -452,8 +482,14 @@ async fn create_user(
     _admin: Admin,
     ApiJson(req): ApiJson<CreateUser>,
 ) -> Result<Response, AppError> {
-    users::validate(&req.username, &req.password, &req.channels, &req.publish)
-        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    users::validate(
+        &req.username,
+        &req.password,
+        s.min_password_len,
+        &req.channels,
+        &req.publish,
+    )
+    .map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let user = User {
         password_hash: s.passwords.hash(&req.password).await?,
         username: req.username,

@@ -83,8 +83,19 @@ async fn user(cmd: UserCommand, config: &Config, keys: Keys) -> Result<(), CliEr
             };
             let channels = split_list(&channels);
             let publish = split_list(&publish);
-            users::validate(&name, &password, &channels, &publish)
-                .map_err(|e| CliError::Usage(e.to_string()))?;
+            users::validate(
+                &name,
+                &password,
+                config.min_password_length,
+                &channels,
+                &publish,
+            )
+            .map_err(|e| match e {
+                users::InvalidUser::PasswordTooShort(_) => {
+                    CliError::Usage(format!("{e} (HERALD_MIN_PASSWORD_LENGTH)"))
+                }
+                other => CliError::Usage(other.to_string()),
+            })?;
             let mut conn = connect(config).await?;
             let hash = password::hash_sync(&password).map_err(anyhow::Error::from)?;
             let user = User {
@@ -156,15 +167,26 @@ async fn token(args: TokenArgs, config: &Config, keys: Keys) -> Result<(), CliEr
     if ttl == 0 {
         return Err(CliError::Usage("--ttl must be at least 1".to_owned()));
     }
-    let signer = if settings.alg == Alg::Hs256 {
+    let claims = access_claims(&config.jwt, &args.user, &channels, &publish, ttl);
+    let token = if settings.alg == Alg::Hs256 {
         // No Redis needed with a shared secret.
         crate::signing::Signer::secret(settings.secret.as_deref().unwrap_or_default())
+            .sign(&claims)
+            .map_err(anyhow::Error::from)?
     } else {
         let mut conn = connect(config).await?;
-        crate::signer(config, &settings, &mut conn, &keys).await?.0
+        let (signer, store) = crate::signer(config, &settings, &mut conn, &keys).await?;
+        let (token, kid) = signer.sign_with_kid(&claims).map_err(anyhow::Error::from)?;
+        // The key must stay published for as long as this token lives, which
+        // may be longer than any access token's.
+        if let (Some(store), Some(kid)) = (store, kid) {
+            store
+                .record_expiry(&mut conn, &kid, claims.exp)
+                .await
+                .map_err(anyhow::Error::from)?;
+        }
+        token
     };
-    let claims = access_claims(&config.jwt, &args.user, &channels, &publish, ttl);
-    let token = signer.sign(&claims).map_err(anyhow::Error::from)?;
     println!("{token}");
     Ok(())
 }
@@ -181,7 +203,11 @@ async fn rotate(config: &Config, keys: Keys) -> Result<(), CliError> {
         ));
     }
     let mut conn = connect(config).await?;
-    let store = KeyStore::new(&keys, config.key_retention_ms());
+    let store = KeyStore::new(
+        &keys,
+        config.key_retention_ms(),
+        config.jwt.jwt_leeway_s * 1000,
+    );
     let kid = store.rotate(&mut conn).await.map_err(anyhow::Error::from)?;
     println!("{kid}");
     Ok(())

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use herald_common::config::{CommonConfig, parse_listen};
+use herald_common::config::{CommonConfig, parse_listen, resolve_listen};
 use herald_common::jwt::{Alg, JwtConfig};
 
 use crate::signing::Ed25519Key;
+use crate::users::MAX_PASSWORD_LEN;
 
 pub const ENV_LISTEN: &str = "HERALD_LISTEN";
-pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8081";
+/// The port of the HTTP API when `HERALD_LISTEN` is not set: on every interface,
+/// or on loopback only in development mode.
+pub const DEFAULT_PORT: u16 = 8081;
 /// Access tokens live 15 minutes: short enough that revocation rarely matters.
 pub const DEFAULT_ACCESS_TTL_S: u64 = 900;
 /// Refresh tokens live 30 days (each use rotates them and restarts the clock).
@@ -21,12 +24,21 @@ pub const DEFAULT_REFRESH_TTL_S: u64 = 30 * 24 * 3600;
 pub const DEFAULT_LOGIN_MAX_FAILURES_PER_USER: u64 = 5;
 pub const DEFAULT_LOGIN_MAX_FAILURES_PER_IP: u64 = 50;
 pub const DEFAULT_LOGIN_WINDOW_S: u64 = 15 * 60;
+/// Shortest password accepted for a new user, in characters (NIST SP 800-63B's floor).
+pub const DEFAULT_MIN_PASSWORD_LENGTH: usize = 8;
+
+/// Why `HERALD_JWT_ALG=RS256` is refused, and what to do instead. auth-svc signs
+/// asymmetric tokens with Ed25519 (small keys, fast to generate and rotate);
+/// RS256 stays a gateway setting, for tokens from an external issuer.
+pub const RS256_REFUSED: &str = "HERALD_JWT_ALG=RS256: auth-svc does not issue RS256 tokens; \
+    use HERALD_JWT_ALG=EdDSA for asymmetric tokens from auth-svc \
+    (RS256 is for gateways verifying another issuer's tokens through HERALD_JWKS_URL)";
 
 /// The command line: settings plus an optional subcommand (none = serve).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "auth-svc",
-    version,
+    version = herald_common::VERSION,
     about = "Herald's token service",
     after_help = "Settings given as flags go before the subcommand \
                   (auth-svc --redis-url URL user list); HERALD_* variables work everywhere."
@@ -44,10 +56,13 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
     #[command(flatten)]
+    pub http: herald_common::serve::HttpArgs,
+    #[command(flatten)]
     pub jwt: JwtConfig,
-    /// Address the HTTP API listens on.
-    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN_ADDR)]
-    pub listen: String,
+    /// Address the HTTP API listens on [default: 0.0.0.0:8081; 127.0.0.1:8081 with
+    /// HERALD_DEV=1].
+    #[arg(long, env = ENV_LISTEN)]
+    pub listen: Option<String>,
     /// Bearer key of the admin endpoints (users, revoke); none refuses them all.
     #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
@@ -74,6 +89,9 @@ pub struct Config {
     /// The login throttling window, in seconds.
     #[arg(long, env = "HERALD_LOGIN_WINDOW_S", default_value_t = DEFAULT_LOGIN_WINDOW_S)]
     pub login_window_s: u64,
+    /// Shortest password, in characters, accepted for a new user (API and `user add`).
+    #[arg(long, env = "HERALD_MIN_PASSWORD_LENGTH", default_value_t = DEFAULT_MIN_PASSWORD_LENGTH)]
+    pub min_password_length: usize,
 }
 
 /// Operator subcommands.
@@ -152,15 +170,20 @@ impl Config {
     /// one line per bad setting.
     pub fn settings(&self, problems: &mut Vec<String>) -> Settings {
         problems.extend(self.common.problems());
-        let listen = parse_listen(ENV_LISTEN, &self.listen, problems);
+        problems.extend(self.http.problems());
+        let listen = resolve_listen(
+            ENV_LISTEN,
+            self.listen.as_deref(),
+            DEFAULT_PORT,
+            self.common.dev,
+            problems,
+        );
         if let Some(a) = &self.admin_listen {
             parse_listen("HERALD_ADMIN_LISTEN", a, problems);
         }
         let (alg, secret) = self.jwt.resolve(self.common.dev, problems);
         if alg == Alg::Rs256 {
-            problems.push(
-                "HERALD_JWT_ALG RS256 is not supported by auth-svc; use EdDSA or HS256".to_owned(),
-            );
+            problems.push(RS256_REFUSED.to_owned());
         }
         let key_file = match &self.jwt_private_key_file {
             Some(_) if alg != Alg::EdDsa => {
@@ -195,6 +218,11 @@ impl Config {
         if self.login_window_s == 0 {
             problems.push("HERALD_LOGIN_WINDOW_S must be at least 1".to_owned());
         }
+        if self.min_password_length == 0 || self.min_password_length > MAX_PASSWORD_LEN {
+            problems.push(format!(
+                "HERALD_MIN_PASSWORD_LENGTH must be 1-{MAX_PASSWORD_LEN}"
+            ));
+        }
         if let Some(k) = &self.admin_key
             && k.is_empty()
         {
@@ -208,8 +236,10 @@ impl Config {
         }
     }
 
-    /// How long a retired signing key stays published: until every access
-    /// token it signed has expired, leeway included.
+    /// The least time a rotated-out signing key stays published: every access
+    /// token it signed has expired by then, leeway included. Tokens signed with a
+    /// longer life (`auth-svc token --ttl`) keep it published longer: see
+    /// [`crate::signing::KeyStore::record_expiry`].
     pub fn key_retention_ms(&self) -> u64 {
         (self.access_token_ttl_s + self.jwt.jwt_leeway_s) * 1000
     }
@@ -238,17 +268,34 @@ mod tests {
     fn defaults() {
         let cli = parse(&["--jwt-secret", "0123456789abcdef"]);
         let c = &cli.config;
-        assert_eq!(c.listen, DEFAULT_LISTEN_ADDR);
+        assert_eq!(c.listen, None);
         assert_eq!(c.access_token_ttl_s, 900);
         assert_eq!(c.refresh_token_ttl_s, 30 * 24 * 3600);
         assert_eq!(c.login_max_failures_per_user, 5);
         assert_eq!(c.login_max_failures_per_ip, 50);
         assert_eq!(c.login_window_s, 900);
+        assert_eq!(c.min_password_length, 8);
         let mut problems = Vec::new();
         let s = c.settings(&mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(s.alg, Alg::Hs256);
+        assert_eq!(s.listen, Some("0.0.0.0:8081".parse().unwrap()));
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn development_mode_listens_on_loopback_unless_told_otherwise() {
+        let listen = |args: &[&str]| {
+            let mut problems = Vec::new();
+            let s = parse(args).config.settings(&mut problems);
+            assert!(problems.is_empty(), "{problems:?}");
+            s.listen.unwrap()
+        };
+        assert_eq!(listen(&["--dev"]), "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(
+            listen(&["--dev", "--listen", "0.0.0.0:8081"]),
+            "0.0.0.0:8081".parse().unwrap()
+        );
     }
 
     #[test]
@@ -258,6 +305,17 @@ mod tests {
         cli.config.settings(&mut problems);
         // Bad listen, no secret, zero TTL.
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn rs256_and_password_length_are_checked() {
+        let cli = parse(&["--jwt-alg", "RS256", "--min-password-length", "0"]);
+        let mut problems = Vec::new();
+        cli.config.settings(&mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0], RS256_REFUSED);
+        assert!(problems[0].contains("EdDSA") && problems[0].contains("HERALD_JWKS_URL"));
+        assert!(problems[1].contains("HERALD_MIN_PASSWORD_LENGTH"));
     }
 
     #[test]

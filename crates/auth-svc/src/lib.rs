@@ -16,9 +16,8 @@
 //! - `api`: the HTTP handlers.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,6 +30,7 @@ use herald_common::http::Ops;
 use herald_common::jwt::Alg;
 use herald_common::keys::Keys;
 use herald_common::node::{StatsFn, run_heartbeat};
+use herald_common::serve::serve;
 use herald_common::store;
 use herald_proto::envelope::NodeInfo;
 use herald_proto::time::now_ms;
@@ -82,9 +82,12 @@ pub async fn run(
     let node_id = config.common.node_id(SERVICE);
     let local = listener.local_addr()?;
 
+    let health = store::Health::new();
     let ops = Ops {
         registry: metrics.registry.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
+        // The signing keys are loaded by now; Redis decides the rest.
+        ready: Arc::new(AtomicBool::new(true)),
+        redis: health.clone(),
     };
     let limits = throttle::Limits {
         per_user: config.login_max_failures_per_user,
@@ -97,6 +100,7 @@ pub async fn run(
         jwt: config.jwt.clone(),
         admin_key: config.admin_key.clone(),
         access_ttl_s: config.access_token_ttl_s,
+        min_password_len: config.min_password_length,
         signer,
         key_store,
         users: users::UserStore::new(keys.clone()),
@@ -105,6 +109,7 @@ pub async fn run(
         passwords,
         metrics,
         node_id: node_id.clone(),
+        health: health.clone(),
     }));
     if config.admin_key.is_none() {
         tracing::warn!("HERALD_ADMIN_KEY is not set: the admin endpoints refuse every request");
@@ -120,16 +125,16 @@ pub async fn run(
         started_ms: now_ms(),
         ..NodeInfo::default()
     };
-    let ready = ops.ready.clone();
-    let stats: StatsFn = Arc::new(move |info: &mut NodeInfo| {
-        info.ready = ready.load(Ordering::Relaxed);
-    });
+    let stats: StatsFn = {
+        let health = health.clone();
+        Arc::new(move |info: &mut NodeInfo| info.ready = health.is_up())
+    };
     tracker.spawn(run_heartbeat(
         conn.clone(),
         keys,
         base,
         stats,
-        ops.ready.clone(),
+        health,
         token.child_token(),
     ));
     tracker.spawn(api::reload_keys(state.clone(), token.child_token()));
@@ -147,32 +152,19 @@ pub async fn run(
     let (app, admin_app) = api::router(state, ops, admin_listener.is_some());
     tracing::info!(node = %node_id, addr = %local, "auth-svc serving");
     let stop = token.clone();
+    let limits = config.http.limits();
     if let (Some(l), Some(admin_app)) = (admin_listener, admin_app) {
         tracing::info!(addr = %l.local_addr()?, "auth-svc admin endpoints listening");
         let stop = token.clone();
-        tracker.spawn(async move {
-            let r = axum::serve(
-                l,
-                admin_app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-            if let Err(e) = r {
-                tracing::error!(cause = %e, "admin listener failed");
-            }
-        });
+        tracker.spawn(serve(l, admin_app, limits, stop.cancelled_owned()));
     }
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    serve(listener, app, limits, async move {
         shutdown.await;
         stop.cancel();
     })
     .await;
     herald_common::shutdown::stop_tasks(&token, &tracker, SHUTDOWN_GRACE).await;
-    served.context("HTTP server failed")
+    Ok(())
 }
 
 /// The signer the settings ask for; in EdDSA mode, makes sure Redis holds a
@@ -192,7 +184,11 @@ pub async fn signer(
             Ok((signing::Signer::secret(secret), None))
         }
         Alg::EdDsa => {
-            let store = signing::KeyStore::new(keys, config.key_retention_ms());
+            let store = signing::KeyStore::new(
+                keys,
+                config.key_retention_ms(),
+                config.jwt.jwt_leeway_s * 1000,
+            );
             store
                 .ensure(conn, settings.key_file.as_deref())
                 .await

@@ -10,16 +10,24 @@ use herald_common::{shutdown, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli: Cli = parse_or_exit();
+    // Variables whose values do not parse; reported with every other problem.
+    let (cli, mut problems): (Cli, _) = parse_or_exit();
     telemetry::init(&cli.config.common.log);
+    telemetry::redact(&[
+        cli.config.jwt.jwt_secret.as_deref(),
+        cli.config.admin_key.as_deref(),
+    ]);
     match cli.command {
-        None | Some(Command::Serve) => serve(cli.config).await,
-        Some(command) => auth_svc::cli::run(command, cli.config).await,
+        None | Some(Command::Serve) => serve(cli.config, problems).await,
+        Some(command) => {
+            problems.extend(cli.config.common.problems());
+            exit_if_problems(auth_svc::SERVICE, &problems);
+            auth_svc::cli::run(command, cli.config).await
+        }
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
-    let mut problems = Vec::new();
+async fn serve(config: Config, mut problems: Vec<String>) -> ExitCode {
     let settings = config.settings(&mut problems);
     exit_if_problems(auth_svc::SERVICE, &problems);
     let Some(listen) = settings.listen else {

@@ -6,11 +6,18 @@
 //! - `herald:auth:{keys}` HASH kid → PKCS#8 PEM private key. Redis is trusted
 //!   with the keys, as it is trusted with every session.
 //! - `herald:auth:{keys}:current` the kid new tokens are signed with.
-//! - `herald:auth:{keys}:retire` HASH kid → ms after which a rotated-out key
-//!   leaves the JWKS (once every token it signed has expired).
+//! - `herald:auth:{keys}:retire` HASH kid → ms when a rotated-out key may leave
+//!   the JWKS: its rotation plus the access-token life and the leeway.
+//! - `herald:auth:{keys}:until` HASH kid → ms until which tokens the key signed
+//!   may still be presented: the latest `exp` it signed plus the leeway, rounded
+//!   up to [`EXPIRY_STEP_MS`]. Written before a token is handed out, so a token
+//!   that outlives the access-token life (`auth-svc token --ttl`) keeps its key
+//!   published, and verifiable, for its whole life.
+//!
+//! A rotated-out key leaves the JWKS once both times have passed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine;
@@ -33,10 +40,16 @@ use herald_proto::time::now_ms;
 /// instance (or `auth-svc keys rotate`) is picked up quickly.
 pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A key's `until` moves in steps of a minute, so an instance issuing tokens of
+/// one lifetime writes it at most once a minute, not once per token; the key
+/// stays published up to a minute longer than strictly needed.
+pub const EXPIRY_STEP_MS: u64 = 60_000;
+
 /// Installs a key: with mode `if_none`, only when there is no usable current key
 /// (first start; concurrent first starts agree on one key); with `force`, makes
 /// it current and schedules the previous current key's retirement. Retired keys
-/// whose time has passed are dropped. Returns the current kid.
+/// whose retirement and `until` have both passed are dropped. Returns the
+/// current kid.
 const INSTALL_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[2])
 if cur and redis.call('HEXISTS', KEYS[1], cur) == 0 then cur = false end
@@ -48,12 +61,23 @@ if cur then redis.call('HSET', KEYS[3], cur, ARGV[5]) end
 redis.call('SET', KEYS[2], ARGV[1])
 local r = redis.call('HGETALL', KEYS[3])
 for i = 1, #r, 2 do
-  if tonumber(r[i + 1]) < tonumber(ARGV[4]) then
+  local untl = tonumber(redis.call('HGET', KEYS[4], r[i]) or '0')
+  if math.max(tonumber(r[i + 1]), untl) < tonumber(ARGV[4]) then
     redis.call('HDEL', KEYS[1], r[i])
     redis.call('HDEL', KEYS[3], r[i])
+    redis.call('HDEL', KEYS[4], r[i])
   end
 end
 return ARGV[1]
+";
+
+/// Raises a key's `until` to ARGV[2] (never lowers it: concurrent signers agree
+/// on the latest). Returns 0 when the key is not in the ring.
+const RECORD_SCRIPT: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+return 1
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +145,14 @@ impl Ed25519Key {
     }
 }
 
+/// The `until` step covering a token that expires at `exp` (seconds).
+fn until_step(exp: u64, leeway_ms: u64) -> u64 {
+    exp.saturating_mul(1000)
+        .saturating_add(leeway_ms)
+        .div_ceil(EXPIRY_STEP_MS)
+        .saturating_mul(EXPIRY_STEP_MS)
+}
+
 /// The RFC 7638 JWK thumbprint of an Ed25519 public key: a stable `kid`, the
 /// same on every instance that holds the key.
 pub fn thumbprint(x: &str) -> String {
@@ -153,23 +185,41 @@ impl Ring {
     }
 }
 
+/// The ring as read from Redis: PEMs by kid, the current kid, retirements
+/// and `until`s by kid.
+type RingFields = (
+    HashMap<String, String>,
+    Option<String>,
+    HashMap<String, u64>,
+    HashMap<String, u64>,
+);
+
 /// Where the ring lives in Redis.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     ring: String,
     current: String,
     retire: String,
-    /// How long a rotated-out key stays published.
+    until: String,
+    /// The least time a rotated-out key stays published.
     retention_ms: u64,
+    /// The verifiers' clock-skew leeway: a token is accepted this long after its `exp`.
+    leeway_ms: u64,
+    /// The kid and `until` step this instance last wrote, so that tokens whose
+    /// step is already recorded cost no Redis write.
+    recorded: Arc<Mutex<Option<(String, u64)>>>,
 }
 
 impl KeyStore {
-    pub fn new(keys: &Keys, retention_ms: u64) -> Self {
+    pub fn new(keys: &Keys, retention_ms: u64, leeway_ms: u64) -> Self {
         Self {
             ring: keys.other("auth:{keys}"),
             current: keys.other("auth:{keys}:current"),
             retire: keys.other("auth:{keys}:retire"),
+            until: keys.other("auth:{keys}:until"),
             retention_ms,
+            leeway_ms,
+            recorded: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -184,6 +234,7 @@ impl KeyStore {
             .key(&self.ring)
             .key(&self.current)
             .key(&self.retire)
+            .key(&self.until)
             .arg(&key.kid)
             .arg(&key.pem)
             .arg(if force { "force" } else { "if_none" })
@@ -213,29 +264,67 @@ impl KeyStore {
         self.install(conn, &Ed25519Key::generate()?, true).await
     }
 
+    /// Keeps `kid` published until a token it signed with `exp` (seconds) has
+    /// expired, leeway included. Call it before handing the token out.
+    pub async fn record_expiry(
+        &self,
+        conn: &mut ConnectionManager,
+        kid: &str,
+        exp: u64,
+    ) -> Result<(), KeyError> {
+        let step = until_step(exp, self.leeway_ms);
+        let done = self
+            .recorded
+            .lock()
+            .map(|g| matches!(&*g, Some((k, at)) if k == kid && *at >= step))
+            .unwrap_or(false);
+        if done {
+            return Ok(());
+        }
+        let known: i64 = redis::Script::new(RECORD_SCRIPT)
+            .key(&self.ring)
+            .key(&self.until)
+            .arg(kid)
+            .arg(step)
+            .invoke_async(conn)
+            .await?;
+        if known == 0 {
+            tracing::warn!(kid, "signed with a key that is no longer in the key ring");
+            return Ok(());
+        }
+        if let Ok(mut g) = self.recorded.lock() {
+            match &mut *g {
+                Some((k, at)) if k == kid => *at = (*at).max(step),
+                other => *other = Some((kid.to_owned(), step)),
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the ring, reusing already parsed keys from `previous`.
     pub async fn load(
         &self,
         conn: &mut ConnectionManager,
         previous: Option<&Ring>,
     ) -> Result<Ring, KeyError> {
-        let (pems, current, retire): (
-            HashMap<String, String>,
-            Option<String>,
-            HashMap<String, u64>,
-        ) = redis::pipe()
+        let (pems, current, retire, until): RingFields = redis::pipe()
             .cmd("HGETALL")
             .arg(&self.ring)
             .cmd("GET")
             .arg(&self.current)
             .cmd("HGETALL")
             .arg(&self.retire)
+            .cmd("HGETALL")
+            .arg(&self.until)
             .query_async(conn)
             .await?;
         let now = now_ms();
         let mut keys = HashMap::new();
         for (kid, pem) in pems {
-            if retire.get(&kid).is_some_and(|&at| at < now) {
+            let retired = retire
+                .get(&kid)
+                .is_some_and(|&at| at.max(until.get(&kid).copied().unwrap_or_default()) < now);
+            if retired {
                 continue;
             }
             let key = match previous.and_then(|r| r.keys.get(&kid)) {
@@ -305,9 +394,20 @@ impl Signer {
 
     /// Signs `claims` with the secret or the current key (with its `kid`).
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign_with_kid(claims).map(|(token, _)| token)
+    }
+
+    /// Signs `claims`; also returns the `kid` of the key used (asymmetric mode),
+    /// whose publication must then cover the token's life
+    /// ([`KeyStore::record_expiry`]).
+    pub fn sign_with_kid<T: Serialize>(
+        &self,
+        claims: &T,
+    ) -> Result<(String, Option<String>), jsonwebtoken::errors::Error> {
         match self {
             Self::Secret { encoding, .. } => {
                 jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, encoding)
+                    .map(|t| (t, None))
             }
             Self::Ring(_) => {
                 let ring = self
@@ -315,7 +415,8 @@ impl Signer {
                     .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
                 let mut header = Header::new(Algorithm::EdDSA);
                 header.kid = Some(ring.current.kid.clone());
-                jsonwebtoken::encode(&header, claims, &ring.current.encoding)
+                let token = jsonwebtoken::encode(&header, claims, &ring.current.encoding)?;
+                Ok((token, Some(ring.current.kid.clone())))
             }
         }
     }
@@ -401,12 +502,15 @@ mod tests {
         let h = jsonwebtoken::decode_header(&t).unwrap();
         assert_eq!(h.alg, Algorithm::EdDSA);
         assert_eq!(h.kid.as_deref(), Some(k.kid.as_str()));
+        let (_, kid) = s.sign_with_kid(&claims()).unwrap();
+        assert_eq!(kid.as_deref(), Some(k.kid.as_str()));
         assert_eq!(s.claims_of(&t).unwrap().jti.as_deref(), Some("j1"));
         assert_eq!(s.jwks()["keys"].as_array().map(Vec::len), Some(1));
 
         // A token from another key, or an HS256 token, is refused.
         let other = Signer::secret("0123456789abcdef0123");
         let hs = other.sign(&claims()).unwrap();
+        assert_eq!(other.sign_with_kid(&claims()).unwrap().1, None);
         assert!(s.claims_of(&hs).is_err());
         assert_eq!(other.claims_of(&hs).unwrap().sub.as_deref(), Some("u1"));
         assert!(other.claims_of(&t).is_err());
@@ -416,6 +520,15 @@ mod tests {
                 .is_err()
         );
         assert_eq!(other.jwks(), json!({"keys": []}));
+    }
+
+    #[test]
+    fn until_steps_cover_exp_and_leeway() {
+        // Exactly on a step stays on it; anything past moves to the next one.
+        assert_eq!(until_step(60, 0), 60_000);
+        assert_eq!(until_step(60, 1), 120_000);
+        assert_eq!(until_step(1_000, 5_000), 1_020_000);
+        assert!(until_step(1_000, 5_000) >= 1_000 * 1000 + 5_000);
     }
 
     #[test]

@@ -61,8 +61,11 @@ impl User {
 pub enum InvalidUser {
     #[error("username must be 1-{MAX_USERNAME_LEN} characters of [A-Za-z0-9_.@-]")]
     Username,
-    #[error("password must be 1-{MAX_PASSWORD_LEN} bytes")]
-    Password,
+    /// Shorter than `HERALD_MIN_PASSWORD_LENGTH` (the minimum, in characters).
+    #[error("password must be at least {0} characters long")]
+    PasswordTooShort(usize),
+    #[error("password must be at most {MAX_PASSWORD_LEN} bytes")]
+    PasswordTooLong,
     #[error("at most {MAX_PATTERNS} patterns are allowed in {0}")]
     TooManyPatterns(&'static str),
     #[error("{field} pattern {pattern:?} is not a channel name (with optional '*')")]
@@ -87,18 +90,25 @@ pub fn valid_pattern(pattern: &str) -> bool {
     channel::validate(&pattern.replace('*', "x")).is_ok()
 }
 
-/// Checks everything about a new user except whether the name is taken.
+/// Checks everything about a new user except whether the name is taken;
+/// `min_password` is the shortest password accepted, in characters.
 pub fn validate(
     username: &str,
     password: &str,
+    min_password: usize,
     channels: &[String],
     publish: &[String],
 ) -> Result<(), InvalidUser> {
     if !valid_username(username) {
         return Err(InvalidUser::Username);
     }
-    if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
-        return Err(InvalidUser::Password);
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(InvalidUser::PasswordTooLong);
+    }
+    // Characters, not bytes: a user counts what they typed. At least one, always.
+    let min = min_password.max(1);
+    if password.chars().count() < min {
+        return Err(InvalidUser::PasswordTooShort(min));
     }
     for (field, patterns) in [("channels", channels), ("publish", publish)] {
         if patterns.len() > MAX_PATTERNS {
@@ -234,25 +244,47 @@ mod tests {
     #[test]
     fn validation() {
         assert_eq!(
-            validate("alice", "pw", &s(&["news", "chat:*"]), &s(&["*"])),
+            validate("alice", "pw", 1, &s(&["news", "chat:*"]), &s(&["*"])),
             Ok(())
         );
-        assert_eq!(validate("", "pw", &[], &[]), Err(InvalidUser::Username));
-        assert_eq!(validate("alice", "", &[], &[]), Err(InvalidUser::Password));
+        assert_eq!(validate("", "pw", 1, &[], &[]), Err(InvalidUser::Username));
+        assert_eq!(
+            validate("alice", "", 0, &[], &[]),
+            Err(InvalidUser::PasswordTooShort(1))
+        );
+        assert_eq!(
+            validate("alice", &"x".repeat(MAX_PASSWORD_LEN + 1), 8, &[], &[]),
+            Err(InvalidUser::PasswordTooLong)
+        );
         assert!(matches!(
-            validate("alice", "pw", &s(&["bad name"]), &[]),
+            validate("alice", "pw", 1, &s(&["bad name"]), &[]),
             Err(InvalidUser::Pattern {
                 field: "channels",
                 ..
             })
         ));
         assert!(matches!(
-            validate("alice", "pw", &[], &s(&[""])),
+            validate("alice", "pw", 1, &[], &s(&[""])),
             Err(InvalidUser::Pattern {
                 field: "publish",
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn password_minimum_counts_characters() {
+        assert_eq!(
+            validate("alice", "1234567", 8, &[], &[]),
+            Err(InvalidUser::PasswordTooShort(8))
+        );
+        assert_eq!(validate("alice", "12345678", 8, &[], &[]), Ok(()));
+        // Eight characters, sixteen bytes.
+        assert_eq!(validate("alice", "éééééééé", 8, &[], &[]), Ok(()));
+        assert_eq!(
+            InvalidUser::PasswordTooShort(8).to_string(),
+            "password must be at least 8 characters long"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §3 broadcaster): publish, broadcast, system notifications,
+//! The HTTP API (docs/protocol.md): publish, broadcast, system notifications,
 //! user messages and jobs, all behind `Authorization: Bearer <HERALD_API_KEY>`.
 
 use axum::extract::{MatchedPath, Path, Request, State};
@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use herald_common::http::{ApiError, ApiJson, Ops, layers, ops_routes, require_key};
+use herald_common::http::{ApiError, ApiJson, KeyKind, Ops, layers, ops_routes, require_key};
+use herald_proto::client::{MAX_MESSAGE_DEPTH, nests_deeper_than};
 use herald_proto::{channel, envelope, time::now_rfc3339};
 
 use crate::Ctx;
@@ -46,7 +47,7 @@ pub fn router(ctx: Ctx, ops: Ops) -> Router {
 }
 
 async fn check_key(State(ctx): State<Ctx>, req: Request, next: Next) -> Result<Response, ApiError> {
-    require_key(req.headers(), ctx.config.api_key())?;
+    require_key(req.headers(), ctx.config.api_key(), KeyKind::Api)?;
     Ok(next.run(req).await)
 }
 
@@ -72,6 +73,17 @@ async fn count_requests(
 
 fn check_channel(field: &str, name: &str) -> Result<(), ApiError> {
     channel::validate(name).map_err(|e| ApiError::unprocessable(format!("{field}: {e}")))
+}
+
+/// Refuses a payload nested deeper than clients can be expected to parse (the limit
+/// the gateway applies to client broadcasts).
+fn check_depth(field: &str, payload: &RawValue) -> Result<(), ApiError> {
+    if nests_deeper_than(payload.get().as_bytes(), MAX_MESSAGE_DEPTH) {
+        return Err(ApiError::unprocessable(format!(
+            "{field} nests deeper than {MAX_MESSAGE_DEPTH} levels"
+        )));
+    }
+    Ok(())
 }
 
 fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
@@ -129,6 +141,7 @@ async fn publish(
     ApiJson(req): ApiJson<PublishReq>,
 ) -> Result<Json<Position>, ApiError> {
     check_channel("channel", &req.channel)?;
+    check_depth("message", &req.message)?;
     let once = match &req.idempotency_key {
         Some(k) => {
             check_idempotency_key(k)?;
@@ -184,6 +197,7 @@ async fn broadcast(
     ApiJson(req): ApiJson<BroadcastReq>,
 ) -> Result<Json<Value>, ApiError> {
     check_broadcast_channels(&req.channels)?;
+    check_depth("message", &req.message)?;
     ctx.received();
     let ts = now_rfc3339();
     let mut results = Vec::with_capacity(req.channels.len());
@@ -208,6 +222,7 @@ async fn system(
     State(ctx): State<Ctx>,
     ApiJson(req): ApiJson<SystemReq>,
 ) -> Result<Json<Position>, ApiError> {
+    check_depth("content", &req.content)?;
     ctx.received();
     let frame = envelope::system_notification(&req.content, &now_rfc3339());
     Ok(Json(
@@ -228,6 +243,7 @@ async fn user_messages(
 ) -> Result<Json<Position>, ApiError> {
     check_user_id(&req.user_id)?;
     check_channel("target_channel", &req.target_channel)?;
+    check_depth("content", &req.content)?;
     ctx.received();
     let frame = envelope::user_message(
         &req.target_channel,
@@ -322,6 +338,7 @@ mod tests {
         let ops = Ops {
             registry: ctx.metrics.registry.clone(),
             ready: Arc::new(AtomicBool::new(true)),
+            redis: ctx.health.clone(),
         };
         router(ctx, ops)
     }
@@ -446,6 +463,44 @@ mod tests {
             assert!(v["error"]["code"].is_string(), "{v}");
             assert!(v["error"]["message"].is_string(), "{v}");
         }
+    }
+
+    #[tokio::test]
+    async fn deep_payloads_are_refused() {
+        let app = app(Some(KEY));
+        let nested = |n: usize| format!("{}\"]\"{}", "[".repeat(n), "]".repeat(n));
+        for depth in [MAX_MESSAGE_DEPTH + 1, 100_000] {
+            let deep = nested(depth);
+            let bodies = [
+                (
+                    "/v1/publish",
+                    format!(r#"{{"channel":"c","message":{deep}}}"#),
+                ),
+                (
+                    "/v1/broadcast",
+                    format!(r#"{{"channels":["c"],"message":{deep}}}"#),
+                ),
+                ("/v1/system", format!(r#"{{"content":{deep}}}"#)),
+                (
+                    "/v1/user-messages",
+                    format!(r#"{{"user_id":"u","target_channel":"c","content":{deep}}}"#),
+                ),
+            ];
+            for (uri, body) in bodies {
+                let (status, v, _) = call(&app, Method::POST, uri, Some(KEY), &body).await;
+                assert_eq!(status, 422, "{uri} at depth {depth}: {v}");
+                assert_eq!(v["error"]["code"], "invalid_request");
+                let message = v["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("deeper than 64"), "{message}");
+            }
+        }
+        // At the limit the payload is accepted (and reaches Redis, which is away here).
+        let body = format!(
+            r#"{{"channel":"c","message":{}}}"#,
+            nested(MAX_MESSAGE_DEPTH)
+        );
+        let (status, _, _) = call(&app, Method::POST, "/v1/publish", Some(KEY), &body).await;
+        assert_eq!(status, 503);
     }
 
     #[tokio::test]

@@ -1,16 +1,20 @@
 //! The broadcaster's settings: `--flags` or `HERALD_*` environment variables.
 
+use std::net::SocketAddr;
+
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, parse_listen};
+use herald_common::config::{CommonConfig, resolve_listen};
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
 
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8082";
+/// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
+/// only in development mode.
+pub const DEFAULT_PORT: u16 = 8082;
 /// How long a pending job may sit unacknowledged before another worker takes it.
 pub const DEFAULT_JOB_CLAIM_IDLE_MS: u64 = 30_000;
 /// Jobs one process runs at the same time.
 pub const DEFAULT_JOB_WORKERS: usize = 2;
-/// How long an idempotency key remembers its first publish (SPEC §3: 5 minutes).
+/// How long an idempotency key remembers its first publish (docs/protocol.md: 5 minutes).
 pub const DEFAULT_IDEMPOTENCY_TTL_MS: u64 = 5 * 60 * 1000;
 /// Upper bound for `HERALD_JOB_WORKERS`, so a typo cannot start thousands of tasks.
 pub const MAX_JOB_WORKERS: usize = 256;
@@ -24,9 +28,12 @@ pub const MIN_JOB_CLAIM_IDLE_MS: u64 = 300;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: String,
+    #[command(flatten)]
+    pub http: herald_common::serve::HttpArgs,
+    /// Address the HTTP API listens on [default: 0.0.0.0:8082; 127.0.0.1:8082 with
+    /// HERALD_DEV=1].
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub listen: Option<String>,
     /// Bearer key callers must present; without one, the API refuses every request.
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -51,7 +58,8 @@ impl Config {
     /// Every problem the broadcaster cannot start with; empty when all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.common.problems();
-        parse_listen("HERALD_LISTEN", &self.listen, &mut out);
+        out.extend(self.http.problems());
+        self.resolve_listen(&mut out);
         if self.history_ttl_ms == 0 {
             out.push("HERALD_HISTORY_TTL_MS must be greater than 0".to_owned());
         }
@@ -69,6 +77,21 @@ impl Config {
             out.push("HERALD_IDEMPOTENCY_TTL_MS must be greater than 0".to_owned());
         }
         out
+    }
+
+    /// The address to listen on (checked by [`Self::problems`]).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.resolve_listen(&mut Vec::new())
+    }
+
+    fn resolve_listen(&self, problems: &mut Vec<String>) -> Option<SocketAddr> {
+        resolve_listen(
+            "HERALD_LISTEN",
+            self.listen.as_deref(),
+            DEFAULT_PORT,
+            self.common.dev,
+            problems,
+        )
     }
 
     /// The API key, with an empty value counting as none.
@@ -91,13 +114,27 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::try_parse_from(["broadcaster"]).unwrap();
-        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.listen_addr(), Some("0.0.0.0:8082".parse().unwrap()));
         assert_eq!(c.job_claim_idle_ms, 30_000);
         assert_eq!(c.job_workers, 2);
         assert_eq!(c.idempotency_ttl_ms, 300_000);
         assert_eq!(c.history_size, DEFAULT_HISTORY_SIZE);
         assert!(c.api_key().is_none());
         assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn development_mode_listens_on_loopback_unless_told_otherwise() {
+        let listen = |args: &[&str]| {
+            let mut all = vec!["broadcaster"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().listen_addr().unwrap()
+        };
+        assert_eq!(listen(&["--dev"]), "127.0.0.1:8082".parse().unwrap());
+        assert_eq!(
+            listen(&["--dev", "--listen", "0.0.0.0:8082"]),
+            "0.0.0.0:8082".parse().unwrap()
+        );
     }
 
     #[test]

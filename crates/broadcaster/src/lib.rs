@@ -73,6 +73,8 @@ pub struct CtxInner {
     pub metrics: Metrics,
     pub node_id: String,
     pub config: Arc<Config>,
+    /// Whether Redis answered the last request; `/readyz` follows it.
+    pub health: store::Health,
     /// Frames this node published (any source), for the heartbeat's `messages_out`.
     published: Arc<AtomicU64>,
     /// Publish requests this node received (API and bridges), for `messages_in`.
@@ -97,6 +99,7 @@ impl Ctx {
             metrics,
             node_id,
             config: Arc::new(config),
+            health: store::Health::new(),
             published: Arc::default(),
             received: Arc::default(),
         })))
@@ -123,6 +126,7 @@ impl Ctx {
                 .await
                 .map(|(o, e)| (o, e, false)),
         };
+        self.health.record(&res);
         match &res {
             Ok((_, _, false)) => {
                 self.published.fetch_add(1, Ordering::Relaxed);
@@ -141,6 +145,7 @@ impl Ctx {
     /// Counts a failed Redis request and passes the error on.
     pub(crate) fn redis_failed(&self, e: redis::RedisError) -> redis::RedisError {
         self.metrics.redis_errors_total.inc();
+        self.health.failed(&e);
         e
     }
 }
@@ -170,7 +175,6 @@ pub async fn run_with(
     }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let ready = Arc::new(AtomicBool::new(true));
 
     let base = NodeInfo {
         id: ctx.node_id.clone(),
@@ -181,11 +185,11 @@ pub async fn run_with(
         ..NodeInfo::default()
     };
     let stats: node::StatsFn = {
-        let ready = ready.clone();
+        let health = ctx.health.clone();
         let published = ctx.published.clone();
         let received = ctx.received.clone();
         Arc::new(move |info: &mut NodeInfo| {
-            info.ready = ready.load(Ordering::Relaxed);
+            info.ready = health.is_up();
             info.messages_in = received.load(Ordering::Relaxed);
             info.messages_out = published.load(Ordering::Relaxed);
         })
@@ -195,7 +199,7 @@ pub async fn run_with(
         ctx.keys.clone(),
         base,
         stats,
-        ready.clone(),
+        ctx.health.clone(),
         token.clone(),
     ));
     jobs::worker::spawn(&ctx, &tracker, &token);
@@ -203,16 +207,16 @@ pub async fn run_with(
 
     let ops = Ops {
         registry: ctx.metrics.registry.clone(),
-        ready,
+        // Nothing but Redis decides whether the broadcaster can serve.
+        ready: Arc::new(AtomicBool::new(true)),
+        redis: ctx.health.clone(),
     };
     let app = api::router(ctx.clone(), ops);
     tracing::info!(node = %ctx.node_id, addr = %local, "broadcaster serving");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("http server failed");
+    let limits = ctx.config.http.limits();
+    herald_common::serve::serve(listener, app, limits, shutdown).await;
 
     herald_common::shutdown::stop_tasks(&token, &tracker, SHUTDOWN_GRACE).await;
     tracing::info!("broadcaster stopped");
-    served
+    Ok(())
 }

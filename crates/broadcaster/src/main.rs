@@ -10,9 +10,12 @@ use herald_common::{shutdown::shutdown_signal, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config: Config = parse_or_exit();
-    exit_if_problems(broadcaster::SERVICE, &config.problems());
+    // Variables whose values do not parse; reported with every other problem.
+    let (config, mut problems): (Config, _) = parse_or_exit();
+    problems.extend(config.problems());
+    exit_if_problems(broadcaster::SERVICE, &problems);
     telemetry::init(&config.common.log);
+    telemetry::redact(&[config.api_key()]);
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -25,9 +28,12 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let (client, conn) = store::connect(&config.common.redis_url).await?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+    let listen = config
+        .listen_addr()
+        .context("HERALD_LISTEN is not an address")?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr().context("listener has no address")?;
     tracing::info!(%addr, "listening");
     broadcaster::run_with(listener, config, client, conn, shutdown_signal()).await

@@ -1,9 +1,13 @@
 //! Settings every service shares, read from `--flags` or `HERALD_*` environment
-//! variables (clap reads both), and the fail-fast path for bad ones.
+//! variables (clap reads both), and the fail-fast path for bad ones: every problem
+//! at once, one line each, naming the variable.
 
-use std::net::SocketAddr;
+use std::ffi::{OsStr, OsString};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use clap::{Args, Parser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::{ArgMatches, ValueSource};
+use clap::{Arg, Args, Command, Parser};
 
 pub const ENV_REDIS_URL: &str = "HERALD_REDIS_URL";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -12,7 +16,7 @@ pub const DEFAULT_LOG: &str = "info";
 /// `EX_USAGE`: the exit code for a configuration the service cannot start with.
 pub const EXIT_CONFIG: i32 = 64;
 
-/// The settings of SPEC §1 that every service takes.
+/// The settings of docs/protocol.md that every service takes.
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
     /// Redis URL (`redis://[:password@]host:port[/db]`).
@@ -36,7 +40,7 @@ pub struct CommonConfig {
     pub advertise_addr: Option<String>,
 }
 
-/// Accepts `1/0/true/false/yes/no` so `HERALD_DEV=1` works as the spec writes it.
+/// Accepts `1/0/true/false/yes/no` so `HERALD_DEV=1` works as docs/protocol.md writes it.
 pub fn parse_bool_flag(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -49,7 +53,13 @@ impl CommonConfig {
     /// Problems a service cannot start with; empty when all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+        if !self.redis_url.contains("://") {
+            out.push(format!(
+                "HERALD_REDIS_URL {:?} has no scheme: write it as {} (redis://[:password@]host:port[/db])",
+                self.redis_url,
+                redis_url_hint(&self.redis_url)
+            ));
+        } else if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
             out.push(format!(
                 "HERALD_REDIS_URL {:?} is not a valid Redis URL: {e}",
                 self.redis_url
@@ -87,16 +97,186 @@ impl CommonConfig {
     }
 }
 
-/// Parses flags and environment into `T`; on failure prints clap's message and exits
-/// with [`EXIT_CONFIG`] (help and version exit 0 as usual).
-pub fn parse_or_exit<T: Parser>() -> T {
-    match T::try_parse() {
-        Ok(c) => c,
+/// The `redis://` form of a Redis address written without a scheme.
+fn redis_url_hint(url: &str) -> String {
+    let host_port = url.trim().trim_end_matches('/');
+    if host_port.is_empty() {
+        "redis://host:port".to_owned()
+    } else if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        format!("redis://{host_port}")
+    } else {
+        format!("redis://{host_port}:6379")
+    }
+}
+
+/// Parses flags and environment into `T`. A bad command line prints clap's message
+/// and exits with [`EXIT_CONFIG`]; help and version exit 0 as usual.
+///
+/// A `HERALD_*` variable whose value does not parse does not stop parsing: it comes
+/// back as a problem naming the variable, and `T` holds that setting's default, so
+/// the caller can add its own checks and report everything at once with
+/// [`exit_if_problems`]. A flag given on the command line overrides its variable,
+/// so a bad variable under a good flag is no problem.
+pub fn parse_or_exit<T: Parser>() -> (T, Vec<String>) {
+    let mut built = T::command();
+    built.build();
+    let mut bad = Vec::new();
+    collect_env_problems(&built, &mut Vec::new(), &mut bad);
+
+    // Parse again without the bad variables: their settings fall back to defaults.
+    let mut cmd = T::command();
+    for b in &bad {
+        cmd = without_env(cmd, &b.path, &b.id);
+    }
+    let mut matches = match cmd.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(m) => m,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
+            let top_level: Vec<String> = bad
+                .iter()
+                .filter(|b| b.path.is_empty())
+                .map(|b| b.line.clone())
+                .collect();
+            exit_on_clap_error(e, &mut cmd, &top_level)
         }
+    };
+    let problems = bad
+        .into_iter()
+        .filter(|b| env_was_used(&matches, &b.path, &b.id))
+        .map(|b| b.line)
+        .collect();
+    match T::from_arg_matches_mut(&mut matches) {
+        Ok(t) => (t, problems),
+        Err(e) => exit_on_clap_error(e, &mut cmd, &problems),
+    }
+}
+
+/// Prints clap's message (after the variables already known to be bad) and exits:
+/// 0 for help and version, [`EXIT_CONFIG`] otherwise.
+fn exit_on_clap_error(e: clap::Error, cmd: &mut Command, env_lines: &[String]) -> ! {
+    if !e.use_stderr() {
+        let _ = e.print();
+        std::process::exit(0);
+    }
+    let service = cmd.get_name().to_owned();
+    for line in env_lines {
+        eprintln!("{service}: configuration error: {line}");
+    }
+    let _ = e.format(cmd).print();
+    std::process::exit(EXIT_CONFIG);
+}
+
+/// A variable whose value its setting cannot take.
+#[derive(Debug)]
+struct EnvProblem {
+    /// The subcommands the setting belongs to (empty: the top level).
+    path: Vec<String>,
+    /// The setting's clap id.
+    id: String,
+    /// One line naming the variable.
+    line: String,
+}
+
+/// Runs every setting's own value parser on its variable, if set, in `cmd` (built)
+/// and its subcommands.
+fn collect_env_problems(cmd: &Command, path: &mut Vec<String>, out: &mut Vec<EnvProblem>) {
+    for arg in cmd.get_arguments() {
+        let Some(var) = arg.get_env() else { continue };
+        let Some(value) = std::env::var_os(var) else {
+            continue;
+        };
+        if let Some(line) = env_value_problem(arg, &var.to_string_lossy(), &value) {
+            out.push(EnvProblem {
+                path: path.clone(),
+                id: arg.get_id().to_string(),
+                line,
+            });
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        path.push(sub.get_name().to_owned());
+        collect_env_problems(sub, path, out);
+        path.pop();
+    }
+}
+
+/// `cmd` with the variable of setting `id` (in subcommand `path`) no longer read.
+fn without_env(cmd: Command, path: &[String], id: &str) -> Command {
+    match path.split_first() {
+        None => cmd.mut_arg(id, |a| a.env(None::<&'static str>)),
+        Some((sub, rest)) => cmd.mut_subcommand(sub, |s| without_env(s, rest, id)),
+    }
+}
+
+/// Whether the variable of setting `id` would have been used: its subcommand ran
+/// and no flag gave the setting on the command line.
+fn env_was_used(matches: &ArgMatches, path: &[String], id: &str) -> bool {
+    match path.split_first() {
+        None => matches.value_source(id) != Some(ValueSource::CommandLine),
+        Some((sub, rest)) => matches
+            .subcommand_matches(sub)
+            .is_some_and(|m| env_was_used(m, rest, id)),
+    }
+}
+
+/// Why `value` of variable `var` is not a value of `arg`, as one line naming the
+/// variable; `None` when it is fine. Uses the setting's own value parser (per item
+/// for comma-separated lists), exactly as clap would.
+fn env_value_problem(arg: &Arg, var: &str, value: &OsStr) -> Option<String> {
+    let items: Vec<OsString> = match (arg.get_value_delimiter(), value.to_str()) {
+        (Some(d), Some(text)) => text.split(d).map(OsString::from).collect(),
+        _ => vec![value.to_owned()],
+    };
+    let probe = Command::new("env").no_binary_name(true).arg(
+        Arg::new("value")
+            .long("value")
+            .num_args(1)
+            .allow_hyphen_values(true)
+            .value_parser(arg.get_value_parser().clone()),
+    );
+    items.into_iter().find_map(|item| {
+        let err = probe
+            .clone()
+            .try_get_matches_from([OsString::from("--value"), item.clone()])
+            .err()?;
+        Some(describe_bad_value(var, &item.to_string_lossy(), &err))
+    })
+}
+
+/// One line saying why `value` of `var` was refused, from the parser's error.
+fn describe_bad_value(var: &str, value: &str, err: &clap::Error) -> String {
+    use std::num::IntErrorKind;
+    if err.kind() == ErrorKind::InvalidUtf8 {
+        return format!("{var} is not valid UTF-8");
+    }
+    if let Some(ContextValue::Strings(valid)) = err.get(ContextKind::ValidValue) {
+        return format!("{var} {value:?} is not one of {}", valid.join(", "));
+    }
+    let source = std::error::Error::source(err);
+    if let Some(e) = source.and_then(|s| s.downcast_ref::<std::num::ParseIntError>()) {
+        let trimmed = value.trim();
+        let what = match e.kind() {
+            IntErrorKind::PosOverflow => "is too large",
+            IntErrorKind::NegOverflow => "is too small",
+            _ if trimmed != value && trimmed.parse::<u128>().is_ok() => {
+                "has spaces around the number"
+            }
+            _ if trimmed.parse::<i128>().is_ok_and(|n| n < 0) => "must not be negative",
+            _ if trimmed.parse::<f64>().is_ok() => "is not a whole number",
+            _ => "is not a number",
+        };
+        return format!("{var} {value:?} {what}");
+    }
+    match source.map(ToString::to_string) {
+        // clap's ranged integer parsers say `<n> is not in <range>`.
+        Some(text) if text.contains(" is not in ") => {
+            let range = text.rsplit(" is not in ").next().unwrap_or_default();
+            format!("{var} {value:?} is out of range ({range})")
+        }
+        Some(text) => format!("{var} {value:?} is not valid: {text}"),
+        None => format!("{var} {value:?} is not valid"),
     }
 }
 
@@ -109,6 +289,32 @@ pub fn exit_if_problems(service: &str, problems: &[String]) {
         eprintln!("{service}: configuration error: {p}");
     }
     std::process::exit(EXIT_CONFIG);
+}
+
+/// The address a service listens on: `value` when given (`var`, e.g. `HERALD_LISTEN`),
+/// otherwise `default_port` on every interface, or on loopback only in development
+/// mode, whose fixed secrets and public keys must not be reachable from the network.
+pub fn resolve_listen(
+    var: &str,
+    value: Option<&str>,
+    default_port: u16,
+    dev: bool,
+    problems: &mut Vec<String>,
+) -> Option<SocketAddr> {
+    match value {
+        Some(v) => parse_listen(var, v, problems),
+        None => Some(default_listen(default_port, dev)),
+    }
+}
+
+/// The listen address used when none is set: see [`resolve_listen`].
+pub fn default_listen(port: u16, dev: bool) -> SocketAddr {
+    let ip = if dev {
+        Ipv4Addr::LOCALHOST
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    SocketAddr::new(IpAddr::V4(ip), port)
 }
 
 /// Parses a listen address, naming the variable in the error.
@@ -126,6 +332,8 @@ pub fn parse_listen(var: &str, value: &str, problems: &mut Vec<String>) -> Optio
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[derive(Parser, Debug)]
@@ -143,5 +351,138 @@ mod tests {
         assert!(t.common.dev);
         assert_eq!(t.common.problems().len(), 1);
         assert!(t.common.node_id("gw").starts_with("gw-"));
+    }
+
+    #[test]
+    fn a_redis_url_without_scheme_gets_the_redis_form() {
+        #[track_caller]
+        fn check(url: &str, hint: &str) {
+            let t = T::try_parse_from(["t", "--redis-url", url]).unwrap();
+            let problems = t.common.problems();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains(&format!("write it as {hint} ")),
+                "{problems:?}"
+            );
+        }
+        check("localhost:6379", "redis://localhost:6379");
+        check("10.0.0.5", "redis://10.0.0.5:6379");
+        check("", "redis://host:port");
+        let t = T::try_parse_from(["t", "--redis-url", "redis://10.0.0.5:6380/2"]).unwrap();
+        assert!(t.common.problems().is_empty());
+    }
+
+    /// The arg clap derives for a field of type `$ty`, with its value parser.
+    macro_rules! arg_of {
+        ($ty:ty) => {{
+            #[derive(Parser, Debug)]
+            struct One {
+                #[arg(long)]
+                #[allow(dead_code, reason = "only the arg is used")]
+                v: $ty,
+            }
+            let mut cmd = <One as clap::CommandFactory>::command();
+            cmd.build();
+            cmd.get_arguments()
+                .find(|a| a.get_id() == "v")
+                .cloned()
+                .unwrap()
+        }};
+    }
+
+    #[test]
+    fn bad_variable_values_name_the_variable() {
+        #[track_caller]
+        fn check(arg: &Arg, value: &str, expected: Option<&str>) {
+            let got = env_value_problem(arg, "HERALD_X", OsStr::new(value));
+            assert_eq!(got.as_deref(), expected, "{value:?}");
+        }
+        let u64_arg = arg_of!(u64);
+        check(&u64_arg, "25000", None);
+        check(&u64_arg, "abc", Some(r#"HERALD_X "abc" is not a number"#));
+        check(&u64_arg, "", Some(r#"HERALD_X "" is not a number"#));
+        check(
+            &u64_arg,
+            "-1",
+            Some(r#"HERALD_X "-1" must not be negative"#),
+        );
+        check(
+            &u64_arg,
+            "1.5",
+            Some(r#"HERALD_X "1.5" is not a whole number"#),
+        );
+        check(
+            &u64_arg,
+            " 7",
+            Some(r#"HERALD_X " 7" has spaces around the number"#),
+        );
+        check(
+            &u64_arg,
+            "99999999999999999999999",
+            Some(r#"HERALD_X "99999999999999999999999" is too large"#),
+        );
+        let u32_arg = arg_of!(u32);
+        check(
+            &u32_arg,
+            "5000000000",
+            Some(r#"HERALD_X "5000000000" is out of range (0..=4294967295)"#),
+        );
+        let usize_arg = arg_of!(usize);
+        check(&usize_arg, "x1", Some(r#"HERALD_X "x1" is not a number"#));
+        let string_arg = arg_of!(String);
+        check(&string_arg, "anything at all", None);
+        let dev = T::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "dev")
+            .cloned()
+            .unwrap();
+        check(&dev, "yes", None);
+        check(
+            &dev,
+            "maybe",
+            Some(r#"HERALD_X "maybe" is not valid: expected 1/0/true/false, got "maybe""#),
+        );
+    }
+
+    #[test]
+    fn comma_separated_variables_are_checked_item_by_item() {
+        #[derive(Parser, Debug)]
+        struct L {
+            #[arg(long, value_delimiter = ',')]
+            #[allow(dead_code, reason = "only the arg is used")]
+            ports: Vec<u16>,
+        }
+        let mut cmd = <L as clap::CommandFactory>::command();
+        cmd.build();
+        let arg = cmd.get_arguments().find(|a| a.get_id() == "ports").unwrap();
+        assert_eq!(
+            env_value_problem(arg, "HERALD_P", OsStr::new("1,2,3")),
+            None
+        );
+        assert_eq!(
+            env_value_problem(arg, "HERALD_P", OsStr::new("1,x,3")).as_deref(),
+            Some(r#"HERALD_P "x" is not a number"#)
+        );
+    }
+
+    #[test]
+    fn development_mode_listens_on_loopback_unless_told_otherwise() {
+        #[track_caller]
+        fn check(value: Option<&str>, dev: bool, expected: &str) {
+            let mut problems = Vec::new();
+            let got = resolve_listen("HERALD_LISTEN", value, 8081, dev, &mut problems);
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(got, Some(expected.parse().unwrap()));
+        }
+        check(None, false, "0.0.0.0:8081");
+        check(None, true, "127.0.0.1:8081");
+        check(Some("0.0.0.0:9000"), true, "0.0.0.0:9000");
+        check(Some("10.1.2.3:8081"), false, "10.1.2.3:8081");
+        let mut problems = Vec::new();
+        assert_eq!(
+            resolve_listen("HERALD_LISTEN", Some("nope"), 8081, true, &mut problems),
+            None
+        );
+        assert_eq!(problems.len(), 1);
     }
 }

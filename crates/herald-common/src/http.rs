@@ -15,10 +15,12 @@ use axum::routing::get;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
+use crate::store::Health;
+
 /// Largest HTTP body any service accepts.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// An HTTP error with the spec's JSON shape.
+/// An HTTP error with the protocol's JSON shape.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -46,12 +48,9 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
 
-    pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid credentials",
-        )
+    /// A 401; `message` says what was expected and never repeats what was sent.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -110,6 +109,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §11.6.1: a 401 names the scheme it wants.
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(s) = self.retry_after_s
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
@@ -160,20 +164,65 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Requires `Authorization: Bearer <expected>`; with no key configured, refuses everything.
-pub fn require_key(headers: &HeaderMap, expected: Option<&str>) -> Result<(), ApiError> {
-    match (bearer(headers), expected) {
-        (Some(got), Some(want)) if !want.is_empty() && secret_eq(got, want) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
+/// Which key an endpoint asks for: named in its 401 messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The broadcaster's publish key, `HERALD_API_KEY`.
+    Api,
+    /// The admin key of auth-svc and the monitor, `HERALD_ADMIN_KEY`.
+    Admin,
+}
+
+impl KeyKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Api => "API key",
+            Self::Admin => "admin key",
+        }
+    }
+
+    fn variable(self) -> &'static str {
+        match self {
+            Self::Api => "HERALD_API_KEY",
+            Self::Admin => "HERALD_ADMIN_KEY",
+        }
     }
 }
 
-/// What the ops endpoints need.
+/// Requires `Authorization: Bearer <expected>`; with no key configured, refuses
+/// everything. The 401 says what was expected (the header's form, or that the key
+/// is wrong, or that none is configured) and never echoes what was sent.
+pub fn require_key(
+    headers: &HeaderMap,
+    expected: Option<&str>,
+    kind: KeyKind,
+) -> Result<(), ApiError> {
+    let Some(want) = expected.filter(|k| !k.is_empty()) else {
+        return Err(ApiError::unauthorized(format!(
+            "this endpoint is disabled: {} is not set on the server",
+            kind.variable()
+        )));
+    };
+    match bearer(headers).filter(|k| !k.is_empty()) {
+        None => Err(ApiError::unauthorized(format!(
+            "expected `Authorization: Bearer <{}>`",
+            kind.name()
+        ))),
+        Some(got) if secret_eq(got, want) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized(format!("invalid {}", kind.name()))),
+    }
+}
+
+/// What the ops endpoints need. `/readyz` answers 200 when both `ready` and
+/// `redis` say so.
 #[derive(Debug, Clone)]
 pub struct Ops {
     pub registry: prometheus::Registry,
-    /// Set by the service when its dependencies (Redis, keys) are usable.
+    /// Set by the service when its own dependencies (signing keys, the Pub/Sub
+    /// connection, a first sample) are usable.
     pub ready: Arc<AtomicBool>,
+    /// Whether Redis answered the service's last request (see [`Health`]).
+    pub redis: Health,
 }
 
 /// `/healthz`, `/readyz` and `/metrics`.
@@ -189,7 +238,7 @@ pub fn ops_routes<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
 }
 
 async fn readyz(State(ops): State<Ops>) -> Response {
-    if ops.ready.load(Ordering::Relaxed) {
+    if ops.ready.load(Ordering::Relaxed) && ops.redis.is_up() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(
@@ -229,7 +278,26 @@ pub fn layers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> 
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_BODY_BYTES,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(RequestSpan))
+}
+
+/// The span of one HTTP request: its method and path, never its query string (a
+/// WebSocket client may put its token there, `/ws?token=…`) nor its headers
+/// (`Authorization`). The log writer scrubs secrets too; this keeps them out of the
+/// events in the first place.
+#[derive(Debug, Clone, Copy)]
+struct RequestSpan;
+
+impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, req: &axum::http::Request<B>) -> tracing::Span {
+        // tower-http's own target, so filters like `tower_http=debug` keep working.
+        tracing::debug_span!(
+            target: "tower_http::trace::make_span",
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -254,13 +322,76 @@ mod tests {
         assert!(parse_body::<Body>(b"{\"a\":1}").is_ok());
     }
 
+    #[track_caller]
+    fn check_key(header: Option<&'static str>, expected: Option<&str>, message: Option<&str>) {
+        let mut h = HeaderMap::new();
+        if let Some(v) = header {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+        }
+        let got = require_key(&h, expected, KeyKind::Api).err();
+        assert_eq!(
+            got.as_ref().map(|e| e.status),
+            message.map(|_| StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(got.as_ref().map(|e| e.message.as_str()), message);
+    }
+
     #[test]
     fn keys() {
-        let mut h = HeaderMap::new();
-        assert!(require_key(&h, Some("k")).is_err());
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
-        assert!(require_key(&h, Some("k")).is_ok());
-        assert!(require_key(&h, Some("kk")).is_err());
-        assert!(require_key(&h, None).is_err());
+        let expected = Some("expected `Authorization: Bearer <API key>`");
+        check_key(None, Some("k"), expected);
+        check_key(Some("k"), Some("k"), expected);
+        check_key(Some("Basic k"), Some("k"), expected);
+        check_key(Some("Bearer "), Some("k"), expected);
+        check_key(Some("Bearer k"), Some("k"), None);
+        check_key(Some("bearer  k "), Some("k"), None);
+        check_key(Some("Bearer kk"), Some("k"), Some("invalid API key"));
+        let off = Some("this endpoint is disabled: HERALD_API_KEY is not set on the server");
+        check_key(Some("Bearer k"), None, off);
+        check_key(Some("Bearer "), Some(""), off);
+    }
+
+    /// Collects what a test subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn request_spans_carry_the_path_not_the_query_or_headers() {
+        use tower::ServiceExt;
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app: Router = layers(Router::new().route("/ws", get(|| async { "ok" })));
+        let req = axum::http::Request::builder()
+            .uri("/ws?channels=a&token=query-secret-123")
+            .header(header::AUTHORIZATION, "Bearer header-secret-456")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("path=/ws"), "{text}");
+        assert!(text.contains("method=GET"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(!text.contains("channels="), "{text}");
     }
 }

@@ -1,4 +1,4 @@
-//! Access-token verification with every check the spec asks for: the configured
+//! Access-token verification with every check docs/protocol.md lists: the configured
 //! algorithm only (never `none`, never an HMAC token checked against a public key),
 //! required `exp`, and `nbf`, `iss`, `aud` checked with a bounded leeway.
 //!
@@ -30,7 +30,7 @@ pub const JWKS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The token settings shared by auth-svc and ws-gateway.
 #[derive(Debug, Clone, Args)]
 pub struct JwtConfig {
-    /// Signing algorithm: HS256, EdDSA or RS256.
+    /// Signing algorithm: HS256, EdDSA or RS256 (RS256 only for ws-gateway verifying another issuer's tokens).
     #[arg(long, env = "HERALD_JWT_ALG", default_value = "HS256")]
     pub jwt_alg: String,
     /// HS256 shared secret (required unless HERALD_DEV=1).
@@ -103,7 +103,11 @@ impl JwtConfig {
             }
             (Some(s), Alg::Hs256) => Some(s.clone()),
             (None, Alg::Hs256) if dev => {
-                tracing::warn!("HERALD_DEV=1: using the fixed development JWT secret");
+                // A service checks its settings in `main` and again in `run`: warn once.
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!("HERALD_DEV=1: using the fixed development JWT secret");
+                });
                 Some(DEV_SECRET.to_owned())
             }
             (None, Alg::Hs256) => {

@@ -10,7 +10,8 @@
 //! - [`publish`]: the atomic publish script (offset + history + fan-out) and history reads.
 //! - [`node`]: the per-second node heartbeat every service writes for the monitor.
 //! - [`http`]: the JSON error shape, body extractor, key checks and `/healthz` `/readyz` `/metrics`.
-//! - [`jwt`]: access-token verification (HS256 secret or JWKS) with the spec's checks.
+//! - [`serve`]: the HTTP accept loop with header timeout, header cap and connection cap.
+//! - [`jwt`]: access-token verification (HS256 secret or JWKS) with the protocol's checks.
 
 pub mod config;
 pub mod http;
@@ -18,9 +19,12 @@ pub mod jwt;
 pub mod keys;
 pub mod node;
 pub mod publish;
+pub mod serve;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 
-/// The version every service reports in its heartbeat and `--version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The version every service reports in its heartbeat and `--version`: the workspace
+/// version and, when the build saw one, the git revision, e.g. `0.4.0 (abc1234)`
+/// (`build.rs` writes it).
+pub const VERSION: &str = env!("HERALD_BUILD_VERSION");

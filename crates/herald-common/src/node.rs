@@ -1,9 +1,13 @@
 //! The node heartbeat: every service writes its [`NodeInfo`] into Redis each second
 //! (`herald:nodes` ZSET + `herald:node:<id>`), which is all the monitor needs to
 //! tell up from stale from down. A graceful stop deregisters at once.
+//!
+//! The beat is also the service's readiness probe of Redis: it is bounded by
+//! [`BEAT_TIMEOUT`] and its outcome is recorded in the service's [`store::Health`],
+//! so `/readyz` turns 503 within one beat of Redis going away (or hanging) even
+//! when nothing else is asking Redis anything.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -17,6 +21,10 @@ use crate::store;
 
 /// How often a node beats.
 pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one beat may take before Redis counts as unreachable. Far below
+/// [`store::RESPONSE_TIMEOUT`] and [`BEAT_INTERVAL`]: a local Redis answers in well
+/// under a millisecond, and a Redis that hangs must not keep the service "ready".
+pub const BEAT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a node's stats outlive its last beat: the monitor lists a silent
 /// node as down for five minutes, so its details must still be readable then.
 pub const NODE_TTL_MS: u64 = 5 * 60 * 1000 + 10_000;
@@ -24,14 +32,14 @@ pub const NODE_TTL_MS: u64 = 5 * 60 * 1000 + 10_000;
 /// Fills in the live parts of a node's [`NodeInfo`] at each beat.
 pub type StatsFn = Arc<dyn Fn(&mut NodeInfo) + Send + Sync>;
 
-/// Beats until `token` is cancelled, then deregisters. `ready` tracks whether the
-/// last beat reached Redis, for `/readyz`.
+/// Beats until `token` is cancelled, then deregisters. Each beat's outcome goes
+/// into `health`, which `/readyz` follows.
 pub async fn run_heartbeat(
     mut conn: ConnectionManager,
     keys: Keys,
     base: NodeInfo,
     stats: StatsFn,
-    ready: Arc<AtomicBool>,
+    health: store::Health,
     token: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(BEAT_INTERVAL);
@@ -44,20 +52,23 @@ pub async fn run_heartbeat(
         let mut info = base.clone();
         info.beat_ms = now_ms();
         stats(&mut info);
-        let ok = beat(&mut conn, &keys, &info).await;
-        if !ok && ready.load(Ordering::Relaxed) {
-            tracing::warn!(node = %info.id, "heartbeat could not reach Redis");
+        match tokio::time::timeout(BEAT_TIMEOUT, beat(&mut conn, &keys, &info)).await {
+            Ok(res) => health.record(&res),
+            Err(_) => health.down(&format_args!("the heartbeat took over {BEAT_TIMEOUT:?}")),
         }
-        ready.store(ok, Ordering::Relaxed);
     }
     deregister(&mut conn, &keys, &base.id).await;
 }
 
-async fn beat(conn: &mut ConnectionManager, keys: &Keys, info: &NodeInfo) -> bool {
-    let Ok(json) = serde_json::to_string(info) else {
-        return false;
-    };
-    let res: redis::RedisResult<()> = redis::pipe()
+async fn beat(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    info: &NodeInfo,
+) -> redis::RedisResult<()> {
+    let json = serde_json::to_string(info).map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::Client, "cannot encode", e.to_string()))
+    })?;
+    redis::pipe()
         .cmd("SET")
         .arg(keys.node(&info.id))
         .arg(json)
@@ -70,8 +81,7 @@ async fn beat(conn: &mut ConnectionManager, keys: &Keys, info: &NodeInfo) -> boo
         .arg(&info.id)
         .ignore()
         .query_async(conn)
-        .await;
-    res.is_ok()
+        .await
 }
 
 /// Removes a node from the registry (graceful stop).

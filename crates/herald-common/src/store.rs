@@ -1,7 +1,10 @@
 //! Redis connections. A service checks Redis once at startup and refuses to start
 //! with one clear line if it is unreachable; after that, the connection manager
-//! reconnects by itself and requests fail fast (never hang) while Redis is away.
+//! reconnects by itself and requests fail fast (never hang) while Redis is away,
+//! and [`Health`] tells `/readyz` whether the last request got through.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -58,6 +61,83 @@ pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), St
     Ok((client, manager))
 }
 
+/// Whether this process can reach Redis, as its requests find out: any request
+/// that fails for want of Redis (connection refused or dropped, I/O error, timeout,
+/// a server still loading) marks it down at once, and the next one that succeeds
+/// marks it up again. `/readyz` follows it, and the node heartbeat — a bounded
+/// request every second — makes sure it is never older than one beat.
+///
+/// Errors Redis answered with (a script error, a wrong type) say nothing about
+/// reachability and leave it as it is.
+#[derive(Debug, Clone)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Default for Health {
+    /// Up: a service starts only after [`connect`] proved Redis answers.
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A request succeeded. Cheap when nothing changes (one load, no store), as it
+    /// runs for every publish.
+    pub fn up(&self) {
+        if !self.is_up() && !self.0.swap(true, Ordering::Relaxed) {
+            tracing::info!("Redis answers again");
+        }
+    }
+
+    /// A request could not reach Redis (or took too long).
+    pub fn down(&self, cause: &dyn std::fmt::Display) {
+        if self.is_up() && self.0.swap(false, Ordering::Relaxed) {
+            tracing::warn!(cause = %cause, "Redis is unreachable: not ready until it answers");
+        }
+    }
+
+    /// Records what one request's outcome says about Redis being reachable.
+    pub fn record<T>(&self, res: &redis::RedisResult<T>) {
+        match res {
+            Ok(_) => self.up(),
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// Records a failed request: down if Redis could not be reached.
+    pub fn failed(&self, e: &redis::RedisError) {
+        if is_outage(e) {
+            self.down(e);
+        }
+    }
+}
+
+/// Whether an error means Redis could not be reached or could not serve, as opposed
+/// to an answer it gave (a script error, a wrong type).
+pub fn is_outage(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+            )
+        )
+}
+
 /// Whether Redis answers `PING` within the response timeout.
 pub async fn ping(conn: &mut ConnectionManager) -> bool {
     matches!(
@@ -81,6 +161,23 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_follows_outages_not_answers() {
+        let h = Health::new();
+        assert!(h.is_up());
+        let refused: redis::RedisError =
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        h.record::<()>(&Err(refused));
+        assert!(!h.is_up());
+        // A clone shares the state: `/readyz` and the request paths see one flag.
+        let seen = h.clone();
+        h.record(&Ok(()));
+        assert!(seen.is_up());
+        let answered = redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "nope"));
+        h.record::<()>(&Err(answered));
+        assert!(h.is_up());
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -3,7 +3,7 @@
 //! auth-svc's refresh-token parser.
 //!
 //! Structured tokens are checked two ways. An *oracle* computes, from how each part
-//! was generated, whether the token must be accepted or refused (SPEC §2: HS256 only,
+//! was generated, whether the token must be accepted or refused (docs/protocol.md: HS256 only,
 //! the right secret, `exp` required and in the future, `nbf` not in the future, `iss`
 //! and `aud` present and equal to the configured ones, a non-empty subject; leeway
 //! bounds the clock checks). And every *accepted* token, however it was made, must be
@@ -446,7 +446,7 @@ impl Case {
             _ => Expect::Refuse,
         });
 
-        // `iss` and `aud`: required, and equal to the configured ones (SPEC §2).
+        // `iss` and `aud`: required, and equal to the configured ones (docs/protocol.md).
         expect = expect.and(match &self.iss {
             Iss::Absent => Expect::Refuse,
             Iss::Right => {

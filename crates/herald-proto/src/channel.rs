@@ -24,7 +24,7 @@ pub enum ChannelError {
     BadChar,
 }
 
-/// Checks a channel name against the spec's alphabet and length.
+/// Checks a channel name against the protocol's alphabet and length.
 pub fn validate(name: &str) -> Result<(), ChannelError> {
     if name.is_empty() {
         return Err(ChannelError::Empty);

@@ -2,7 +2,7 @@
 //!
 //! Parsing is two-phase: serde first proves the frame is a JSON object and borrows
 //! each known field as raw JSON, then each field is typed by hand. That is what lets
-//! every failure carry the spec's exact code (`invalid_json` for text that is not a
+//! every failure carry the protocol's exact code (`invalid_json` for text that is not a
 //! JSON object, `unsupported_type`, `bad_request` for a missing or ill-typed field)
 //! together with the request's `id`, and it keeps `message` byte-for-byte as sent.
 
@@ -10,6 +10,46 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::channel;
+
+/// The deepest nesting of arrays and objects a published `message` may have (the
+/// message itself is level 1). Messages are forwarded to every subscriber untouched,
+/// and many clients' JSON parsers give up on deep nesting (Python's `json` at about
+/// 1000 levels, serde_json at 128), so one publisher could otherwise make a channel
+/// unreadable for everyone.
+pub const MAX_MESSAGE_DEPTH: usize = 64;
+
+/// Whether `json` — text already known to be valid JSON — nests arrays and objects
+/// deeper than `limit`. One pass over the bytes that only tracks whether it is inside
+/// a string: no second parse, no allocation, and it stops at the first level too deep.
+pub fn nests_deeper_than(json: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
 
 /// The error codes of the client protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +287,12 @@ pub fn parse(text: &str) -> Result<ClientMsg, FrameError> {
             let Some(message) = raw.message else {
                 return Err(FrameError::bad("missing field: message", &id));
             };
+            if nests_deeper_than(message.get().as_bytes(), MAX_MESSAGE_DEPTH) {
+                return Err(FrameError::bad(
+                    format!("message nests deeper than {MAX_MESSAGE_DEPTH} levels"),
+                    &id,
+                ));
+            }
             Ok(ClientMsg::Broadcast {
                 channel,
                 message: RawJson(message.to_owned()),
@@ -412,11 +458,111 @@ mod tests {
         );
     }
 
+    /// `n` arrays nested in each other, the innermost holding `inner`.
+    fn nested(n: usize, inner: &str) -> String {
+        format!("{}{inner}{}", "[".repeat(n), "]".repeat(n))
+    }
+
+    #[track_caller]
+    fn deeper(json: &str, limit: usize, expected: bool) {
+        assert!(
+            serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok(),
+            "not JSON: {json}"
+        );
+        assert_eq!(
+            nests_deeper_than(json.as_bytes(), limit),
+            expected,
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn nesting_depth() {
+        // Scalars have no depth; the message itself is level 1.
+        deeper("1", 0, false);
+        deeper(r#""[[[""#, 0, false);
+        deeper("[]", 0, true);
+        deeper("[]", 1, false);
+        deeper(r#"{"a":{"b":[1,{"c":2}]}}"#, 3, true);
+        deeper(r#"{"a":{"b":[1,{"c":2}]}}"#, 4, false);
+        // Siblings do not add up; only the deepest path counts.
+        deeper("[[1],[2],[[3]]]", 3, false);
+        deeper("[[1],[2],[[3]]]", 2, true);
+        // Brackets and braces inside strings are text, escapes included.
+        deeper(r#"["[[[[{{{{"]"#, 1, false);
+        deeper(r#"{"k]}":"\"[[[\\","x":["\\"]}"#, 2, false);
+        deeper(r#"["\\",["\\\"]"]]"#, 1, true);
+        deeper(r#"["\u005b\u005b"]"#, 1, false);
+        // Exactly the limit passes, one more level does not.
+        let limit = MAX_MESSAGE_DEPTH;
+        deeper(&nested(limit, "1"), limit, false);
+        deeper(&nested(limit + 1, "1"), limit, true);
+        deeper(&nested(limit - 1, r#"{"a":"]]]]"}"#), limit, false);
+        deeper(&nested(limit, r#"{"a":"[[[["}"#), limit, true);
+        // Far too deep stops early, whatever serde_json's own limits are.
+        deeper(&nested(100_000, ""), limit, true);
+    }
+
+    #[test]
+    fn deep_broadcasts_are_bad_requests() {
+        let frame = |message: &str| {
+            format!(r#"{{"type":"broadcast","channel":"news","id":9,"message":{message}}}"#)
+        };
+        let ok = nested(MAX_MESSAGE_DEPTH, r#""[""#);
+        assert!(matches!(
+            parse(&frame(&ok)),
+            Ok(ClientMsg::Broadcast { message, .. }) if message.get() == ok
+        ));
+        err(
+            &frame(&nested(MAX_MESSAGE_DEPTH + 1, "")),
+            ErrorCode::BadRequest,
+            Some("9"),
+        );
+        err(
+            &frame(&nested(100_000, "")),
+            ErrorCode::BadRequest,
+            Some("9"),
+        );
+    }
+
+    /// The nesting depth of a parsed value (a scalar is 0).
+    fn depth(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Arbitrary JSON whose strings are full of brackets, quotes and backslashes.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i32>().prop_map(serde_json::Value::from),
+            "[\\[\\]{}\"\\\\a ]{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(10, 64, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[\\]{\"\\\\k]{0,4}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
         /// Whatever bytes arrive, parsing returns and never panics.
         #[test]
         fn never_panics(s in ".{0,200}") {
             let _ = parse(&s);
+        }
+
+        /// The scan agrees with a real parser's depth on any JSON value.
+        #[test]
+        fn depth_matches_a_parser(v in json_value(), limit in 0usize..8) {
+            let text = v.to_string();
+            proptest::prop_assert_eq!(nests_deeper_than(text.as_bytes(), limit), depth(&v) > limit, "{}", text);
         }
 
         /// Frames built from structured noise parse or fail with a spec error code.

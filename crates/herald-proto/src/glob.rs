@@ -1,5 +1,5 @@
 //! Permission patterns: an exact name, or a pattern where `*` matches any run of
-//! characters (`:` included), as the spec defines for `channels` and `publish` claims.
+//! characters (`:` included), as docs/protocol.md defines for `channels` and `publish` claims.
 
 /// Whether `name` matches `pattern`.
 ///

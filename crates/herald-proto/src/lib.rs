@@ -4,7 +4,7 @@
 //! This crate does no I/O, so every rule in it can be tested in isolation.
 //!
 //! # Layout
-//! - [`client`]: parsing client frames into [`client::ClientMsg`], with the exact error codes of the spec.
+//! - [`client`]: parsing client frames into [`client::ClientMsg`], with the exact error codes of docs/protocol.md.
 //! - [`server`]: building server frames (serialized once, as bytes).
 //! - [`claims`]: JWT claims and the permission checks made on them.
 //! - [`glob`]: the `*` pattern matcher used by permissions.

@@ -18,7 +18,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use herald_common::http::{ApiError, require_key};
+use herald_common::http::{ApiError, KeyKind, require_key};
 use herald_common::keys::Keys;
 use herald_proto::envelope::{ConnInfo, Control};
 use herald_proto::time::ms_to_rfc3339;
@@ -306,7 +306,7 @@ async fn disconnect_conn(
     headers: HeaderMap,
     Path(conn_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_key(&headers, s.admin_key.as_deref())?;
+    require_key(&headers, s.admin_key.as_deref(), KeyKind::Admin)?;
     check_id("conn_id", &conn_id)?;
     send_control(
         &mut s,
@@ -321,7 +321,7 @@ async fn disconnect_user(
     headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_key(&headers, s.admin_key.as_deref())?;
+    require_key(&headers, s.admin_key.as_deref(), KeyKind::Admin)?;
     check_id("user", &user_id)?;
     send_control(
         &mut s,

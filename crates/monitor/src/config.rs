@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, parse_listen};
+use herald_common::config::{CommonConfig, parse_listen, resolve_listen};
 
 pub const ENV_LISTEN: &str = "HERALD_LISTEN";
-pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8083";
+/// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
+/// only in development mode.
+pub const DEFAULT_PORT: u16 = 8083;
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 1_000;
 /// Probing more often than this only loads the nodes; less often than this
 /// leaves the dashboard's probe column meaningless.
@@ -24,9 +26,12 @@ const PROBE_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
-    /// Address the HTTP API listens on.
-    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN_ADDR)]
-    pub listen: String,
+    #[command(flatten)]
+    pub http: herald_common::serve::HttpArgs,
+    /// Address the HTTP API listens on [default: 0.0.0.0:8083; 127.0.0.1:8083 with
+    /// HERALD_DEV=1].
+    #[arg(long, env = ENV_LISTEN)]
+    pub listen: Option<String>,
     /// Bearer key for the admin actions (disconnects); without it they refuse everything.
     #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
@@ -43,7 +48,8 @@ impl Config {
     /// Every problem the monitor cannot start with; empty when all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.common.problems();
-        parse_listen(ENV_LISTEN, &self.listen, &mut out);
+        out.extend(self.http.problems());
+        self.resolve_listen(&mut out);
         if let Some(a) = &self.admin_listen {
             parse_listen("HERALD_ADMIN_LISTEN", a, &mut out);
         }
@@ -60,7 +66,17 @@ impl Config {
 
     /// The listen address (checked by [`Self::problems`]).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
+        self.resolve_listen(&mut Vec::new())
+    }
+
+    fn resolve_listen(&self, problems: &mut Vec<String>) -> Option<SocketAddr> {
+        resolve_listen(
+            ENV_LISTEN,
+            self.listen.as_deref(),
+            DEFAULT_PORT,
+            self.common.dev,
+            problems,
+        )
     }
 
     /// The admin key, if one is set; an empty value counts as none, so that
@@ -81,10 +97,24 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::try_parse_from(["monitor"]).unwrap();
-        assert_eq!(c.listen, DEFAULT_LISTEN_ADDR);
+        assert_eq!(c.listen_addr(), Some("0.0.0.0:8083".parse().unwrap()));
         assert_eq!(c.probe_interval_ms, 1_000);
         assert_eq!(c.admin_key(), None);
         assert!(c.problems().is_empty(), "{:?}", c.problems());
+    }
+
+    #[test]
+    fn development_mode_listens_on_loopback_unless_told_otherwise() {
+        let listen = |args: &[&str]| {
+            let mut all = vec!["monitor"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().listen_addr().unwrap()
+        };
+        assert_eq!(listen(&["--dev"]), "127.0.0.1:8083".parse().unwrap());
+        assert_eq!(
+            listen(&["--dev", "--listen", "0.0.0.0:8083"]),
+            "0.0.0.0:8083".parse().unwrap()
+        );
     }
 
     #[test]

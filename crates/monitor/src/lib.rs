@@ -1,6 +1,6 @@
 //! Herald's monitor: aggregates every node's heartbeat and stats from Redis,
 //! probes each node's `/healthz`, and serves the cluster view (JSON and a live
-//! Server-Sent Events stream) and the admin actions of SPEC §3.
+//! Server-Sent Events stream) and the admin actions of docs/protocol.md.
 //!
 //! # Layout
 //! - [`config`]: flags and `HERALD_*` settings.
@@ -9,7 +9,7 @@
 //! - `api`: the `/api/v1` handlers, served from the latest sample.
 //! - `metrics`: the Prometheus registry's contents.
 //!
-//! # Readings the spec leaves open
+//! # Readings the protocol leaves open
 //! - Rates are counter deltas between two of a node's beats, over the time between
 //!   those beats (the node's own clock); reading the same beat twice keeps the last rate.
 //!   Only `up` nodes report a non-zero rate.
@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use herald_common::http::{Ops, layers, ops_routes};
 use herald_common::keys::Keys;
 use herald_common::node::{StatsFn, run_heartbeat};
+use herald_common::serve::serve;
 use herald_common::store;
 use herald_proto::envelope::NodeInfo;
 use herald_proto::time::now_ms;
@@ -121,11 +122,15 @@ pub async fn run_with(
         ..NodeInfo::default()
     };
     tracing::info!(node = %node.id, address = %node.address, "registering as a node");
+    // Ready once the sampler has read the cluster, and while Redis answers: the
+    // sampler's round may take seconds to fail, the heartbeat's beat does not.
+    let health = store::Health::new();
     let stats: StatsFn = {
         let ready = ready.clone();
+        let health = health.clone();
         let clients = metrics.stream_clients.clone();
         Arc::new(move |info: &mut NodeInfo| {
-            info.ready = ready.load(Ordering::Relaxed);
+            info.ready = ready.load(Ordering::Relaxed) && health.is_up();
             info.connections = u64::try_from(clients.get()).unwrap_or(0);
         })
     };
@@ -134,8 +139,7 @@ pub async fn run_with(
         keys.clone(),
         node,
         stats,
-        // The sampler owns readiness; the heartbeat's own flag is not needed.
-        Arc::new(AtomicBool::new(false)),
+        health.clone(),
         token.child_token(),
     ));
 
@@ -147,12 +151,17 @@ pub async fn run_with(
         metrics,
         token: token.clone(),
     };
-    let ops = Ops { registry, ready };
+    let ops = Ops {
+        registry,
+        ready,
+        redis: health,
+    };
     let finish = |r: axum::Router| {
         layers(
             r.fallback(|| async { herald_common::http::ApiError::not_found("no such endpoint") }),
         )
     };
+    let limits = config.http.limits();
     // The admin listener is optional and named by the same configuration, so it is
     // bound here rather than by the caller.
     let app = match &config.admin_listen {
@@ -163,14 +172,7 @@ pub async fn run_with(
             tracing::info!(addr = %admin.local_addr()?, "monitor admin actions listening");
             let admin_app = finish(api::admin_routes(state.clone()).merge(ops_routes(ops.clone())));
             let stop = token.clone();
-            tracker.spawn(async move {
-                let r = axum::serve(admin, admin_app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(cause = %e, "admin listener failed");
-                }
-            });
+            tracker.spawn(serve(admin, admin_app, limits, stop.cancelled_owned()));
             finish(api::routes(state).merge(ops_routes(ops)))
         }
         None => finish(
@@ -181,16 +183,14 @@ pub async fn run_with(
     };
 
     let stop = token.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Ends the streams (which would otherwise hold the drain open forever)
-            // and the background tasks.
-            stop.cancel();
-        })
-        .await;
+    serve(listener, app, limits, async move {
+        shutdown.await;
+        // Ends the streams (which would otherwise hold the drain open forever)
+        // and the background tasks.
+        stop.cancel();
+    })
+    .await;
     herald_common::shutdown::stop_tasks(&token, &tracker, SHUTDOWN_GRACE).await;
-    served.context("http server failed")?;
     tracing::info!("monitor stopped");
     Ok(())
 }

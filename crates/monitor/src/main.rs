@@ -9,9 +9,12 @@ use monitor::Config;
 
 #[tokio::main]
 async fn main() {
-    let config: Config = parse_or_exit();
-    exit_if_problems(monitor::SERVICE, &config.problems());
+    // Variables whose values do not parse; reported with every other problem.
+    let (config, mut problems): (Config, _) = parse_or_exit();
+    problems.extend(config.problems());
+    exit_if_problems(monitor::SERVICE, &problems);
     telemetry::init(&config.common.log);
+    telemetry::redact(&[config.admin_key()]);
     if let Err(e) = serve(config).await {
         // One line, the whole cause chain, for operators and scripts.
         eprintln!("{}: {e:#}", monitor::SERVICE);

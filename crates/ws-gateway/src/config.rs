@@ -1,4 +1,4 @@
-//! The gateway's settings (SPEC §1–2), from `--flags` or `HERALD_*` variables.
+//! The gateway's settings (docs/protocol.md), from `--flags` or `HERALD_*` variables.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,19 +9,22 @@ use herald_common::config::CommonConfig;
 use herald_common::jwt::{Alg, JwtConfig};
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
 
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8765";
+/// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
+/// only in development mode.
+pub const DEFAULT_PORT: u16 = 8765;
 
 /// ws-gateway: holds client WebSocket connections and fans messages out.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ws-gateway", version, about)]
+#[command(name = "ws-gateway", version = herald_common::VERSION, about)]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
     #[command(flatten)]
     pub jwt: JwtConfig,
-    /// Address to listen on (WebSocket at `/ws` and `/`, plus ops endpoints).
-    #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: String,
+    /// Address to listen on (WebSocket at `/ws` and `/`, plus ops endpoints)
+    /// [default: 0.0.0.0:8765; 127.0.0.1:8765 with HERALD_DEV=1].
+    #[arg(long, env = "HERALD_LISTEN")]
+    pub listen: Option<String>,
     /// Interval of WebSocket pings and `heartbeat` frames; silence for twice this drops a client.
     #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL_MS", default_value_t = 25_000)]
     pub heartbeat_interval_ms: u64,
@@ -117,8 +120,13 @@ impl Config {
     /// Validates every setting, reporting all problems at once.
     pub fn settings(&self) -> Result<Settings, Vec<String>> {
         let mut problems = self.common.problems();
-        let listen =
-            herald_common::config::parse_listen("HERALD_LISTEN", &self.listen, &mut problems);
+        let listen = herald_common::config::resolve_listen(
+            "HERALD_LISTEN",
+            self.listen.as_deref(),
+            DEFAULT_PORT,
+            self.common.dev,
+            &mut problems,
+        );
         let (alg, secret) = self.jwt.resolve(self.common.dev, &mut problems);
         let positive = |name: &str, v: u64, problems: &mut Vec<String>| {
             if v == 0 {
@@ -228,13 +236,31 @@ mod tests {
     fn defaults_follow_the_spec() {
         let c = Config::try_parse_from(["gw", "--jwt-secret", "0123456789abcdef"]).unwrap();
         let s = c.settings().unwrap();
-        assert_eq!(s.listen.port(), 8765);
+        assert_eq!(s.listen, "0.0.0.0:8765".parse().unwrap());
         assert_eq!(s.heartbeat, Duration::from_secs(25));
         assert_eq!(s.rate_messages, 100);
         assert_eq!(s.max_conns_per_ip, 10);
         assert_eq!(s.max_frame_bytes, 65536);
         assert_eq!(s.max_channels, 128);
         assert_eq!(s.queue_frames, 1024);
+    }
+
+    #[test]
+    fn development_mode_listens_on_loopback_unless_told_otherwise() {
+        let listen = |args: &[&str]| {
+            let mut all = vec!["gw"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all)
+                .unwrap()
+                .settings()
+                .unwrap()
+                .listen
+        };
+        assert_eq!(listen(&["--dev"]), "127.0.0.1:8765".parse().unwrap());
+        assert_eq!(
+            listen(&["--dev", "--listen", "0.0.0.0:8765"]),
+            "0.0.0.0:8765".parse().unwrap()
+        );
     }
 
     #[test]

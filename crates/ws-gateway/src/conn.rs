@@ -60,13 +60,16 @@ pub(crate) async fn serve(
         Some(p) => (p.claims, p.channels, p.batch, None),
         // Boxed (here and for the other rare, deep requests below) so their state is
         // allocated only while they run instead of enlarging every idle connection's task.
-        None => match Box::pin(first_frame_auth(&mut socket, &state)).await {
+        None => match Box::pin(first_frame_auth(&mut socket, &state, ip)).await {
             Ok(v) => v,
-            Err(Some((code, reason))) => {
-                close(&mut socket, code, reason).await;
+            Err(refusal) => {
+                // Never served: the slot is given back before the client hears of it.
+                slot.release(&mut state.redis.clone()).await;
+                if let Some((code, reason)) = refusal {
+                    close(&mut socket, code, reason).await;
+                }
                 return;
             }
-            Err(None) => return,
         },
     };
     let key = state.next_key.fetch_add(1, Ordering::Relaxed);
@@ -126,10 +129,12 @@ pub(crate) async fn serve(
 
 type AuthOk = (Claims, Vec<String>, bool, Option<Id>);
 
-/// Waits for the first frame, which must carry the token.
+/// Waits for the first frame, which must carry the token. A refusal is logged with
+/// its reason and the client's address (never the token).
 async fn first_frame_auth(
     socket: &mut WebSocket,
     state: &State,
+    ip: IpAddr,
 ) -> Result<AuthOk, Option<(u16, &'static str)>> {
     let deadline = Instant::now() + state.settings.auth_timeout;
     loop {
@@ -140,6 +145,7 @@ async fn first_frame_auth(
                     .auth_failures
                     .with_label_values(&["timeout"])
                     .inc();
+                tracing::info!(reason = "timeout", %ip, "WebSocket login refused");
                 return Err(Some((1008, "authentication timeout")));
             }
             Ok(None | Some(Err(_))) => return Err(None),
@@ -157,6 +163,7 @@ async fn first_frame_auth(
                 .auth_failures
                 .with_label_values(&[reason])
                 .inc();
+            tracing::info!(reason, %ip, "WebSocket login refused");
             Some((1008, "authentication failed"))
         };
         if text.len() > state.settings.max_frame_bytes {
@@ -689,6 +696,7 @@ impl Conn {
             .await
         {
             Ok((offset, epoch)) => {
+                self.state.health.up();
                 self.state.metrics.publish.inc();
                 // Nothing to acknowledge without an id; the sender sees its own
                 // message if subscribed.
@@ -696,6 +704,7 @@ impl Conn {
             }
             Err(e) => {
                 self.state.metrics.redis_errors.inc();
+                self.state.health.failed(&e);
                 tracing::warn!(cause = %e, "publish failed");
                 Some(server::error_full(
                     ErrorCode::Unavailable,

@@ -69,6 +69,8 @@ pub(crate) struct State {
     pub(crate) verifier: Verifier,
     pub(crate) publisher: Publisher,
     pub(crate) redis: ConnectionManager,
+    /// Whether Redis answered the last request; `/readyz` follows it.
+    pub(crate) health: herald_common::store::Health,
     pub(crate) keys: Keys,
     pub(crate) metrics: Metrics,
     pub(crate) ips: Arc<IpLimiter>,
@@ -100,7 +102,10 @@ impl State {
                 Ok(false) => {}
                 // Fail open: an outage must not lock every client out; revocations
                 // still close connections through the control channel.
-                Err(_) => self.metrics.redis_errors.inc(),
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    self.health.failed(&e);
+                }
             }
         }
         Ok(claims)
@@ -188,6 +193,7 @@ pub async fn run(
     if any_origin {
         tracing::warn!("HERALD_DEV=1 and no HERALD_ALLOWED_ORIGINS: accepting every Origin");
     }
+    let health = herald_common::store::Health::new();
     let state = Arc::new(State {
         leeway: Duration::from_secs(config.jwt.jwt_leeway_s.min(300)),
         settings: settings.clone(),
@@ -196,6 +202,7 @@ pub async fn run(
         verifier,
         publisher: publisher.clone(),
         redis: redis.clone(),
+        health: health.clone(),
         keys: keys.clone(),
         metrics: metrics.clone(),
         ips: ips.clone(),
@@ -230,12 +237,14 @@ pub async fn run(
         hub.clone(),
         ips,
         metrics.clone(),
+        health.clone(),
         presence_rx,
         ip_rx,
         bg.clone(),
     ));
 
-    let beat_ok = Arc::new(AtomicBool::new(true));
+    // Ready when the Pub/Sub connection and the keys are (`ready`) and Redis answers
+    // (`health`, which `/readyz` reads directly so that it flips at once).
     let ready = Arc::new(AtomicBool::new(false));
     let base = NodeInfo {
         id: node_id.clone(),
@@ -247,9 +256,10 @@ pub async fn run(
     };
     let stats_metrics = metrics.clone();
     let stats_ready = ready.clone();
+    let stats_health = health.clone();
     let stats: herald_common::node::StatsFn = Arc::new(move |info: &mut NodeInfo| {
         let m = &stats_metrics;
-        info.ready = stats_ready.load(Ordering::Relaxed);
+        info.ready = stats_ready.load(Ordering::Relaxed) && stats_health.is_up();
         info.connections = m.connections.get().max(0) as u64;
         info.subscriptions = m.subscriptions.get().max(0) as u64;
         info.channels = m.channels.get().max(0) as u64;
@@ -271,7 +281,7 @@ pub async fn run(
         keys.clone(),
         base,
         stats,
-        beat_ok.clone(),
+        health.clone(),
         bg.clone(),
     ));
     {
@@ -281,9 +291,7 @@ pub async fn run(
             while !token.is_cancelled() {
                 tick.tick().await;
                 ready.store(
-                    beat_ok.load(Ordering::Relaxed)
-                        && pubsub_ok.load(Ordering::Relaxed)
-                        && keys_loaded.load(Ordering::Relaxed),
+                    pubsub_ok.load(Ordering::Relaxed) && keys_loaded.load(Ordering::Relaxed),
                     Ordering::Relaxed,
                 );
             }
@@ -293,6 +301,7 @@ pub async fn run(
     let ops = Ops {
         registry: metrics.registry.clone(),
         ready,
+        redis: health,
     };
     let app = Router::new()
         .route("/ws", get(ws_handler))
@@ -311,8 +320,21 @@ pub async fn run(
     // each accepted connection is then spawned where it will run, with no cross-thread
     // wake-up (futex) per connection.
     let accept = {
-        let (settings, stop) = (settings.clone(), state.shutdown.clone());
-        tokio::spawn(async move { serve(listener, app, &settings, stop).await })
+        // The HTTP cap bounds connections that have not upgraded yet (handshakes in
+        // progress, ops requests); an upgraded socket leaves it and counts against
+        // HERALD_MAX_CONNECTIONS, whose refusal is a 503 the client can act on.
+        let limits = herald_common::serve::Limits {
+            header_timeout: settings.handshake_timeout,
+            max_header_bytes: settings.max_header_bytes,
+            max_connections: settings.max_connections,
+        };
+        let stop = state.shutdown.clone();
+        tokio::spawn(herald_common::serve::serve(
+            listener,
+            app,
+            limits,
+            stop.cancelled_owned(),
+        ))
     };
     if let Err(e) = accept.await {
         tracing::error!(cause = %e, "accept loop failed");
@@ -330,58 +352,6 @@ pub async fn run(
     herald_common::shutdown::stop_tasks(&bg, &bg_tasks, Duration::from_secs(5)).await;
     tracing::info!("ws-gateway stopped");
     Ok(())
-}
-
-/// Accepts connections until `stop` is cancelled. hyper is driven directly (not
-/// through `axum::serve`) for two limits the spec sets on the handshake: a request
-/// head larger than `max_header_bytes` gets 431, and a client that does not finish
-/// its request within `handshake_timeout` is dropped.
-async fn serve(listener: TcpListener, app: Router, settings: &Settings, stop: CancellationToken) {
-    use hyper::server::conn::http1;
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt;
-
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.handshake_timeout)
-        .max_buf_size(settings.max_header_bytes);
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(cause = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let svc = hyper::service::service_fn(
-            move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            },
-        );
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .with_upgrades();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
-        });
-    }
 }
 
 /// What a connection may say in its URL (`?token=…&channels=a,b&batch=1`).
@@ -505,6 +475,10 @@ async fn ws_handler(
                     .auth_failures
                     .with_label_values(&[e.reason()])
                     .inc();
+                tracing::info!(reason = e.reason(), %ip, "WebSocket login refused at the handshake");
+                // A refused handshake must not hold this address's slot, not even until
+                // the next batched release: give it back before answering.
+                slot.release(&mut redis).await;
                 return ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "authentication_failed",

@@ -7,10 +7,17 @@
 //! [`STALE_MS`] (a dead gateway's) stop counting and are removed, so a crashed
 //! gateway cannot lock an IP out for long. If Redis is unreachable the gateway
 //! falls back to its local count, so limits still hold per node.
+//!
+//! A slot is taken with the attempt, before authentication (one script counts both
+//! the attempt and the connection). A connection that ends normally gives its slot
+//! back in the presence task's next batch; a refused one ([`IpSlot::release`]) gives
+//! it back before the refusal is answered, so refused attempts never count as held
+//! connections — they count only against the attempt rate.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -23,6 +30,9 @@ use herald_proto::time::now_ms;
 pub(crate) const STALE_MS: u64 = 15_000;
 /// The per-IP HASH outlives its last write by this much.
 pub(crate) const KEY_TTL_MS: u64 = 60_000;
+/// How long a refused connection's release may wait for Redis before it is left to
+/// the presence task's next batch instead.
+const RELEASE_TIMEOUT: Duration = Duration::from_millis(500);
 
 const ACQUIRE_LUA: &str = r#"
 local n = redis.call('INCR', KEYS[2])
@@ -78,18 +88,54 @@ pub(crate) struct IpLimiter {
     local: Mutex<HashMap<IpAddr, u32>>,
 }
 
-/// A held connection slot; dropping it gives the slot back.
+/// A held connection slot; dropping it gives the slot back (in Redis with the
+/// presence task's next batch), [`IpSlot::release`] gives it back at once.
 #[derive(Debug)]
 pub(crate) struct IpSlot {
     ip: IpAddr,
     limiter: Arc<IpLimiter>,
     release: tokio::sync::mpsc::UnboundedSender<IpAddr>,
+    /// Whether the script counted this slot in Redis (not when it was taken from the
+    /// local count during an outage; the presence task reconciles those).
+    in_redis: bool,
+    /// Whether [`IpSlot::release`] already gave the slot back.
+    released: bool,
+}
+
+impl IpSlot {
+    /// Gives the slot back now, in Redis too, so that the next attempt from this
+    /// address — on any gateway — no longer counts it. For connections refused
+    /// before they were ever served; falls back to the batched release if Redis
+    /// does not answer in time.
+    pub(crate) async fn release(mut self, conn: &mut ConnectionManager) {
+        self.released = true;
+        self.limiter.release_local(self.ip);
+        if !self.in_redis {
+            let _ = self.release.send(self.ip);
+            return;
+        }
+        let res: redis::RedisResult<i64> = tokio::time::timeout(
+            RELEASE_TIMEOUT,
+            redis::cmd("HINCRBY")
+                .arg(self.limiter.keys.ip_connections(self.ip))
+                .arg(&self.limiter.node)
+                .arg(-1)
+                .query_async(conn),
+        )
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+        if res.is_err() {
+            let _ = self.release.send(self.ip);
+        }
+    }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        self.limiter.release_local(self.ip);
-        let _ = self.release.send(self.ip);
+        if !self.released {
+            self.limiter.release_local(self.ip);
+            let _ = self.release.send(self.ip);
+        }
     }
 }
 
@@ -146,11 +192,12 @@ impl IpLimiter {
             .arg(KEY_TTL_MS)
             .invoke_async(conn)
             .await;
-        match res {
+        let in_redis = match res {
             Ok(-2) => return Err(Refusal::TooFast),
             Ok(n) if n < 0 => return Err(Refusal::TooMany),
             Ok(_) => {
                 *self.local().entry(ip).or_insert(0) += 1;
+                true
             }
             Err(e) => {
                 // Redis is away: hold the limit on this node alone.
@@ -161,12 +208,15 @@ impl IpLimiter {
                     return Err(Refusal::TooMany);
                 }
                 *n += 1;
+                false
             }
-        }
+        };
         Ok(IpSlot {
             ip,
             limiter: self.clone(),
             release,
+            in_redis,
+            released: false,
         })
     }
 }

@@ -1,34 +1,46 @@
 //! The ws-gateway binary: configuration, tracing, Redis check, bind, run.
 
-use anyhow::Context;
+use std::process::ExitCode;
 
 use herald_common::config::{exit_if_problems, parse_or_exit};
 use ws_gateway::Config;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config: Config = parse_or_exit();
+async fn main() -> ExitCode {
+    // Variables whose values do not parse; reported with every other problem.
+    let (config, mut problems): (Config, _) = parse_or_exit();
     herald_common::telemetry::init(&config.common.log);
+    herald_common::telemetry::redact(&[config.jwt.jwt_secret.as_deref()]);
     // Every client is a file descriptor: lift the soft limit to the hard one, so the
     // node's capacity is HERALD_MAX_CONNECTIONS or the machine's limit, not a default 1024.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(cause = %e, "cannot raise the open-file limit"),
     }
-    let settings = match config.settings() {
-        Ok(s) => s,
-        Err(problems) => {
-            exit_if_problems("ws-gateway", &problems);
-            unreachable!("exit_if_problems exits when there are problems");
-        }
+    let settings = config.settings().map_err(|p| problems.extend(p)).ok();
+    exit_if_problems("ws-gateway", &problems);
+    let Some(settings) = settings else {
+        unreachable!("settings are refused only with problems, and those exit");
     };
     if let Err(e) = herald_common::store::connect(&config.common.redis_url).await {
         eprintln!("ws-gateway: cannot start: {e}");
-        std::process::exit(1);
+        return ExitCode::FAILURE;
     }
-    let listener =
-        listen(settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
-    ws_gateway::run(listener, config, herald_common::shutdown::shutdown_signal()).await
+    let listener = match listen(settings.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ws-gateway: cannot listen on {}: {e}", settings.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    match ws_gateway::run(listener, config, herald_common::shutdown::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the whole cause chain.
+            eprintln!("ws-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Pending connections the kernel queues for `accept`. tokio's default (1024) overflows

@@ -2,7 +2,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-/// Every metric the gateway exports (SPEC §5 and a few more for operators).
+/// Every metric the gateway exports (docs/protocol.md and a few more for operators).
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
     pub(crate) registry: Registry,

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use herald_common::keys::Keys;
+use herald_common::store::Health;
 use herald_proto::envelope::{ChannelStat, ConnInfo};
 use herald_proto::time::now_ms;
 
@@ -47,6 +48,7 @@ pub(crate) async fn run(
     hub: Arc<Hub>,
     ips: Arc<IpLimiter>,
     metrics: Metrics,
+    health: Health,
     mut events: mpsc::UnboundedReceiver<Event>,
     mut ip_release: mpsc::UnboundedReceiver<IpAddr>,
     token: CancellationToken,
@@ -89,7 +91,9 @@ pub(crate) async fn run(
                     pipe.hincr(keys.ip_connections(ip), &node, -1).ignore();
                 }
                 pipe.pexpire(&conns_key, PRESENCE_TTL_MS as i64).ignore();
-                if pipe.query_async::<()>(&mut conn).await.is_err() {
+                let res = pipe.query_async::<()>(&mut conn).await;
+                health.record(&res);
+                if res.is_err() {
                     metrics.redis_errors.inc();
                     resync = true;
                 }
@@ -99,8 +103,9 @@ pub(crate) async fn run(
                 if ticks.is_multiple_of(COUNTERS_EVERY) {
                     refresh_counters(&hub, &node, &mut written_counters, &mut pending);
                 }
-                let ok = refresh_all(&mut conn, &keys, &node, &hub, &ips, &chans_key, &conns_key, &mut written_channels, resync).await;
-                if ok {
+                let res = refresh_all(&mut conn, &keys, &node, &hub, &ips, &chans_key, &conns_key, &mut written_channels, resync).await;
+                health.record(&res);
+                if res.is_ok() {
                     resync = false;
                 } else {
                     metrics.redis_errors.inc();
@@ -156,7 +161,7 @@ async fn refresh_all(
     conns_key: &str,
     written: &mut HashMap<Arc<str>, ChannelStat>,
     full: bool,
-) -> bool {
+) -> redis::RedisResult<()> {
     let now = now_ms();
     let mut pipe = redis::pipe();
     if full {
@@ -195,11 +200,11 @@ async fn refresh_all(
     }
     pipe.pexpire(chans_key, PRESENCE_TTL_MS as i64).ignore();
     pipe.pexpire(conns_key, PRESENCE_TTL_MS as i64).ignore();
-    let ok = pipe.query_async::<()>(conn).await.is_ok();
-    if ok {
+    let res = pipe.query_async::<()>(conn).await;
+    if res.is_ok() {
         *written = live;
     }
-    ok
+    res
 }
 
 /// The monitor's record of one connection.

@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::{
-    ADMIN_KEY, Redis, Service, ServiceBuilder, TEST_SECRET, eventually, free_port, http_json,
-    run_bin, within,
+    ADMIN_KEY, Redis, Service, ServiceBuilder, TEST_SECRET, Ws, eventually, free_port, http_json,
+    run_bin, serve_json, within,
 };
 
 async fn auth_svc(redis: &Redis) -> Service {
@@ -116,7 +116,7 @@ async fn users_api_login_and_errors() {
     let users = format!("{}/v1/users", svc.http());
 
     // Admin key required, wrong key refused, before the body is even looked at.
-    let user = json!({"username":"alice","password":"s3cret","channels":["news","chat:*"],"publish":["chat:*"]});
+    let user = json!({"username":"alice","password":"s3cret-pass","channels":["news","chat:*"],"publish":["chat:*"]});
     let (s, b) = http_json(Method::POST, &users, None, Some(user.clone())).await;
     assert_eq!(s, 401, "{b}");
     assert_eq!(b["error"]["code"], "unauthorized");
@@ -137,12 +137,12 @@ async fn users_api_login_and_errors() {
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["code"], "invalid_json");
     for bad in [
-        json!({"username":"","password":"x"}),
+        json!({"username":"","password":"long enough"}),
         json!({"username":"bob","password":""}),
         json!({"username":"bob"}),
-        json!({"username":"bob","password":"x","channels":"news"}),
-        json!({"username":"b b","password":"x"}),
-        json!({"username":"bob","password":"x","channels":["bad name"]}),
+        json!({"username":"bob","password":"long enough","channels":"news"}),
+        json!({"username":"b b","password":"long enough"}),
+        json!({"username":"bob","password":"long enough","channels":["bad name"]}),
     ] {
         let (s, b) = http_json(Method::POST, &users, Some(ADMIN_KEY), Some(bad.clone())).await;
         assert_eq!(s, 422, "{bad} -> {b}");
@@ -193,7 +193,7 @@ async fn users_api_login_and_errors() {
     assert!(stored.starts_with("$argon2id$"), "{stored}");
 
     // Login: a token the gateway accepts, carrying the user's permissions.
-    let (s, b) = login(&svc, "alice", "s3cret").await;
+    let (s, b) = login(&svc, "alice", "s3cret-pass").await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["token_type"], "Bearer");
     assert_eq!(b["expires_in"], 900);
@@ -206,7 +206,7 @@ async fn users_api_login_and_errors() {
     let exp = claims["exp"].as_u64().expect("exp");
     let iat = claims["iat"].as_u64().expect("iat");
     assert_eq!(exp - iat, 900);
-    let (_, b2) = login(&svc, "alice", "s3cret").await;
+    let (_, b2) = login(&svc, "alice", "s3cret-pass").await;
     assert_ne!(
         decode(b2["access_token"].as_str().unwrap_or_default())["jti"],
         claims["jti"]
@@ -241,7 +241,7 @@ async fn users_api_login_and_errors() {
     )
     .await;
     assert_eq!(s, 404, "{b}");
-    let (s, b) = login(&svc, "alice", "s3cret").await;
+    let (s, b) = login(&svc, "alice", "s3cret-pass").await;
     assert_eq!(s, 401, "{b}");
 
     // The node beats with its service name; HS256 mode publishes no keys.
@@ -297,7 +297,7 @@ async fn cli_users_and_tokens() {
             "add",
             "bob",
             "--password",
-            "pw-bob",
+            "pw-bob-long",
             "--channels",
             "news,chat:*",
             "--publish",
@@ -307,8 +307,12 @@ async fn cli_users_and_tokens() {
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) =
-        run_bin("auth-svc", &["user", "add", "bob", "--password", "x"], &env).await;
+    let (code, _, err) = run_bin(
+        "auth-svc",
+        &["user", "add", "bob", "--password", "another-password"],
+        &env,
+    )
+    .await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already exists"), "{err}");
     let (code, _, err) =
@@ -319,7 +323,7 @@ async fn cli_users_and_tokens() {
 
     // A user created by the CLI logs in through the API.
     let svc = auth_svc(&redis).await;
-    let (s, b) = login(&svc, "bob", "pw-bob").await;
+    let (s, b) = login(&svc, "bob", "pw-bob-long").await;
     assert_eq!(s, 200, "{b}");
     let claims = decode(b["access_token"].as_str().unwrap_or_default());
     assert_eq!(claims["channels"], json!(["news", "chat:*"]));
@@ -357,7 +361,7 @@ async fn cli_users_and_tokens() {
     assert_eq!(code, 0);
     let (code, _, err) = run_bin("auth-svc", &["user", "del", "bob"], &env).await;
     assert_eq!(code, 1, "{err}");
-    let (s, _) = login(&svc, "bob", "pw-bob").await;
+    let (s, _) = login(&svc, "bob", "pw-bob-long").await;
     assert_eq!(s, 401);
 }
 
@@ -365,7 +369,7 @@ async fn cli_users_and_tokens() {
 async fn wrong_password_and_unknown_user_look_the_same() {
     let redis = Redis::start().await;
     let svc = auth_svc(&redis).await;
-    add_user(&svc, "carol", "right", &["news"], &[]).await;
+    add_user(&svc, "carol", "right-password", &["news"], &[]).await;
     let (s1, b1) = login(&svc, "carol", "wrong").await;
     let (s2, b2) = login(&svc, "nobody", "wrong").await;
     assert_eq!(s1, 401);
@@ -397,22 +401,22 @@ async fn wrong_password_and_unknown_user_look_the_same() {
 async fn login_throttling() {
     let redis = Redis::start().await;
     let svc = auth_svc(&redis).await;
-    add_user(&svc, "dave", "right", &[], &[]).await;
+    add_user(&svc, "dave", "right-password", &[], &[]).await;
     for _ in 0..5 {
         let (s, b) = login(&svc, "dave", "wrong").await;
         assert_eq!(s, 401, "{b}");
     }
     // The sixth attempt is refused even with the right password.
     let url = format!("{}/v1/token", svc.http());
-    let body = json!({"username":"dave","password":"right"}).to_string();
+    let body = json!({"username":"dave","password":"right-password"}).to_string();
     let (s, retry, b) = raw(Method::POST, &url, None, &body).await;
     assert_eq!(s, 429, "{b}");
     assert_eq!(b["error"]["code"], "rate_limited");
     let retry: u64 = retry.and_then(|r| r.parse().ok()).expect("Retry-After");
     assert!((1..=900).contains(&retry), "{retry}");
     // Another user from the same IP is not affected (the IP limit is 50).
-    add_user(&svc, "erin", "right", &[], &[]).await;
-    let (s, _) = login(&svc, "erin", "right").await;
+    add_user(&svc, "erin", "right-password", &[], &[]).await;
+    let (s, _) = login(&svc, "erin", "right-password").await;
     assert_eq!(s, 200);
     let m = metrics(&svc).await;
     assert!(
@@ -437,7 +441,7 @@ async fn login_throttling() {
         .env("HERALD_LOGIN_WINDOW_S", "2")
         .spawn()
         .await;
-    add_user(&svc, "frank", "right", &[], &[]).await;
+    add_user(&svc, "frank", "right-password", &[], &[]).await;
     for name in ["x1", "x2", "x3"] {
         let (s, _) = login(&svc, name, "wrong").await;
         assert_eq!(s, 401);
@@ -446,13 +450,13 @@ async fn login_throttling() {
         Method::POST,
         &format!("{}/v1/token", svc.http()),
         None,
-        &json!({"username":"frank","password":"right"}).to_string(),
+        &json!({"username":"frank","password":"right-password"}).to_string(),
     )
     .await;
     assert_eq!(s, 429);
     assert!(retry.is_some());
     eventually("the throttling window to pass", || async {
-        let (s, _) = login(&svc, "frank", "right").await;
+        let (s, _) = login(&svc, "frank", "right-password").await;
         (s == 200).then_some(())
     })
     .await;
@@ -462,8 +466,8 @@ async fn login_throttling() {
 async fn refresh_rotation_and_reuse_detection() {
     let redis = Redis::start().await;
     let svc = auth_svc(&redis).await;
-    add_user(&svc, "gina", "pw", &["news"], &["news"]).await;
-    let (_, b) = login(&svc, "gina", "pw").await;
+    add_user(&svc, "gina", "pw-long-enough", &["news"], &["news"]).await;
+    let (_, b) = login(&svc, "gina", "pw-long-enough").await;
     let r1 = b["refresh_token"].as_str().expect("refresh").to_owned();
 
     let (s, b) = refresh(&svc, &r1).await;
@@ -481,7 +485,7 @@ async fn refresh_rotation_and_reuse_detection() {
     let r3 = b["refresh_token"].as_str().expect("refresh").to_owned();
 
     // A second, independent session of the same user.
-    let (_, b) = login(&svc, "gina", "pw").await;
+    let (_, b) = login(&svc, "gina", "pw-long-enough").await;
     let other = b["refresh_token"].as_str().expect("refresh").to_owned();
 
     // Reusing r1 is refused and revokes the family: r3 no longer works.
@@ -530,7 +534,7 @@ async fn refresh_rotation_and_reuse_detection() {
 async fn revoke_marks_and_announces() {
     let redis = Redis::start().await;
     let svc = auth_svc(&redis).await;
-    add_user(&svc, "hank", "pw", &["news"], &[]).await;
+    add_user(&svc, "hank", "pw-long-enough", &["news"], &[]).await;
     let client = redis::Client::open(redis.url()).expect("client");
     let mut pubsub = within("pubsub", client.get_async_pubsub())
         .await
@@ -540,7 +544,7 @@ async fn revoke_marks_and_announces() {
         .expect("subscribe");
     let mut messages = pubsub.into_on_message();
 
-    let (_, b) = login(&svc, "hank", "pw").await;
+    let (_, b) = login(&svc, "hank", "pw-long-enough").await;
     let token = b["access_token"].as_str().expect("token").to_owned();
     let jti = decode(&token)["jti"].as_str().expect("jti").to_owned();
     let url = format!("{}/v1/token/revoke", svc.http());
@@ -625,7 +629,7 @@ async fn eddsa_jwks_verified_by_the_gateway_verifier() {
             .env("HERALD_JWT_SECRET", "")
     };
     let svc = eddsa(ServiceBuilder::new("auth-svc")).spawn().await;
-    add_user(&svc, "ivy", "pw", &["news"], &["news"]).await;
+    add_user(&svc, "ivy", "pw-long-enough", &["news"], &["news"]).await;
     let jwks_url = format!("{}/.well-known/jwks.json", svc.http());
     let (s, jwks) = http_json(Method::GET, &jwks_url, None, None).await;
     assert_eq!(s, 200);
@@ -637,7 +641,7 @@ async fn eddsa_jwks_verified_by_the_gateway_verifier() {
     assert_eq!(keys[0]["use"], "sig");
     let kid1 = keys[0]["kid"].as_str().expect("kid").to_owned();
 
-    let (s, b) = login(&svc, "ivy", "pw").await;
+    let (s, b) = login(&svc, "ivy", "pw-long-enough").await;
     assert_eq!(s, 200, "{b}");
     let token1 = b["access_token"].as_str().expect("token").to_owned();
     let header = jsonwebtoken::decode_header(&token1).expect("header");
@@ -692,7 +696,7 @@ async fn eddsa_jwks_verified_by_the_gateway_verifier() {
         .unwrap_or_default();
     assert_eq!(kids, [kid2.as_str(), kid1.as_str()], "{jwks}");
     let token2 = eventually("logins to use the new key", || async {
-        let (_, b) = login(&svc2, "ivy", "pw").await;
+        let (_, b) = login(&svc2, "ivy", "pw-long-enough").await;
         let t = b["access_token"].as_str()?.to_owned();
         let h = jsonwebtoken::decode_header(&t).ok()?;
         (h.kid.as_deref() == Some(kid2.as_str())).then_some(t)
@@ -767,9 +771,9 @@ async fn startup_fails_fast() {
 async fn redis_outage_gives_503_then_recovers() {
     let mut redis = Redis::start().await;
     let mut svc = auth_svc(&redis).await;
-    add_user(&svc, "jack", "pw", &[], &[]).await;
+    add_user(&svc, "jack", "pw-long-enough", &[], &[]).await;
     redis.kill().await;
-    let (s, b) = login(&svc, "jack", "pw").await;
+    let (s, b) = login(&svc, "jack", "pw-long-enough").await;
     assert_eq!(s, 503, "{b}");
     assert_eq!(b["error"]["code"], "unavailable");
     eventually("/readyz to report not ready", || async {
@@ -786,13 +790,13 @@ async fn redis_outage_gives_503_then_recovers() {
             Method::POST,
             &format!("{}/v1/users", svc.http()),
             Some(ADMIN_KEY),
-            Some(json!({"username":"jack","password":"pw"})),
+            Some(json!({"username":"jack","password":"pw-long-enough"})),
         )
         .await;
         (s == 201).then_some(())
     })
     .await;
-    let (s, _) = login(&svc, "jack", "pw").await;
+    let (s, _) = login(&svc, "jack", "pw-long-enough").await;
     assert_eq!(s, 200);
     assert!(metrics(&svc).await.contains("herald_redis_errors_total"));
     // A graceful stop exits 0 and deregisters the node.
@@ -804,4 +808,288 @@ async fn redis_outage_gives_503_then_recovers() {
         .await
         .expect("zcard");
     assert_eq!(n, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_minimum_api_and_cli() {
+    let redis = Redis::start().await;
+    let svc = auth_svc(&redis).await;
+    let users = format!("{}/v1/users", svc.http());
+
+    // The API: 422 naming the minimum (8 by default), in characters.
+    let (s, b) = http_json(
+        Method::POST,
+        &users,
+        Some(ADMIN_KEY),
+        Some(json!({"username":"kim","password":"1"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["code"], "invalid_request", "{b}");
+    assert_eq!(
+        b["error"]["message"], "password must be at least 8 characters long",
+        "{b}"
+    );
+    let (s, b) = http_json(
+        Method::POST,
+        &users,
+        Some(ADMIN_KEY),
+        Some(json!({"username":"kim","password":"1234567"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    add_user(&svc, "kim", "12345678", &[], &[]).await;
+    add_user(&svc, "kai", "éééééééé", &[], &[]).await;
+    let (s, b) = login(&svc, "kim", "12345678").await;
+    assert_eq!(s, 200, "{b}");
+
+    // Configurable.
+    let strict = ServiceBuilder::new("auth-svc")
+        .redis(&redis)
+        .env("HERALD_MIN_PASSWORD_LENGTH", "12")
+        .spawn()
+        .await;
+    let (s, b) = http_json(
+        Method::POST,
+        &format!("{}/v1/users", strict.http()),
+        Some(ADMIN_KEY),
+        Some(json!({"username":"lou","password":"12345678901"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at least 12 characters")),
+        "{b}"
+    );
+
+    // The CLI: exit 64, one line naming the minimum and the setting; nothing created.
+    let url = redis.url();
+    let (code, out, err) = run_bin(
+        "auth-svc",
+        &["user", "add", "zed", "--password", "x"],
+        &[("HERALD_REDIS_URL", url.as_str())],
+    )
+    .await;
+    assert_eq!(code, 64, "{out}{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("at least 8 characters"), "{err}");
+    assert!(lines[0].contains("HERALD_MIN_PASSWORD_LENGTH"), "{err}");
+    let (code, out, err) = run_bin(
+        "auth-svc",
+        &["user", "add", "zed", "--password", "abcd"],
+        &[
+            ("HERALD_REDIS_URL", url.as_str()),
+            ("HERALD_MIN_PASSWORD_LENGTH", "4"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = run_bin(
+        "auth-svc",
+        &["user", "list"],
+        &[("HERALD_REDIS_URL", url.as_str())],
+    )
+    .await;
+    assert_eq!(out, "kai\nkim\nzed\n");
+
+    // A minimum of 0 is a configuration error, named.
+    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let (code, _, err) = run_bin(
+        "auth-svc",
+        &[],
+        &[
+            ("HERALD_REDIS_URL", dead.as_str()),
+            ("HERALD_JWT_SECRET", TEST_SECRET),
+            ("HERALD_MIN_PASSWORD_LENGTH", "0"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("HERALD_MIN_PASSWORD_LENGTH"), "{err}");
+}
+
+/// A test RSA key (2048 bits, PKCS#8) standing in for an external issuer's.
+const TEST_RSA_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIIEvAIBADANBgkqhkiG9w0BAQEFAASCBKYwggSiAgEAAoIBAQCjryfrPMHQBxtI
+wOhy6AimwssT62Jj0Wq4jXkYLclb3VEraO8bFQiGy1JqDr8Su1obP2cOQ9E8VhwL
+CYv8etZibtOa/rWPaDbIb0USt1qfKBqkgm2hBtf8lxhPeBbjF+VjOhOkm2KUCDHe
+3cxqCDtGI6n5/jRkCv+vJ/zWdfOq27lPXJ5mGg5DesJ3iYOmRB6cNm9r+myq3rmC
+jPRPR+PGNcBo9uEk7HwhmhmHOaraTGO2z12WWKFVoFDWfg7P8XD0VkCmlDyZsw4w
+4otASUWdmDVIoElckEsKLXZnjypeHE7iInLQWo81NsRpfwdtTt67a7Mb7TWy7Ot2
+AzU0iWvFAgMBAAECggEAE6k2Yksp/JLd9B83zJWSdHVxbzMW3maJKyHTKdRWG3K6
+DTzNe7NLEuXZQGQFD3rxl9RFzLDYsSamt6yt4+XdWnV1dWii5lbePbUf1t+vQu7O
+RHRmNrFbwDtl8CW8mgqEwyZ2tY70iFNzqhF6PEJA3GvsPtsJ7/piO+fRtvD0E9Gf
+ewwU6xgbquWrJJ58yvZNeiI0j6f8NsHsEEaqysoCaP2l1oRp8oahbHhpVPuMyQ/0
+GrnJFC3HDd7giP0X9LWroNW0uBtDB1O9v7bpKGiJ5nyrLTUSvouk/lydnWEPAFBL
+nzB02uXO5l+yfk3mOT7M3YDE6XnRrDykJ2dgUsLZAQKBgQDUUcbiLzX+ceW0ecIN
+P82uZ1fyv5kYyQd5mRsz1tSo32HqKxJf4aTB2wcWRPr9ViOTUFTh9n4UBZocbYzj
+ChCSXuNR01pe7vpM9Olii+sFw0aP9ek9/faqEDSOyln6CGOFpeEyJHQnd634VWhZ
+76oBxuUKsmGDv0sgSG4CypakhwKBgQDFW+h30YYu8MIgY3MfuA2UGELzxG1t8Hh1
+bxRA8YedJUO+sRJHR/G+25Z3YEPS1GVDkLGDftmql6Lf3IgI2j+OwzG2LkiX2+60
+HR9f4ZTO+VMnFU77Hyw+1HTfe/M5p/TBcn8KMDx16c7AskEydjIxXjqcocg16tdf
+3Al/nNZMUwKBgFC5/xqExMzH1YS3Prb26WdEV8YuXzFzTepH8nXVWuoSdRIp6kSW
+cKRceOdYtu2X0NL0GjIIHIvUTXI9nPG+I+rjNR8pcxThXD3iaNJVTLjWNIAMCfDO
+HPkwTCt2eJt+kQiBt4vvHFLdSEJBhvmbDFK8ot1cUYNcOl4968YX7QsFAoGAQ/Sf
+mRI2J9eSoGBd9aAEXOf1tcX/AAn7EESNLsd7sKpyJykFaDHnlZY6uyQUdnXX4Gnk
+FakJ/el0laxz0siDdf7UESziphd+m9ojQXqFKLdE4II/zcwwCfpRu9oMJ+AjMLDh
++Xoed2NoY4V9WYjFQ6Z0fBZgv9/7BPDY/G3ehC0CgYAPiHigW8PzwiNzULgkHCFw
+9pZ8cLyWM2yqrNOvIGKS4GkyxDqsuK1HCzXbYtptKzkS9Ei4eyk8WRwwOF67gyXQ
+OpM0f7TPCVvCoZjcmZmH3MJoTH80P9D8ajQDYZebN9HknJqqd283YBLtJnPbr+pJ
+naixEcHGQgJ3GsE/IfSrTg==
+-----END PRIVATE KEY-----
+";
+/// Its public modulus, base64url (the JWK `n`).
+const TEST_RSA_N: &str = "o68n6zzB0AcbSMDocugIpsLLE-tiY9FquI15GC3JW91RK2jvGxUIhstSag6_ErtaGz9nDkPRPFYcCwmL_HrWYm7Tmv61j2g2yG9FErdanygapIJtoQbX_JcYT3gW4xflYzoTpJtilAgx3t3Magg7RiOp-f40ZAr_ryf81nXzqtu5T1yeZhoOQ3rCd4mDpkQenDZva_psqt65goz0T0fjxjXAaPbhJOx8IZoZhzmq2kxjts9dllihVaBQ1n4Oz_Fw9FZAppQ8mbMOMOKLQElFnZg1SKBJXJBLCi12Z48qXhxO4iJy0FqPNTbEaX8HbU7eu2uzG-01suzrdgM1NIlrxQ";
+
+/// auth-svc issues HS256 and EdDSA only: RS256 is refused at start (and by the
+/// subcommands that sign) with one line saying what to use instead — and what
+/// that line promises holds: a gateway set to RS256 verifies an external
+/// issuer's tokens through its JWKS URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_is_refused_by_auth_svc_and_verified_by_the_gateway() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let env = [
+        ("HERALD_REDIS_URL", url.as_str()),
+        ("HERALD_JWT_ALG", "RS256"),
+        ("HERALD_LISTEN", "127.0.0.1:0"),
+    ];
+    let commands: [&[&str]; 3] = [&[], &["token", "--user", "u1"], &["keys", "rotate"]];
+    for args in commands {
+        let (code, out, err) = run_bin("auth-svc", args, &env).await;
+        assert_eq!(code, 64, "{args:?}: {out}{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        for needle in [
+            "HERALD_JWT_ALG=RS256",
+            "HERALD_JWT_ALG=EdDSA",
+            "HERALD_JWKS_URL",
+        ] {
+            assert!(lines[0].contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    let jwks = json!({"keys":[{"kty":"RSA","n":TEST_RSA_N,"e":"AQAB","kid":"ext-1","alg":"RS256","use":"sig"}]});
+    let (jwks_url, server) = serve_json(jwks.to_string()).await;
+    let gw = ServiceBuilder::new("ws-gateway")
+        .redis(&redis)
+        .env("HERALD_JWT_ALG", "RS256")
+        .env("HERALD_JWT_SECRET", "")
+        .env("HERALD_JWKS_URL", &jwks_url)
+        .spawn()
+        .await;
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(TEST_RSA_PEM.as_bytes()).expect("rsa key");
+    let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+    header.kid = Some("ext-1".to_owned());
+    let exp = jsonwebtoken::get_current_timestamp() + 60;
+    let claims =
+        json!({"sub":"ext","exp":exp,"iss":"herald-auth","aud":"herald","channels":["news"]});
+    let good = jsonwebtoken::encode(&header, &claims, &key).expect("token");
+    let (_ws, ok) = Ws::auth(&gw, &good, &["news"]).await;
+    assert_eq!(ok["user_id"], "ext");
+    // An HS256 token is refused by the RS256 gateway.
+    let mut ws = Ws::connect(&gw.ws()).await;
+    ws.send(json!({"type":"auth","token":crate::token("ext", &[], &[])}))
+        .await;
+    assert_eq!(ws.closed().await.0.code, 1008);
+    server.abort();
+}
+
+/// A token that outlives the access-token life (`auth-svc token --ttl`) keeps
+/// its signing key published after `keys rotate` for its whole life: a gateway
+/// that first sees the key after the access-token life has passed still
+/// accepts the token, until the token's own `exp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_tokens_outlive_key_rotation() {
+    const ACCESS_TTL_S: u64 = 1;
+    const LEEWAY_S: u64 = 1;
+    const TOKEN_TTL_S: u64 = 8;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let env = [
+        ("HERALD_REDIS_URL", url.as_str()),
+        ("HERALD_JWT_ALG", "EdDSA"),
+        ("HERALD_ACCESS_TOKEN_TTL_S", "1"),
+        ("HERALD_JWT_LEEWAY_S", "1"),
+    ];
+    let mut svc = ServiceBuilder::new("auth-svc").redis(&redis);
+    for (k, v) in env {
+        svc = svc.env(k, v);
+    }
+    let svc = svc.env("HERALD_JWT_SECRET", "").spawn().await;
+    let jwks_url = format!("{}/.well-known/jwks.json", svc.http());
+
+    let ttl = TOKEN_TTL_S.to_string();
+    let (code, out, err) = run_bin(
+        "auth-svc",
+        &[
+            "token",
+            "--user",
+            "long",
+            "--channels",
+            "news",
+            "--ttl",
+            &ttl,
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let token = out.trim().to_owned();
+    let issued = Instant::now();
+    let kid1 = jsonwebtoken::decode_header(&token)
+        .expect("header")
+        .kid
+        .expect("kid");
+    let (code, out, err) = run_bin("auth-svc", &["keys", "rotate"], &env).await;
+    assert_eq!(code, 0, "{err}");
+    let kid2 = out.trim().to_owned();
+    assert_ne!(kid2, kid1);
+
+    // Past the access-token life and the leeway since the rotation.
+    tokio::time::sleep(Duration::from_millis(
+        (ACCESS_TTL_S + LEEWAY_S) * 1000 + 1500,
+    ))
+    .await;
+    let (s, jwks) = http_json(Method::GET, &jwks_url, None, None).await;
+    assert_eq!(s, 200);
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .map(|k| k.iter().filter_map(|k| k["kid"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kids, [kid2.as_str(), kid1.as_str()], "{jwks}");
+
+    // A gateway that never saw the old key fetches it and accepts the token...
+    let gw = ServiceBuilder::new("ws-gateway")
+        .redis(&redis)
+        .env("HERALD_JWT_ALG", "EdDSA")
+        .env("HERALD_JWT_SECRET", "")
+        .env("HERALD_JWKS_URL", &jwks_url)
+        .env("HERALD_JWT_LEEWAY_S", "1")
+        .spawn()
+        .await;
+    assert!(
+        issued.elapsed() < Duration::from_secs(TOKEN_TTL_S - 1),
+        "too slow to check the token within its life"
+    );
+    let (mut ws, ok) = Ws::auth(&gw, &token, &["news"]).await;
+    assert_eq!(ok["user_id"], "long");
+
+    // ...until the token's own expiry, which ends the connection...
+    let (closed, frames) = ws.closed().await;
+    assert_eq!(closed.code, 1008, "{frames:?}");
+    assert_eq!(
+        frames.last().map(|f| f["code"].clone()),
+        Some(json!("token_expired")),
+        "{frames:?}"
+    );
+    // ...and refuses it from then on, leeway included.
+    let after = Duration::from_secs(TOKEN_TTL_S + LEEWAY_S + 1);
+    tokio::time::sleep(after.saturating_sub(issued.elapsed())).await;
+    let mut ws = Ws::connect(&gw.ws()).await;
+    ws.send(json!({"type":"auth","token":token})).await;
+    assert_eq!(ws.closed().await.0.code, 1008);
 }

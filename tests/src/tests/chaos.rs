@@ -1383,3 +1383,83 @@ async fn soak() {
         "gateway RSS {rss_max:?} KiB"
     );
 }
+
+// === Readiness ===
+
+/// The node heartbeat's interval and its bound (herald-common `node::BEAT_INTERVAL`
+/// and `node::BEAT_TIMEOUT`).
+const BEAT_INTERVAL: Duration = Duration::from_secs(1);
+const BEAT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Scheduling and polling slack on a busy test machine.
+const READY_SLACK: Duration = Duration::from_millis(500);
+
+/// `/readyz`'s status, or 0 if the service did not answer within a second.
+async fn readyz(svc: &Service) -> u16 {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    match client.get(format!("{}/readyz", svc.http())).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Polls every service's `/readyz` until it answers `want`; returns how long each took.
+async fn until_ready_is(services: &[Service], want: u16, limit: Duration) -> Vec<Duration> {
+    let started = Instant::now();
+    let waits = services.iter().map(|svc| async move {
+        wait_for(&format!("{} /readyz {want}", svc.name), limit, || async {
+            (readyz(svc).await == want).then(|| started.elapsed())
+        })
+        .await
+    });
+    futures_util::future::join_all(waits).await
+}
+
+/// Every service's `/readyz` turns 503 within one heartbeat of Redis going away —
+/// killed (connections refused) or hung (SIGSTOP: connections open, no answers) —
+/// and 200 again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_within_one_beat() {
+    let mut redis = Redis::start().await;
+    let mut services = Vec::new();
+    for name in ["auth-svc", "ws-gateway", "broadcaster", "monitor"] {
+        let b = if name == "ws-gateway" {
+            gateway(&redis)
+        } else {
+            ServiceBuilder::new(name).redis(&redis)
+        };
+        services.push(b.spawn().await);
+    }
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    until_ready_is(&services, 200, crate::patience()).await;
+
+    // Killed: within one beat, plus the beat's own bound and slack.
+    let limit = BEAT_INTERVAL + BEAT_TIMEOUT + READY_SLACK;
+    redis.kill().await;
+    let took = until_ready_is(&services, 503, Duration::from_secs(10)).await;
+    println!("503 after Redis was killed: {names:?} {took:?}");
+    for (name, t) in names.iter().zip(&took) {
+        assert!(
+            *t <= limit,
+            "{name} turned 503 {t:?} after Redis was killed (limit {limit:?}); all: {took:?}"
+        );
+    }
+    redis.restart().await;
+    until_ready_is(&services, 200, crate::patience()).await;
+
+    // Hung: the same bound, though no request fails on its own before 2 s.
+    let pid = i32::try_from(redis.pid().expect("redis pid")).expect("pid");
+    crate::signal(pid, 19);
+    let took = until_ready_is(&services, 503, Duration::from_secs(10)).await;
+    crate::signal(pid, 18);
+    println!("503 after Redis hung: {names:?} {took:?}");
+    for (name, t) in names.iter().zip(&took) {
+        assert!(
+            *t <= limit,
+            "{name} turned 503 {t:?} after Redis hung (limit {limit:?}); all: {took:?}"
+        );
+    }
+    until_ready_is(&services, 200, crate::patience()).await;
+}

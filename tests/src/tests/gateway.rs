@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    ADMIN_KEY, Redis, Service, ServiceBuilder, Ws, eventually, http_json, token, token_with, within,
+    ADMIN_KEY, Redis, Service, ServiceBuilder, Ws, eventually, http_json, serve_json, token,
+    token_with, within,
 };
 
 /// A gateway with limits relaxed so tests can open many connections quickly.
@@ -263,32 +264,6 @@ async fn eddsa_gateway(redis: &Redis) -> (Service, String, tokio::task::JoinHand
         .spawn()
         .await;
     (gw, url, server)
-}
-
-async fn serve_json(body: String) -> (String, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/.well-known/jwks.json",
-        listener.local_addr().expect("addr")
-    );
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    (url, task)
 }
 
 /// EdDSA mode: keys from a JWKS URL; an HMAC token "signed" with the public key

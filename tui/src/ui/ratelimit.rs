@@ -9,6 +9,10 @@ use ratatui::widgets::{Paragraph, Row, Table, Widget};
 use super::{Palette, count};
 use crate::model::{RateLimits, clock};
 
+/// The widest KIND column: every kind Herald reports (`node_capacity` is the
+/// longest, 13) fits; an unexpected longer one is cut rather than crowd out WHO.
+const MAX_KIND_WIDTH: u16 = 20;
+
 #[derive(Debug)]
 pub struct RateLimitPanel<'a> {
     pub ratelimit: &'a RateLimits,
@@ -45,6 +49,14 @@ impl Widget for RateLimitPanel<'_> {
             Paragraph::new(Span::styled("no rate-limit hits", p.dim())).render(list, buf);
             return;
         }
+        // As wide as the longest kind shown, so `connect_rate` is never cut.
+        let kind_width = r
+            .recent
+            .iter()
+            .map(|h| h.kind.chars().count())
+            .max()
+            .map_or(4, |w| u16::try_from(w).unwrap_or(u16::MAX))
+            .clamp(4, MAX_KIND_WIDTH);
         let rows = r.recent.iter().map(|h| {
             Row::new([
                 clock(&h.at).to_owned(),
@@ -59,7 +71,7 @@ impl Widget for RateLimitPanel<'_> {
             [
                 Constraint::Length(8),
                 Constraint::Fill(2),
-                Constraint::Length(11),
+                Constraint::Length(kind_width),
                 Constraint::Fill(1),
             ],
         )

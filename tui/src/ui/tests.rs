@@ -177,6 +177,32 @@ fn rate_limit_hits() {
 }
 
 #[test]
+fn every_rate_limit_kind_fits_its_column() {
+    let mut o = fixtures::rate_limited();
+    for (who, kind) in [
+        ("198.51.100.7", "connect_rate"),
+        ("198.51.100.8", "node_capacity"),
+        ("carol", "login"),
+    ] {
+        o.ratelimit.recent.insert(
+            0,
+            crate::model::RateLimitHit {
+                who: who.to_owned(),
+                kind: kind.to_owned(),
+                node: "gw-2".to_owned(),
+                at: "2026-01-01T12:00:05.000Z".to_owned(),
+            },
+        );
+    }
+    for (width, height) in [(120, 40), (80, 24)] {
+        let s = draw_app(&app_with(o.clone()), width, height);
+        s.row(&["198.51.100.7", "connect_rate ", "gw-2"]);
+        s.row(&["198.51.100.8", "node_capacity ", "gw-2"]);
+        s.row(&["carol", "login", "gw-2"]);
+    }
+}
+
+#[test]
 fn empty_state() {
     // Before the monitor has answered at all.
     let waiting = draw_app(&App::new(URL, false), 120, 40);

@@ -134,6 +134,7 @@ async fn fetch_loop(ctx: Ctx, tracker: TaskTracker, token: CancellationToken, wo
             }
             Err(e) => {
                 ctx.metrics.redis_errors_total.inc();
+                ctx.health.failed(&e);
                 // After a Redis restart the group is gone (NOGROUP): create it again.
                 group_ready = false;
                 if backoff.is_reset() {
@@ -225,6 +226,7 @@ async fn keep_alive(ctx: Ctx, entry: String) {
         tick.tick().await;
         if let Err(e) = jobs::keep_alive(&mut conn, &ctx.keys, &ctx.node_id, &entry).await {
             ctx.metrics.redis_errors_total.inc();
+            ctx.health.failed(&e);
             tracing::debug!(cause = %e, %entry, "job keep-alive failed");
         }
     }
