@@ -3,15 +3,25 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # === config ===
-# --- docker (issue 4) ---
+# Containers (docker/README.md): the compose files, and the Debian mirror that
+# `images-offline` bootstraps its base image from.
 compose_files := "-f docker/compose.yml"
 offline_files := "-f docker/compose.yml -f docker/compose.offline.yml"
 debian_mirror := env_var_or_default("HERALD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# The names of the images `images-offline` makes: names of their own, so that they never
+# shadow the official images on a machine that later reaches a registry.
+offline_debian := "herald-offline/debian:bookworm-slim"
+offline_redis := "herald-offline/redis:7"
+offline_prometheus := "herald-offline/prometheus:v2.53.0"
 # A bash function: Compose v2 (`docker compose`) where it exists, else v1 (`docker-compose`).
 docker_compose := 'docker_compose() { if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi; }'
-# --- end docker ---
+# `just dev`: the ports (on 127.0.0.1) of its Redis and of each service.
 dev_redis_port := env_var_or_default("HERALD_DEV_REDIS_PORT", "6379")
-monitor_url := env_var_or_default("HERALD_MONITOR_URL", "http://127.0.0.1:8083")
+dev_auth_port := env_var_or_default("HERALD_DEV_AUTH_PORT", "8081")
+dev_gateway_port := env_var_or_default("HERALD_DEV_GATEWAY_PORT", "8765")
+dev_broadcaster_port := env_var_or_default("HERALD_DEV_BROADCASTER_PORT", "8082")
+dev_monitor_port := env_var_or_default("HERALD_DEV_MONITOR_PORT", "8083")
+monitor_url := env_var_or_default("HERALD_MONITOR_URL", "http://127.0.0.1:" + dev_monitor_port)
 
 # List the recipes.
 default:
@@ -36,73 +46,239 @@ lint: check-fmt clippy
 build:
     cargo build --workspace --bins
 
-# Run every test: unit, property and end-to-end (needs redis-server on PATH).
-test: build
+# Run every test: unit, property and end-to-end (checks first for the tools they need).
+test: _test-tools build
     cargo nextest run --workspace
 
 # Run one crate's tests.
-test-crate crate: build
+test-crate crate: _test-tools build
     cargo nextest run -p {{crate}}
 
 # Run only the end-to-end scenarios.
-e2e: build
+e2e: _test-tools build
     cargo nextest run -p e2e
 
-# Start a local redis-server and the four services in development mode (Ctrl-C stops all).
+# What the tests need besides Rust and `just`: one line per missing tool saying how to
+# install it, then a non-zero exit. `.ci/run` installs all of them on Debian/Ubuntu.
+_test-tools:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=0
+    need() { echo "missing: $1 — $2" >&2; missing=1; }
+    cargo nextest --version >/dev/null 2>&1 \
+        || need cargo-nextest "install it with \`cargo install cargo-nextest --locked\` (the test runner)"
+    command -v redis-server >/dev/null \
+        || need redis-server "install it with \`sudo apt-get install redis-server\` (every Redis-backed test starts its own)"
+    command -v promtool >/dev/null \
+        || need promtool "install it with \`sudo apt-get install prometheus\` (checks the services' /metrics)"
+    command -v tmux >/dev/null \
+        || need tmux "install it with \`sudo apt-get install tmux\` (the dashboard's end-to-end test drives it)"
+    if ((missing)); then
+        echo "the tests need the tools above; install them and run this again" >&2
+        exit 1
+    fi
+
+# Start a local redis-server and the four services in development mode, wait until each is ready (Ctrl-C stops all).
 dev: build
     #!/usr/bin/env bash
     set -euo pipefail
+    # Ports (all on 127.0.0.1): HERALD_DEV_REDIS_PORT (6379), HERALD_DEV_AUTH_PORT (8081),
+    # HERALD_DEV_GATEWAY_PORT (8765), HERALD_DEV_BROADCASTER_PORT (8082),
+    # HERALD_DEV_MONITOR_PORT (8083). Logs in HERALD_DEV_LOG_DIR (target/dev), the previous
+    # run's kept as *.log.1. Each service gets HERALD_DEV_TIMEOUT_SECS (30) to answer /readyz.
     export HERALD_DEV=1
     export HERALD_ADMIN_KEY="${HERALD_ADMIN_KEY:-dev-admin-key}"
     export HERALD_API_KEY="${HERALD_API_KEY:-dev-api-key}"
     export HERALD_REDIS_URL="redis://127.0.0.1:{{dev_redis_port}}"
-    mkdir -p target/dev
-    pids=()
-    trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
-    redis-server --port {{dev_redis_port}} --bind 127.0.0.1 --save "" --appendonly no > target/dev/redis.log 2>&1 &
-    pids+=($!)
-    for _ in $(seq 50); do redis-cli -p {{dev_redis_port}} ping >/dev/null 2>&1 && break; sleep 0.1; done
-    for svc in auth-svc ws-gateway broadcaster monitor; do
-        target/debug/$svc > target/dev/$svc.log 2>&1 &
-        pids+=($!)
+    bin="${CARGO_TARGET_DIR:-target}/debug"
+    logs="${HERALD_DEV_LOG_DIR:-target/dev}"
+    patience="${HERALD_DEV_TIMEOUT_SECS:-30}"
+    redis_port={{dev_redis_port}}
+    services=(auth-svc ws-gateway broadcaster monitor)
+    declare -A port=([auth-svc]={{dev_auth_port}} [ws-gateway]={{dev_gateway_port}} \
+        [broadcaster]={{dev_broadcaster_port}} [monitor]={{dev_monitor_port}})
+    declare -A knob=([auth-svc]=HERALD_DEV_AUTH_PORT [ws-gateway]=HERALD_DEV_GATEWAY_PORT \
+        [broadcaster]=HERALD_DEV_BROADCASTER_PORT [monitor]=HERALD_DEV_MONITOR_PORT)
+    fail() { echo "dev: $*" >&2; exit 1; }
+    for tool in redis-server redis-cli; do
+        command -v "$tool" >/dev/null || fail "$tool is not installed (\`sudo apt-get install redis-server\`)"
     done
-    echo "Herald (dev) is up; logs in target/dev/"
-    echo "  WebSocket   ws://127.0.0.1:8765/ws"
-    echo "  auth-svc    http://127.0.0.1:8081   admin key: $HERALD_ADMIN_KEY"
-    echo "  broadcaster http://127.0.0.1:8082   API key:   $HERALD_API_KEY"
-    echo "  monitor     http://127.0.0.1:8083/api/v1/overview"
-    wait
+    # Something answers on 127.0.0.1:<port> (a listener on 0.0.0.0 or 127.0.0.1 would make our bind fail).
+    taken() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null; }
+    # The status line of `GET <path>` on 127.0.0.1:<port> is 200.
+    answers() {
+        timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+            printf "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" "$1" >&3
+            read -r _ code _ <&3 && [[ $code == 200 ]]' "$1" "$2" 2>/dev/null
+    }
+    # Every port must be free before anything starts: a service that cannot bind would die
+    # (its reason only in its log), and a Redis already on the port would be used instead
+    # of ours, mixing its data into the run.
+    problems=()
+    if taken "$redis_port"; then
+        problems+=("port $redis_port (Redis) is already in use, perhaps by a system redis-server; dev runs a Redis of its own: pick another port, e.g. HERALD_DEV_REDIS_PORT=$((redis_port + 1)) just dev")
+    fi
+    for svc in "${services[@]}"; do
+        p=${port[$svc]}
+        if taken "$p"; then
+            problems+=("port $p ($svc) is already in use (another \`just dev\`?): stop what holds it, or pick another port with ${knob[$svc]}=<port>")
+        fi
+    done
+    if ((${#problems[@]})); then
+        printf 'dev: %s\n' "${problems[@]}" >&2
+        exit 1
+    fi
 
-# Open the terminal dashboard.
-tui:
-    cargo run -p herald-tui -- --monitor {{monitor_url}}
+    mkdir -p "$logs"
+    # Keep the previous run's logs: <name>.log becomes <name>.log.1.
+    for f in "$logs"/*.log; do [[ -e $f ]] && mv -f "$f" "$f.1"; done
+    pids=()
+    names=()
+    stop() { ((${#pids[@]})) && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true; }
+    trap stop EXIT
+    # Ctrl-C is how a dev run ends: stop everything and exit 0. SIGTERM means someone else
+    # stopped it.
+    trap 'echo "dev: stopping" >&2; exit 0' INT
+    trap 'exit 143' TERM
+    # Tells why <name> did not come up (or went away), with the end of its log, and exits;
+    # the EXIT trap stops the rest.
+    died() {
+        echo "dev: $1; the end of $logs/$2.log:" >&2
+        tail -n 20 "$logs/$2.log" | sed 's/^/    /' >&2
+        exit 1
+    }
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no > "$logs/redis.log" 2>&1 &
+    pids+=($!)
+    names+=(redis)
+    deadline=$((SECONDS + patience))
+    # Ready once the Redis answering on the port is this one (its process id says so).
+    until [[ $(redis-cli -p "$redis_port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p') == "${pids[0]}" ]]; do
+        kill -0 "${pids[0]}" 2>/dev/null || died "redis-server on port $redis_port exited at start" redis
+        ((SECONDS < deadline)) || died "redis-server on port $redis_port did not answer within ${patience}s" redis
+        sleep 0.1
+    done
+    for svc in "${services[@]}"; do
+        HERALD_LISTEN="127.0.0.1:${port[$svc]}" "$bin/$svc" > "$logs/$svc.log" 2>&1 &
+        pids+=($!)
+        names+=("$svc")
+    done
+    deadline=$((SECONDS + patience))
+    for i in "${!names[@]}"; do
+        svc=${names[$i]}
+        [[ $svc == redis ]] && continue
+        until answers "${port[$svc]}" /readyz; do
+            if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+                status=0
+                wait "${pids[$i]}" || status=$?
+                died "$svc exited (status $status) before it was ready" "$svc"
+            fi
+            ((SECONDS < deadline)) || died "$svc is not ready after ${patience}s (GET /readyz on port ${port[$svc]} does not answer 200)" "$svc"
+            sleep 0.2
+        done
+    done
+    echo "Herald (dev) is up; logs in $logs/ (Ctrl-C stops it)"
+    echo "  Redis       redis://127.0.0.1:$redis_port"
+    echo "  WebSocket   ws://127.0.0.1:${port[ws-gateway]}/ws"
+    echo "  auth-svc    http://127.0.0.1:${port[auth-svc]}   admin key: $HERALD_ADMIN_KEY"
+    echo "  broadcaster http://127.0.0.1:${port[broadcaster]}   API key:   $HERALD_API_KEY"
+    echo "  monitor     http://127.0.0.1:${port[monitor]}/api/v1/overview"
+    # Run until a process ends by itself (or Ctrl-C): then say which, and stop the rest.
+    while :; do
+        wait -n "${pids[@]}" || true
+        for i in "${!names[@]}"; do
+            kill -0 "${pids[$i]}" 2>/dev/null || died "${names[$i]} stopped" "${names[$i]}"
+        done
+    done
 
-# === docker (issue 4): the stack in containers; docker/README.md explains ===
+# It runs the binary `just build` made, so the dashboard shares that one build with `just dev`.
+[doc("Open the terminal dashboard on `just dev`'s monitor (HERALD_MONITOR_URL for another); arguments go to herald-tui.")]
+tui *args: build
+    "${CARGO_TARGET_DIR:-target}/debug/herald-tui" --monitor {{monitor_url}} {{args}}
 
-# Bring the whole stack up in containers (writes docker/.env with random secrets first if missing).
-up:
+# === docker: the stack in containers; docker/README.md explains ===
+
+# Bring the whole stack up in containers (writes docker/.env with random secrets first if missing); without a registry use `just up-offline`.
+up: _env-file && _stack-summary
     #!/usr/bin/env bash
     set -euo pipefail
     {{docker_compose}}
-    if [[ ! -f docker/.env ]]; then
-        secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }
+    project="${COMPOSE_PROJECT_NAME:-$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' docker/.env | tail -n1)}"
+    label="label=com.docker.compose.project=${project:-docker}"
+    # What the project already had: a failed attempt removes only what it created itself.
+    before=$(docker ps -aq --filter "$label"; docker network ls -q --filter "$label"; docker volume ls -q --filter "$label")
+    out=$(mktemp)
+    trap 'rm -f "$out"' EXIT
+    if docker_compose {{compose_files}} up -d --build 2>&1 | tee "$out"; then
+        exit 0
+    fi
+    echo >&2
+    if grep -qiE 'pull access denied|no such host|lookup [^ ]+ on|dial tcp|i/o timeout|name resolution|failed to resolve|failed to do request|TLS handshake timeout|registry-1\.docker\.io|manifest unknown' "$out"; then
+        echo "up: Docker could not pull the images it needs: no image registry is reachable from this engine." >&2
+        echo "up: \`just up-offline\` builds every image locally instead (docker/README.md, \"Offline\")." >&2
+    else
+        echo "up: \`docker compose up\` failed; its output is above." >&2
+    fi
+    if [[ -z $before ]]; then
+        docker_compose {{compose_files}} down -v --remove-orphans >/dev/null 2>&1 || true
+        echo "up: removed the containers, network and volumes this attempt created." >&2
+    fi
+    exit 1
+
+# The same stack from images built here, no registry needed: docker/.env first, then `just images-offline`, then the stack.
+up-offline: _env-file images-offline && _stack-summary
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{docker_compose}}
+    docker_compose {{offline_files}} up -d
+
+# docker/.env, with fresh random secrets, unless it exists: `up` and `up-offline` share it.
+_env-file:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [[ -f docker/.env ]] && exit 0
+    secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }
+    (
+        umask 077
         sed -e "s|^HERALD_JWT_SECRET=.*|HERALD_JWT_SECRET=$(secret)|" \
             -e "s|^HERALD_ADMIN_KEY=.*|HERALD_ADMIN_KEY=$(secret)|" \
             -e "s|^HERALD_API_KEY=.*|HERALD_API_KEY=$(secret)|" \
             docker/.env.example > docker/.env
-        chmod 600 docker/.env
-        echo "wrote docker/.env with fresh random secrets (admin and API keys are in it)"
-    fi
-    docker_compose {{compose_files}} up -d --build
-    echo "Herald is up: ws://127.0.0.1:8765/ws and ws://127.0.0.1:8766/ws, auth-svc :8081, broadcaster :8082, monitor :8083"
+    )
+    echo "wrote docker/.env with fresh random secrets (admin and API keys are in it)"
 
-# The same stack from the images `just images-offline` made (no registry needed).
-up-offline: images-offline
+# Waits for every container's healthcheck, then says what runs where, as compose published it: `up` and `up-offline` end with it.
+_stack-summary:
     #!/usr/bin/env bash
     set -euo pipefail
     {{docker_compose}}
-    [[ -f docker/.env ]] || { echo "docker/.env is missing: copy docker/.env.example (or run \`just up\` once)" >&2; exit 1; }
-    docker_compose {{offline_files}} up -d
+    patience="${HERALD_UP_TIMEOUT_SECS:-120}"
+    deadline=$((SECONDS + patience))
+    while :; do
+        pending=()
+        for id in $(docker_compose {{compose_files}} ps -q); do
+            state=$(docker inspect -f '{{{{.Name}}: {{{{.State.Status}}{{{{if .State.Health}}/{{{{.State.Health.Status}}{{{{end}}' "$id")
+            case $state in
+                *": running/healthy" | *": running") ;;
+                *": exited"* | *": dead"*) pending+=("$state (stopped)") ;;
+                *) pending+=("$state") ;;
+            esac
+        done
+        ((${#pending[@]})) || break
+        if printf '%s\n' "${pending[@]}" | grep -q '(stopped)' || ((SECONDS >= deadline)); then
+            echo "up: not healthy after $((patience - deadline + SECONDS))s: ${pending[*]#/}" >&2
+            echo "up: its logs: docker compose -f docker/compose.yml logs <service> (docker-compose with Compose v1)" >&2
+            exit 1
+        fi
+        sleep 1
+    done
+    at() { docker_compose {{compose_files}} port "$1" "$2" 2>/dev/null | head -n1; }
+    echo "Herald is up in containers (secrets, admin and API keys in docker/.env):"
+    echo "  WebSocket   ws://$(at ws-gateway-1 8765)/ws   ws://$(at ws-gateway-2 8765)/ws"
+    echo "  auth-svc    http://$(at auth-svc 8081)"
+    echo "  broadcaster http://$(at broadcaster 8082)"
+    echo "  monitor     http://$(at monitor 8083)/api/v1/overview"
+    echo "  Redis only inside the stack's network; logs: docker compose -f docker/compose.yml logs -f"
+    echo "  (docker-compose with Compose v1); stop and delete the data: just down"
 
 # Tear the container stack down (and delete its Redis data volume).
 down:
@@ -112,7 +288,7 @@ down:
     HERALD_ENV_FILE="${HERALD_ENV_FILE:-$PWD/docker/.env.example}" \
         docker_compose {{compose_files}} --profile prometheus --profile tui down -v --remove-orphans
 
-# Build every image the stack needs without a registry: debian:bookworm-slim (debootstrap), redis:7 and prom/prometheus (Debian packages), herald (host-built release binaries).
+# Build every image the stack needs without a registry, under names of its own: herald-offline/debian (debootstrap), herald-offline/redis and herald-offline/prometheus (Debian packages), herald (host-built release binaries).
 images-offline:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -120,8 +296,27 @@ images-offline:
     docker info >/dev/null || { echo "images-offline: the Docker engine is not reachable" >&2; exit 1; }
     started=$(date +%s)
     have() { [[ -z "${HERALD_OFFLINE_REBUILD:-}" ]] && docker image inspect "$1" >/dev/null 2>&1; }
+    id() { docker image inspect -f '{{{{.Id}}' "$1" 2>/dev/null || true; }
+    # The image a new build took the tag from is left behind: remove it only if nothing
+    # names it any more (no other tag; one in use by a container stays too).
+    drop_replaced() {
+        local old=$1 tag=$2
+        [[ -n $old && $old != "$(id "$tag")" ]] || return 0
+        [[ -z $(docker image inspect -f '{{{{join .RepoTags ","}}' "$old" 2>/dev/null) ]] || return 0
+        docker rmi "$old" >/dev/null 2>&1 || true
+    }
+    # docker build … -t <tag>, then drop the image it replaced.
+    build() {
+        local tag=$1 old
+        shift
+        old=$(id "$tag")
+        docker build -q -t "$tag" "$@" >/dev/null
+        drop_replaced "$old" "$tag"
+        echo "images-offline: built $tag"
+    }
     cargo build --release --bins
-    if ! have debian:bookworm-slim; then
+    mkdir -p target/offline
+    if ! have {{offline_debian}}; then
         command -v debootstrap >/dev/null || { echo "images-offline: needs debootstrap (apt-get install debootstrap) and root" >&2; exit 1; }
         rootfs=target/offline/rootfs
         rm -rf "$rootfs" && mkdir -p "$rootfs"
@@ -136,19 +331,25 @@ images-offline:
         find "$rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
         rm -rf "$rootfs"/usr/share/{man,info,locale}/* "$rootfs"/var/cache/apt/archives/*.deb \
             "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
-        tar -C "$rootfs" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim
+        old=$(id {{offline_debian}})
+        tar -C "$rootfs" -c . | docker import -c 'CMD ["bash"]' - {{offline_debian}} >/dev/null
+        drop_replaced "$old" {{offline_debian}}
         rm -rf "$rootfs"
+        echo "images-offline: built {{offline_debian}}"
     fi
-    have redis:7 || docker build -q -f docker/offline/Dockerfile.redis -t redis:7 docker/offline
-    have prom/prometheus:v2.53.0 || docker build -q -f docker/offline/Dockerfile.prometheus -t prom/prometheus:v2.53.0 docker/offline
+    have {{offline_redis}} || build {{offline_redis}} --build-arg BASE={{offline_debian}} \
+        -f docker/offline/Dockerfile.redis docker/offline
+    have {{offline_prometheus}} || build {{offline_prometheus}} --build-arg BASE={{offline_debian}} \
+        -f docker/offline/Dockerfile.prometheus docker/offline
+    # Herald: the release binaries stripped (their debug info kept apart, in
+    # target/offline/herald/symbols), with only the shared libraries they need, on an empty base.
+    rm -rf target/offline/herald
+    bash docker/rootfs.sh target/offline/herald/rootfs target/offline/herald/symbols \
+        target/release/{auth-svc,ws-gateway,broadcaster,monitor,herald-tui}
     image="${HERALD_IMAGE:-herald:latest}"
-    old=$(docker image inspect -f '{{{{.Id}}' "$image" 2>/dev/null || true)
-    docker build -q -f docker/Dockerfile.prebuilt -t "$image" .
-    # The image this replaced (new binaries) would pile up untagged, run after run.
-    if [[ -n "$old" && "$old" != "$(docker image inspect -f '{{{{.Id}}' "$image")" ]]; then
-        docker rmi "$old" >/dev/null 2>&1 || true
-    fi
-    echo "images-offline: done in $(( $(date +%s) - started ))s"
+    build "$image" -f docker/Dockerfile.prebuilt .
+    size=$(docker image inspect -f '{{{{.Size}}' "$image")
+    echo "images-offline: $image is $((size / 1000000)) MB; done in $(( $(date +%s) - started ))s"
 
 # The compose stack end to end (needs Docker): offline images, then the ignored `compose` scenario; tears down even on failure.
 compose-e2e: images-offline
@@ -167,12 +368,11 @@ compose-e2e: images-offline
 
 # === end docker ===
 
-# Reproduce BENCHMARKS.md: release build, gateway and load generator pinned to one
-# core each, loopback (in a fresh network namespace when root); about 6 minutes.
+# Reproduce BENCHMARKS.md: release build, gateway and load generator pinned to one core each, loopback (in a fresh network namespace when root); about 9 minutes.
 bench:
     bash crates/herald-bench/scenarios.sh
 
-# === fuzzing and soak (issue 5); docs/security.md and docs/reliability.md explain ===
+# === fuzzing and soak; docs/security.md and docs/reliability.md explain ===
 
 # Fuzz each target (all when none is named: client_frame token claims http_body) with cargo-fuzz for HERALD_FUZZ_SECS seconds each (default 60); not in CI.
 fuzz *targets:

@@ -3,6 +3,10 @@
 //! publishes on the host, and the failures operators meet: a gateway killed, Redis
 //! restarted.
 //!
+//! It also checks which images run: offline, the home-built Redis and Prometheus under
+//! names of their own (never an official image's name), and the Herald image under its
+//! size budget, whose size it prints.
+//!
 //! Ignored by default because it needs a Docker engine and the images that
 //! `just images-offline` builds; `just compose-e2e` (and so CI) runs it. Without Docker
 //! it fails, saying so: it never passes without having run.
@@ -37,6 +41,22 @@ const HERALD_SERVICES: [&str; 5] = [
 ];
 /// Their node ids (`HERALD_NODE_ID` in `docker/compose.yml`).
 const NODE_IDS: [&str; 5] = ["auth-1", "gw-1", "gw-2", "broadcaster-1", "monitor-1"];
+/// The images `just images-offline` builds, each with the official image it stands in for:
+/// names of their own, so that they never shadow the official ones.
+const OFFLINE_IMAGES: [(&str, &str); 3] = [
+    (
+        "herald-offline/debian:bookworm-slim",
+        "debian:bookworm-slim",
+    ),
+    ("herald-offline/redis:7", "redis:7"),
+    (
+        "herald-offline/prometheus:v2.53.0",
+        "prom/prometheus:v2.53.0",
+    ),
+];
+/// The most the Herald image may weigh: five stripped binaries, their shared libraries
+/// and bash (docker/README.md has the measured size).
+const HERALD_IMAGE_BUDGET_BYTES: u64 = 60_000_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Docker and the images of `just images-offline`; `just compose-e2e` runs it"]
@@ -45,6 +65,9 @@ async fn compose_stack_survives_a_gateway_kill_and_a_redis_restart() {
     let stack = Stack::up().await;
     clock.lap("stack up and healthy");
     let p = stack.ports;
+
+    // Every service runs the image meant for it, and the Herald image stays small.
+    stack.assert_images().await;
 
     // Only what a user needs is published on the host, Redis not at all.
     stack.assert_published_ports().await;
@@ -303,6 +326,57 @@ impl Stack {
         }
     }
 
+    /// Asserts the image each service runs: offline, the home-built Redis and Prometheus
+    /// under their own names (and no official name given to them); the Herald image for
+    /// every Herald service, under the size budget. Prints that image's size.
+    async fn assert_images(&self) {
+        let offline = self.files.len() > 1;
+        let herald = std::env::var("HERALD_IMAGE").unwrap_or_else(|_| "herald:latest".to_owned());
+        let (redis, prometheus) = if offline {
+            (OFFLINE_IMAGES[1].0, OFFLINE_IMAGES[2].0)
+        } else {
+            (OFFLINE_IMAGES[1].1, OFFLINE_IMAGES[2].1)
+        };
+        let mut expected = vec![("redis", redis), ("prometheus", prometheus)];
+        expected.extend(HERALD_SERVICES.map(|s| (s, herald.as_str())));
+        for (service, image) in expected {
+            assert_eq!(
+                self.inspect(service, "{{.Config.Image}}").await,
+                image,
+                "{service} runs the wrong image"
+            );
+        }
+        if offline {
+            for (ours, official) in OFFLINE_IMAGES {
+                let mine = image_id(ours).await;
+                assert!(
+                    mine.is_some(),
+                    "{ours} is missing: run `just images-offline`"
+                );
+                assert_ne!(
+                    image_id(official).await,
+                    mine,
+                    "{ours} is also tagged {official}, shadowing the official image"
+                );
+            }
+        }
+        let size = run(
+            "docker",
+            &["image", "inspect", "-f", "{{.Size}}", &herald],
+            &[],
+        )
+        .await;
+        let bytes: u64 = size.trim().parse().expect("image size");
+        eprintln!(
+            "compose: the Herald image {herald} is {:.1} MB ({bytes} bytes)",
+            bytes as f64 / 1e6
+        );
+        assert!(
+            bytes <= HERALD_IMAGE_BUDGET_BYTES,
+            "the Herald image is {bytes} bytes, over its budget of {HERALD_IMAGE_BUDGET_BYTES}"
+        );
+    }
+
     /// Asserts that the host ports published are exactly the user-facing ones, on
     /// loopback, and that Redis publishes none.
     async fn assert_published_ports(&self) {
@@ -454,6 +528,14 @@ async fn compose_command() -> Vec<String> {
         return vec!["docker-compose".to_owned()];
     }
     panic!("this test needs Docker Compose: neither `docker compose` nor `docker-compose` works");
+}
+
+/// The id of the local image `name`, if there is one.
+async fn image_id(name: &str) -> Option<String> {
+    try_run("docker", &["image", "inspect", "-f", "{{.Id}}", name], &[])
+        .await
+        .map(|id| id.trim().to_owned())
+        .ok()
 }
 
 /// Runs a command to completion; its stdout, or why it failed.

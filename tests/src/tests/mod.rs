@@ -6,6 +6,7 @@ mod broadcaster;
 mod chaos;
 mod compose;
 mod config;
+mod dev;
 mod docs;
 mod gateway;
 mod http_limits;
