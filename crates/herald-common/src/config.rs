@@ -56,13 +56,13 @@ impl CommonConfig {
         if !self.redis_url.contains("://") {
             out.push(format!(
                 "HERALD_REDIS_URL {:?} has no scheme: write it as {} (redis://[:password@]host:port[/db])",
-                self.redis_url,
-                redis_url_hint(&self.redis_url)
+                crate::store::redacted(&self.redis_url),
+                redis_url_hint(&crate::store::redacted(&self.redis_url))
             ));
         } else if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
             out.push(format!(
                 "HERALD_REDIS_URL {:?} is not a valid Redis URL: {e}",
-                self.redis_url
+                crate::store::redacted(&self.redis_url)
             ));
         }
         if self.redis_prefix.contains(['{', '}', ' ']) {
@@ -368,6 +368,10 @@ mod tests {
         check("localhost:6379", "redis://localhost:6379");
         check("10.0.0.5", "redis://10.0.0.5:6379");
         check("", "redis://host:port");
+        // A password in a malformed URL is not repeated in the error.
+        check(":hunter22@cache:6379", "redis://***@cache:6379");
+        let t = T::try_parse_from(["t", "--redis-url", "ftp://:hunter22@cache"]).unwrap();
+        assert!(!t.common.problems()[0].contains("hunter22"));
         let t = T::try_parse_from(["t", "--redis-url", "redis://10.0.0.5:6380/2"]).unwrap();
         assert!(t.common.problems().is_empty());
     }

@@ -154,6 +154,8 @@ pub async fn ping(conn: &mut ConnectionManager) -> bool {
 pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        // No scheme (a configuration mistake): everything before the `@` may be a password.
+        (None, Some(at)) => format!("***{}", &url[at..]),
         _ => url.to_owned(),
     }
 }
@@ -183,5 +185,6 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redacted("redis://:pw@h:1"), "redis://***@h:1");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(redacted(":pw@h:1"), "***@h:1");
     }
 }
