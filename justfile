@@ -73,6 +73,12 @@ _test-tools:
         || need promtool "install it with \`sudo apt-get install prometheus\` (checks the services' /metrics)"
     command -v tmux >/dev/null \
         || need tmux "install it with \`sudo apt-get install tmux\` (the dashboard's end-to-end test drives it)"
+    command -v node >/dev/null \
+        || need node "install it with \`sudo apt-get install nodejs\` (runs herald.js's unit tests)"
+    command -v tsc >/dev/null \
+        || need tsc "install it with \`sudo apt-get install node-typescript\` (checks herald.d.ts)"
+    command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [[ -n "${HERALD_CHROMIUM:-}" ]] \
+        || need chromium "install it with \`sudo apt-get install chromium\` (the browser tests drive it headless)"
     if ((missing)); then
         echo "the tests need the tools above; install them and run this again" >&2
         exit 1
@@ -176,12 +182,21 @@ dev: build
             sleep 0.2
         done
     done
+    # Two users for the chat demo (the dev Redis starts empty every run).
+    for user in ann bob; do
+        "$bin/auth-svc" user add "$user" --password "$user-password" --channels 'chat:*' --publish 'chat:*' \
+            >> "$logs/auth-svc.log" 2>&1 || died "could not create the demo user $user" auth-svc
+    done
+    demo="http://127.0.0.1:${port[ws-gateway]}/demo/"
+    [[ ${port[auth-svc]} == 8081 ]] || demo+="?auth=http://127.0.0.1:${port[auth-svc]}"
     echo "Herald (dev) is up; logs in $logs/ (Ctrl-C stops it)"
     echo "  Redis       redis://127.0.0.1:$redis_port"
     echo "  WebSocket   ws://127.0.0.1:${port[ws-gateway]}/ws"
     echo "  auth-svc    http://127.0.0.1:${port[auth-svc]}   admin key: $HERALD_ADMIN_KEY"
     echo "  broadcaster http://127.0.0.1:${port[broadcaster]}   API key:   $HERALD_API_KEY"
     echo "  monitor     http://127.0.0.1:${port[monitor]}/api/v1/overview"
+    echo "  chat demo   $demo   (log in as ann / ann-password or bob / bob-password)"
+    echo "  herald.js   http://127.0.0.1:${port[ws-gateway]}/herald.js"
     # Run until a process ends by itself (or Ctrl-C): then say which, and stop the rest.
     while :; do
         wait -n "${pids[@]}" || true

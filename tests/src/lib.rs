@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod browser;
 #[cfg(test)]
 mod tests;
 
@@ -149,6 +150,28 @@ impl Redis {
     /// Kills and starts again on the same port, empty.
     pub async fn restart(&mut self) {
         self.kill().await;
+        self.spawn().await;
+    }
+
+    /// Stops the server the way an operator restarts it (`SHUTDOWN SAVE`: the data is
+    /// written to disk first) and starts it again on the same port with that data, as a
+    /// persistent Redis comes back from an upgrade or a host reboot.
+    pub async fn restart_keeping_data(&mut self) {
+        let mut c = self.conn().await;
+        // The server closes the connection instead of answering.
+        let _ = redis::cmd("SHUTDOWN")
+            .arg("SAVE")
+            .query_async::<()>(&mut c)
+            .await;
+        if let Some(mut child) = self.child.take() {
+            within("redis-server to exit after SHUTDOWN SAVE", child.wait())
+                .await
+                .expect("wait for redis-server");
+        }
+        assert!(
+            self.dir.path().join("dump.rdb").exists(),
+            "SHUTDOWN SAVE wrote no dump.rdb"
+        );
         self.spawn().await;
     }
 
@@ -412,6 +435,30 @@ pub async fn serve_json(body: String) -> (String, tokio::task::JoinHandle<()>) {
         }
     });
     (url, task)
+}
+
+/// Publishes `{"n": 1..=count}` to `channel` through the broadcaster at about
+/// `per_sec`, each with an idempotency key so that a retry (through a Redis outage)
+/// publishes it once; returns when all are acknowledged.
+pub async fn publish_stream(broadcaster: String, channel: &'static str, count: u64, per_sec: u64) {
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
+    for i in 1..=count {
+        tick.tick().await;
+        let body = json!({"channel": channel, "message": {"n": i}, "idempotency_key": format!("{channel}-{i}")});
+        eventually(&format!("publish #{i} acknowledged"), || async {
+            let r = client
+                .post(format!("{broadcaster}/v1/publish"))
+                .bearer_auth(API_KEY)
+                .json(&body)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
 }
 
 // === Tokens ===

@@ -72,10 +72,16 @@ impl std::ops::Deref for AppState {
 /// The routers: the public API with the ops endpoints, and the admin endpoints
 /// (users, revoke) — merged into the public one unless `separate_admin`, in which
 /// case they are returned on their own for a private listener.
-pub(crate) fn router(state: AppState, ops: Ops, separate_admin: bool) -> (Router, Option<Router>) {
+pub(crate) fn router(
+    state: AppState,
+    ops: Ops,
+    separate_admin: bool,
+    origins: Origins,
+) -> (Router, Option<Router>) {
     let public = Router::new()
         .route("/v1/token", post(login))
         .route("/v1/token/refresh", post(refresh))
+        .route_layer(cors(origins))
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(state.clone());
     let admin = Router::new()
@@ -97,6 +103,36 @@ pub(crate) fn router(state: AppState, ops: Ops, separate_admin: bool) -> (Router
     } else {
         (finish(public.merge(admin).merge(ops_routes(ops))), None)
     }
+}
+
+/// Which web pages may call the login and refresh endpoints from a browser.
+#[derive(Debug, Clone)]
+pub(crate) enum Origins {
+    /// Development mode without a list: every origin.
+    Any,
+    /// Exactly these (an empty list: no browser page).
+    List(Vec<String>),
+}
+
+/// CORS for login and refresh, so a page served from another origin than auth-svc
+/// (the usual case) can log its user in. Credentials travel in the JSON body, never
+/// in cookies, so no `Allow-Credentials`; the admin endpoints get no CORS at all.
+fn cors(origins: Origins) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = match origins {
+        Origins::Any => AllowOrigin::any(),
+        Origins::List(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 // === Errors ===

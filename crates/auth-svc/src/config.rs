@@ -70,6 +70,11 @@ pub struct Config {
     /// interface; unset, they share the main listener.
     #[arg(long, env = "HERALD_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// Comma-separated exact origins of web pages allowed to log in and refresh from
+    /// a browser (CORS on /v1/token and /v1/token/refresh); with HERALD_DEV=1 and no
+    /// list, every origin.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "HERALD_ACCESS_TOKEN_TTL_S", default_value_t = DEFAULT_ACCESS_TTL_S)]
     pub access_token_ttl_s: u64,

@@ -149,7 +149,18 @@ pub async fn run(
         ),
         None => None,
     };
-    let (app, admin_app) = api::router(state, ops, admin_listener.is_some());
+    let origins: Vec<String> = config
+        .allowed_origins
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    let origins = if origins.is_empty() && config.common.dev {
+        api::Origins::Any
+    } else {
+        api::Origins::List(origins)
+    };
+    let (app, admin_app) = api::router(state, ops, admin_listener.is_some(), origins);
     tracing::info!(node = %node_id, addr = %local, "auth-svc serving");
     let stop = token.clone();
     let limits = config.http.limits();

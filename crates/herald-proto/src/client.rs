@@ -79,7 +79,53 @@ impl ErrorCode {
             Self::Internal => "internal",
         }
     }
+
+    /// Every code, in the order of docs/protocol.md.
+    pub const ALL: [Self; 9] = [
+        Self::InvalidJson,
+        Self::UnsupportedType,
+        Self::BadRequest,
+        Self::Forbidden,
+        Self::NotSubscribed,
+        Self::RateLimited,
+        Self::TooLarge,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The code spelled `code` on the wire, if it is one of ours.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
 }
+
+// Clients read error codes too (`frames::ServerFrame`), so the code is its wire string
+// in both directions.
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&code)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&code, &ERROR_CODE_NAMES))
+    }
+}
+
+const ERROR_CODE_NAMES: [&str; 9] = [
+    "invalid_json",
+    "unsupported_type",
+    "bad_request",
+    "forbidden",
+    "not_subscribed",
+    "rate_limited",
+    "too_large",
+    "unavailable",
+    "internal",
+];
 
 /// A frame the gateway refuses, ready to be turned into an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -352,6 +398,18 @@ mod tests {
         let e = parse(text).unwrap_err();
         assert_eq!(e.code, code, "{text}: {e}");
         assert_eq!(e.id.as_ref().map(Id::as_json), id, "{text}");
+    }
+
+    #[test]
+    fn error_codes_have_one_spelling() {
+        for (code, name) in ErrorCode::ALL.into_iter().zip(ERROR_CODE_NAMES) {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(ErrorCode::parse(name), Some(code));
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        assert_eq!(ErrorCode::parse("nope"), None);
+        assert!(serde_json::from_str::<ErrorCode>(r#""nope""#).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`client`]: parsing client frames into [`client::ClientMsg`], with the exact error codes of docs/protocol.md.
 //! - [`server`]: building server frames (serialized once, as bytes).
+//! - [`frames`]: owned, typed frames in both directions, for clients.
 //! - [`claims`]: JWT claims and the permission checks made on them.
 //! - [`glob`]: the `*` pattern matcher used by permissions.
 //! - [`channel`]: channel-name validation.
@@ -16,6 +17,7 @@ pub mod channel;
 pub mod claims;
 pub mod client;
 pub mod envelope;
+pub mod frames;
 pub mod glob;
 pub mod server;
 pub mod time;

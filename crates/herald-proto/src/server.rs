@@ -203,6 +203,8 @@ struct Disconnect<'a> {
     code: &'a str,
     reason: &'a str,
     reconnect: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 /// `disconnect`, sent just before a server-initiated close.
@@ -212,6 +214,19 @@ pub fn disconnect(code: &str, reason: &str, reconnect: bool) -> String {
         code,
         reason,
         reconnect,
+        retry_after_ms: None,
+    })
+}
+
+/// `disconnect` for a handshake refused after all (a `herald.v1` client): `code` is the
+/// HTTP error code the refusal would have had, and a temporary refusal says when to retry.
+pub fn refusal(code: &str, reason: &str, reconnect: bool, retry_after_ms: Option<u64>) -> String {
+    to_json(&Disconnect {
+        kind: "disconnect",
+        code,
+        reason,
+        reconnect,
+        retry_after_ms,
     })
 }
 

@@ -10,7 +10,9 @@
 //! - `limits`: cluster-wide per-IP connection cap and attempt rate.
 //! - `presence`: what the monitor reads about this node's connections and channels.
 //! - `metrics`: the Prometheus metrics.
+//! - `assets`: `herald.js` for browsers, and the chat demo in development mode.
 
+mod assets;
 pub mod config;
 mod conn;
 mod driver;
@@ -307,6 +309,7 @@ pub async fn run(
         .route("/ws", get(ws_handler))
         .route("/", get(ws_handler))
         .with_state(state.clone())
+        .merge(assets::routes(settings.dev))
         .merge(herald_common::http::ops_routes(ops));
     let app = herald_common::http::layers(app);
 
@@ -397,6 +400,7 @@ async fn ws_handler(
     req: Request,
 ) -> Response {
     let headers = req.headers();
+    let speaks_herald = offers_subprotocol(headers);
     let ws = match ws {
         Ok(ws) => ws,
         Err(_) => {
@@ -413,7 +417,12 @@ async fn ws_handler(
         let allowed =
             state.any_origin || state.settings.allowed_origins.iter().any(|o| o == origin);
         if !allowed {
-            return ApiError::forbidden("origin not allowed").into_response();
+            return refuse(
+                &state,
+                ws,
+                speaks_herald,
+                ApiError::forbidden("origin not allowed"),
+            );
         }
     }
     if state.hub.conn_count() >= state.settings.max_connections {
@@ -428,7 +437,7 @@ async fn ws_handler(
             "this gateway is full; try another",
         );
         e.retry_after_s = Some(1);
-        return e.into_response();
+        return refuse(&state, ws, speaks_herald, e);
     }
     let ip = peer.ip();
     let mut redis = state.redis.clone();
@@ -454,7 +463,7 @@ async fn ws_handler(
                 Refusal::TooMany => "too many connections from this address".to_owned(),
                 Refusal::TooFast => "too many connection attempts from this address".to_owned(),
             };
-            return e.into_response();
+            return refuse(&state, ws, speaks_herald, e);
         }
     };
     let query = ConnectQuery::parse(req.uri().query());
@@ -479,12 +488,12 @@ async fn ws_handler(
                 // A refused handshake must not hold this address's slot, not even until
                 // the next batched release: give it back before answering.
                 slot.release(&mut redis).await;
-                return ApiError::new(
+                let e = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "authentication_failed",
                     "authentication failed",
-                )
-                .into_response();
+                );
+                return refuse(&state, ws, speaks_herald, e);
             }
         },
     };
@@ -494,11 +503,73 @@ async fn ws_handler(
     // Small buffers: tungstenite's defaults (128 KiB each way) are sized for bulk
     // transfer, but an idle connection should cost a few KiB. Larger frames still
     // work; the buffers grow while they are read or written.
-    ws.max_message_size(hard_limit)
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, ip, pre, slot)))
+}
+
+/// The WebSocket subprotocol of clients that want refusals as close codes. A browser
+/// never sees the HTTP status of a refused handshake (only an abnormal close, 1006), so
+/// it could not tell "stop: this origin is refused" from "back off: try another gateway".
+pub const SUBPROTOCOL: &str = "herald.v1";
+
+/// Whether the client listed [`SUBPROTOCOL`] in `Sec-WebSocket-Protocol`.
+fn offers_subprotocol(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == SUBPROTOCOL)
+}
+
+/// How long a refused `herald.v1` client gets to read its `disconnect` and close frame.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Refuses a handshake: with the plain HTTP error, or, for a client speaking
+/// [`SUBPROTOCOL`], by completing the upgrade and sending the same refusal as a
+/// `disconnect` frame and a close code of 4000 + the HTTP status (4401, 4403, 4429,
+/// 4503). Nothing the client sends is read, so a refused origin gains nothing from the
+/// upgrade.
+fn refuse(state: &State, ws: WebSocketUpgrade, speaks_herald: bool, e: ApiError) -> Response {
+    if !speaks_herald {
+        return e.into_response();
+    }
+    use axum::extract::ws::{CloseFrame, Message};
+    let temporary = matches!(
+        e.status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    );
+    let frame = herald_proto::server::refusal(
+        e.code,
+        &e.message,
+        temporary,
+        e.retry_after_s.map(|s| s * 1000),
+    );
+    let close = CloseFrame {
+        code: 4000 + e.status.as_u16(),
+        reason: e.code.into(),
+    };
+    let tracker = state.tracker.clone();
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(1024)
+        .on_upgrade(move |mut socket| {
+            tracker.track_future(async move {
+                let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                    use futures_util::StreamExt;
+                    socket.send(Message::Text(frame.into())).await.ok()?;
+                    socket.send(Message::Close(Some(close))).await.ok()?;
+                    // Wait for the client's close reply so the close code reaches it
+                    // before the TCP connection goes away.
+                    while socket.next().await?.is_ok() {}
+                    Some(())
+                })
+                .await;
+            })
+        })
 }
 
 #[cfg(test)]

@@ -1093,3 +1093,58 @@ async fn long_lived_tokens_outlive_key_rotation() {
     ws.send(json!({"type":"auth","token":token})).await;
     assert_eq!(ws.closed().await.0.code, 1008);
 }
+
+/// Login and refresh answer CORS for the allowed origins only (preflight included);
+/// the admin endpoints never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_refresh_answer_cors_for_allowed_origins_only() {
+    let redis = Redis::start().await;
+    let auth = ServiceBuilder::new("auth-svc")
+        .redis(&redis)
+        .env("HERALD_ALLOWED_ORIGINS", "https://app.example/")
+        .spawn()
+        .await;
+    let client = reqwest::Client::new();
+    let preflight = |path: &'static str, origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", auth.http()))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    for path in ["/v1/token", "/v1/token/refresh"] {
+        let r = preflight(path, "https://app.example")
+            .await
+            .expect("preflight");
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        let r = preflight(path, "https://evil.example")
+            .await
+            .expect("preflight");
+        assert!(
+            r.headers().get("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
+    let r = preflight("/v1/users", "https://app.example")
+        .await
+        .expect("preflight");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    // The real request carries the header too (a wrong password still answers 401).
+    let r = client
+        .post(format!("{}/v1/token", auth.http()))
+        .header("origin", "https://app.example")
+        .body(r#"{"username":"nobody","password":"wrong-password"}"#)
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}

@@ -1017,3 +1017,70 @@ async fn jwks_outage_keeps_cached_keys_and_never_blocks() {
     );
     hanging.abort();
 }
+
+/// A client offering the `herald.v1` subprotocol gets handshake refusals as a
+/// `disconnect` frame and close code 4000 + the status; others keep the HTTP status, and
+/// an accepted `herald.v1` connection has the subprotocol echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_v1_clients_get_refusals_as_close_codes() {
+    let redis = Redis::start().await;
+    let gw = ServiceBuilder::new("ws-gateway")
+        .redis(&redis)
+        .env("HERALD_ALLOWED_ORIGINS", "https://app.example")
+        .env("HERALD_MAX_CONNECTIONS_PER_IP", "1")
+        .spawn()
+        .await;
+    let v1 = ("sec-websocket-protocol", "herald.v1");
+
+    // An origin not allowed: plain 403, or 4403 for herald.v1, final.
+    let evil = ("origin", "https://evil.example");
+    assert_eq!(Ws::try_connect(&gw.ws(), &[evil]).await.err(), Some(403));
+    let mut ws = Ws::try_connect(&gw.ws(), &[evil, v1])
+        .await
+        .expect("the upgrade completes");
+    let (closed, frames) = ws.closed().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (4403, "forbidden"));
+    assert_eq!(
+        frames,
+        [
+            json!({"type":"disconnect","code":"forbidden","reason":"origin not allowed","reconnect":false})
+        ]
+    );
+
+    // A refused token in the URL: 4401.
+    let mut ws = Ws::try_connect(&format!("{}?token=not-a-jwt", gw.ws()), &[v1])
+        .await
+        .expect("the upgrade completes");
+    let (closed, frames) = ws.closed().await;
+    assert_eq!(closed.code, 4401);
+    assert_eq!(frames[0]["code"], "authentication_failed");
+    assert_eq!(frames[0]["reconnect"], false);
+
+    // Accepted: the subprotocol is echoed (browsers fail the socket otherwise).
+    let ok = ("origin", "https://app.example");
+    let t = token("ann", &["news"], &[]);
+    let (inner, resp) = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = gw.ws().into_client_request().expect("request");
+        req.headers_mut().insert("origin", ok.1.parse().unwrap());
+        req.headers_mut().insert(v1.0, v1.1.parse().unwrap());
+        within("handshake", tokio_tungstenite::connect_async(req))
+            .await
+            .expect("accepted")
+    };
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "herald.v1");
+    let mut first = Ws { inner };
+    first.send(json!({"type":"auth","token":t})).await;
+    first.recv_type("auth_success").await;
+
+    // Over the per-IP limit (1): temporary, with a retry time.
+    let mut ws = Ws::try_connect(&gw.ws(), &[ok, v1])
+        .await
+        .expect("the upgrade completes");
+    let (closed, frames) = ws.closed().await;
+    assert_eq!(closed.code, 4429);
+    assert_eq!(frames[0]["code"], "rate_limited");
+    assert_eq!(frames[0]["reconnect"], true);
+    assert_eq!(frames[0]["retry_after_ms"], 1000);
+    assert_eq!(Ws::try_connect(&gw.ws(), &[ok]).await.err(), Some(429));
+}

@@ -1,0 +1,316 @@
+// Type declarations of herald.js, the browser client of Herald, written by hand. The
+// gateway serves them at `GET /herald.d.ts`; README.md describes the behaviour.
+
+/** The WebSocket subprotocol the client offers: `"herald.v1"`. */
+export const SUBPROTOCOL: "herald.v1";
+
+/** Defaults of the tunable options. */
+export const DEFAULTS: Readonly<{
+  minReconnectDelay: 500;
+  maxReconnectDelay: 20000;
+  stableAfter: 10000;
+  publishTimeout: 10000;
+  publishQueueSize: 100;
+  connectTimeout: 15000;
+  batch: false;
+  debug: false;
+}>;
+
+/** A position in a channel: the offset of a message and the epoch of its history. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+export type ConnectionState = "connecting" | "connected" | "disconnected";
+
+/** A `state` event. */
+export interface StateChange {
+  state: ConnectionState;
+  /** Why the client is disconnected: the socket's close code (a number: 1006, 4403,
+   * 1008, 4000 for a client-side heartbeat or connect timeout, …) or one of the
+   * client's own: `"closed"` (`close()`), `"offline"`, `"token_error"`, `"transport"`. */
+  code?: number | string;
+  /** Human-readable: the `disconnect` frame's reason, or the close reason. */
+  reason?: string;
+  /** The server's `disconnect` code when one preceded the close (`"forbidden"`,
+   * `"token_expired"`, `"slow_consumer"`, …). */
+  disconnect?: string;
+  /** Whether the client will try again by itself. `false`: stopped for good until
+   * `connect()`. */
+  reconnect?: boolean;
+  /** With `reconnect: true`: milliseconds until the next attempt. */
+  delay?: number;
+  /** "connecting", "connected": the gateway URL. */
+  url?: string;
+  /** "connected": what `auth_success` said. */
+  userId?: string;
+  connId?: string;
+  node?: string;
+}
+
+/** An `error` event: an error frame not tied to a pending request (`rate_limited`, …),
+ * a refused token refresh, a transport or token problem (`transport`, `token_error`,
+ * `protocol`), or a refused subscription nobody listens to on the subscription. */
+export interface ErrorEvent {
+  code: string;
+  message: string;
+  channel?: string;
+  retryAfterMs?: number;
+}
+
+export type DeliveryType = "message" | "system_notification" | "user_message" | "processing_result";
+
+/** A channel delivery as the server sent it. */
+export interface DeliveryFrame {
+  type: DeliveryType;
+  channel: string;
+  offset: number;
+  epoch: string;
+  timestamp?: string;
+  [field: string]: unknown;
+}
+
+/** The `data` of a `processing_result`. */
+export interface ProcessingResult {
+  job_id: string;
+  job_type: string;
+  status: "done" | "failed";
+  result: unknown;
+}
+
+/** A delivered message. */
+export interface Message<T = unknown> {
+  channel: string;
+  type: DeliveryType;
+  /** `message` for `message` and `system_notification`, `content` for `user_message`,
+   * `{job_id, job_type, status, result}` for `processing_result`. */
+  data: T;
+  offset: number;
+  epoch: string;
+  timestamp?: string;
+  /** `from_user` of a `message` (absent for server-side publishes), `user_id` of a
+   * `user_message`. */
+  fromUser?: string;
+  /** The frame itself. */
+  frame: DeliveryFrame;
+}
+
+/** A `subscribed` event: the server confirmed the subscription (after each connect). */
+export interface SubscribedInfo {
+  channel: string;
+  /** The channel's latest offset and epoch. */
+  offset: number;
+  epoch: string;
+  /** Whether history filled everything since the position; undefined when the
+   * subscribe carried no `since`. */
+  recovered?: boolean;
+}
+
+/** A `gap` event: messages between `from` and `to` were lost for this client (history
+ * trimmed or expired, the channel's epoch changed); delivery goes on after `to`. */
+export interface GapInfo {
+  channel: string;
+  from: Position;
+  to: Position;
+  reason: "not_recovered" | "epoch_changed" | "incomplete_recovery";
+}
+
+/** A `subscription` `error` event: the subscribe was refused for good (`forbidden`,
+ * `bad_request`, …); the subscription is closed and not retried. `unavailable` and
+ * `rate_limited` are retried instead and never reported here. */
+export interface SubscriptionError {
+  code: string;
+  message: string;
+  channel: string;
+}
+
+export interface PublishAck {
+  channel: string;
+  offset: number;
+  epoch: string;
+}
+
+/** The part of a WebSocket the client uses: the browser's, or one given in
+ * `options.WebSocket` (Node 20 has none of its own). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: any) => any) | null;
+  onmessage: ((ev: { data: any }) => any) | null;
+  onclose: ((ev: { code: number; reason: string }) => any) | null;
+  onerror: ((ev: any) => any) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketClass = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Where the client's time comes from; tests pass a fake one. */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: any): void;
+}
+
+/** Where `online` and `offline` events come from. */
+export interface NetworkEvents {
+  addEventListener(type: "online" | "offline", listener: () => void): void;
+  removeEventListener(type: "online" | "offline", listener: () => void): void;
+}
+
+export interface HeraldOptions {
+  /** A static access token. It is never refreshed: when it expires the server ends the
+   * connection (`token_expired`) and the client stops. */
+  token?: string;
+  /** Supplies a fresh access token: at each connect, a little before the current one
+   * expires (read from its `exp` and `iat`), and after `token_expired`. The moment it
+   * resolves counts as the token's issue time, so return a token obtained just now. It
+   * is never called again while a call is pending. */
+  getToken?: () => Promise<string> | string;
+  /** Ask for `batch_messages`; they are unpacked transparently. Default false. */
+  batch?: boolean;
+  /** First reconnect delay ceiling, in ms. Default 500. */
+  minReconnectDelay?: number;
+  /** Largest reconnect delay, in ms. Default 20000. */
+  maxReconnectDelay?: number;
+  /** The backoff resets once a connection has stayed up this long, in ms. Default 10000. */
+  stableAfter?: number;
+  /** A publish not acknowledged within this many ms rejects with `timeout`. Default 10000. */
+  publishTimeout?: number;
+  /** Publishes pending at once (waiting to be sent or for their ack); more reject with
+   * `queue_full`. Default 100. */
+  publishQueueSize?: number;
+  /** A socket not authenticated within this many ms is given up. Default 15000. */
+  connectTimeout?: number;
+  /** The WebSocket class; default `globalThis.WebSocket`. */
+  WebSocket?: WebSocketClass;
+  /** Log the connection's life with `console.debug` (never tokens). Default false. */
+  debug?: boolean;
+  /** The clock; default `Date.now` and the global timers. */
+  clock?: Clock;
+  /** The random source of the backoff jitter; default `Math.random`. */
+  random?: () => number;
+  /** Source of `online`/`offline` events; default `globalThis` when it has
+   * `addEventListener` (a browser), none otherwise. `null` turns them off. */
+  networkEvents?: NetworkEvents | null;
+}
+
+export interface HeraldEvents {
+  state: StateChange;
+  error: ErrorEvent;
+}
+
+export interface SubscriptionEvents<T = unknown> {
+  message: Message<T>;
+  subscribed: SubscribedInfo;
+  gap: GapInfo;
+  error: SubscriptionError;
+}
+
+export interface SubscribeOptions {
+  /** Resume after this position: what was published since is delivered first (or a
+   * `gap` says it could not be). */
+  since?: Position | null;
+}
+
+/** A publish refusal or failure. `code` is the server's error code (`forbidden`,
+ * `bad_request`, `unavailable`, `rate_limited`, …) or the client's own:
+ * - `queue_full`: `publishQueueSize` publishes are already pending; not published;
+ * - `timeout`: no acknowledgement within `publishTimeout`; it may or may not have been
+ *   published;
+ * - `disconnected`: the connection dropped after it was sent; it may or may not have
+ *   been published, and is never resent automatically (that could publish it twice);
+ * - `closed`: the client stopped (`close()`, or refused for good by the server) before
+ *   it was sent or acknowledged. */
+export class HeraldError extends Error {
+  constructor(code: string, message?: string, details?: { channel?: string; retryAfterMs?: number });
+  readonly code: string;
+  readonly channel?: string;
+  readonly retryAfterMs?: number;
+}
+
+/** One channel subscription, made by `Herald.subscribe`. */
+export class Subscription<T = unknown> {
+  private constructor();
+  readonly channel: string;
+  /** The position of the last message delivered to the app, or null before the first
+   * (without `since`). Persist it and pass it back as `since` to resume. */
+  readonly position: Position | null;
+  /** "subscribing" until the server confirms (again after each reconnect), then
+   * "subscribed"; "closed" once unsubscribed or refused. */
+  readonly state: "subscribing" | "subscribed" | "closed";
+  /** Adds a listener; returns a function that removes it. */
+  on<K extends keyof SubscriptionEvents<T>>(event: K, listener: (value: SubscriptionEvents<T>[K]) => void): () => void;
+  off<K extends keyof SubscriptionEvents<T>>(event: K, listener: (value: SubscriptionEvents<T>[K]) => void): void;
+  /** Drops the subscription at once (and tells the server when connected). */
+  unsubscribe(): void;
+}
+
+/** A connection to a Herald cluster that survives disconnects: it reconnects with
+ * backoff (rotating through the URLs), resubscribes, recovers missed messages and
+ * delivers each message of a channel once, in order. */
+export class Herald {
+  /** Connects at once (a microtask later, so listeners attached right after see the
+   * first `connecting`). Throws a TypeError without URL, token or WebSocket class. */
+  constructor(urls: string | readonly string[], options: HeraldOptions);
+  /** The current state. */
+  readonly state: ConnectionState;
+  /** Adds a listener; returns a function that removes it. */
+  on<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): () => void;
+  off<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): void;
+  /** Subscribes to `channel`; returns at once, the subscribe is sent when connected.
+   * Throws a HeraldError `already_subscribed` if the channel has a live subscription. */
+  subscribe<T = unknown>(channel: string, options?: SubscribeOptions): Subscription<T>;
+  /** Publishes `message` to `channel`. While disconnected it waits in a bounded queue
+   * and is sent after the next authentication; see HeraldError for the rejections. */
+  publish(channel: string, message: unknown): Promise<PublishAck>;
+  /** Starts again after a stop (`close()` or a refusal for good); a no-op otherwise. */
+  connect(): void;
+  /** Stops for good: state "disconnected" with code "closed", every pending publish
+   * rejected with `closed`, every timer cancelled. */
+  close(): void;
+}
+
+/** Per-channel offset bookkeeping: which deliveries reach the app, and when to ask the
+ * server to replay what is missing. Pure; `Herald` drives one per subscription. */
+export class ChannelTracker {
+  constructor(options?: { since?: Position | null; bufferSize?: number });
+  readonly position: Position | null;
+  readonly inFlight: boolean;
+  readonly held: number;
+  /** Marks a subscribe as sent; returns the `since` it must carry. */
+  request(): Position | null;
+  /** The connection is gone. */
+  reset(): void;
+  delivery(frame: DeliveryFrame): TrackerStep;
+  subscribed(frame: { offset: number; epoch: string; recovered?: boolean }): TrackerStep;
+}
+
+export interface TrackerStep {
+  /** Deliveries to hand to the app, in order. */
+  deliver: DeliveryFrame[];
+  gap: { from: Position; to: Position; reason: GapInfo["reason"] } | null;
+  /** Send a subscribe with `since: tracker.request()` now. */
+  recover: boolean;
+}
+
+/** `random() * min(max, min * 2^attempt)`. */
+export function backoffDelay(attempt: number, bounds: { min: number; max: number }, random?: () => number): number;
+
+/** Milliseconds after obtaining `token` at `nowMs` when it should be refreshed; null
+ * without `exp` or when already expired. */
+export function refreshDelay(token: string, nowMs: number): number | null;
+
+/** The JWT's payload, not verified; null when not a JWT. */
+export function decodeJwtPayload(token: string): Record<string, unknown> | null;
+
+/** The deliveries of a `batch_messages` frame, in order, or `[frame]`. */
+export function unpackBatch(frame: unknown): DeliveryFrame[];
+
+/** What to do after a close. */
+export function classifyClose(
+  code: number,
+  reason: string,
+  disconnect: { code?: string; reason?: string; reconnect?: boolean; retry_after_ms?: number } | null,
+  canRefresh: boolean,
+): { reconnect: boolean; minDelay: number; authFailure: boolean };

@@ -1,0 +1,106 @@
+// Checks herald.d.ts against typical use; compiled, never run. From clients/js:
+//   tsc --noEmit --strict --target es2022 --module es2022 --moduleResolution node test/types-check.ts
+// (TypeScript ≥ 5 also accepts `--moduleResolution bundler`.)
+
+import {
+  backoffDelay,
+  ChannelTracker,
+  classifyClose,
+  decodeJwtPayload,
+  DEFAULTS,
+  Herald,
+  HeraldError,
+  refreshDelay,
+  SUBPROTOCOL,
+  unpackBatch,
+  type GapInfo,
+  type Message,
+  type Position,
+  type PublishAck,
+  type StateChange,
+  type Subscription,
+  type WebSocketClass,
+} from "../herald.js";
+
+declare const NodeWebSocket: WebSocketClass;
+
+const herald = new Herald(["ws://gw1:8765/ws", "ws://gw2:8766/ws"], {
+  getToken: async () => "token",
+  batch: true,
+  minReconnectDelay: DEFAULTS.minReconnectDelay,
+  maxReconnectDelay: 20_000,
+  stableAfter: 10_000,
+  publishTimeout: 10_000,
+  publishQueueSize: 100,
+  WebSocket: NodeWebSocket,
+  debug: false,
+});
+new Herald("ws://gw/ws", { token: "static" }).close();
+
+const off = herald.on("state", (s: StateChange) => {
+  const state: "connecting" | "connected" | "disconnected" = s.state;
+  if (s.state === "disconnected" && s.reconnect === false) console.log(s.code, s.reason, s.disconnect);
+  void state;
+});
+off();
+const onError = (e: { code: string; message: string; channel?: string }) => console.warn(e.code, e.message, e.channel);
+herald.on("error", onError);
+herald.off("error", onError);
+const now: string = herald.state;
+
+interface Chat {
+  text: string;
+  name: string;
+}
+const since: Position = { offset: 41, epoch: "a1b2c3d4e5f6" };
+const sub: Subscription<Chat> = herald.subscribe<Chat>("chat:lobby", { since });
+sub.on("message", (m: Message<Chat>) => {
+  const text: string = m.data.text;
+  const who: string | undefined = m.fromUser;
+  const at: Position = { offset: m.offset, epoch: m.epoch };
+  console.log(text, who, at, m.type, m.timestamp, m.frame.channel);
+});
+sub.on("subscribed", (info) => {
+  const recovered: boolean | undefined = info.recovered;
+  console.log(info.channel, info.offset, info.epoch, recovered);
+});
+sub.on("gap", (g: GapInfo) => console.log(g.from.offset, g.to.offset, g.reason));
+sub.on("error", (e) => console.log(e.code, e.channel));
+const pos: Position | null = sub.position;
+const subState: "subscribing" | "subscribed" | "closed" = sub.state;
+sub.unsubscribe();
+herald.subscribe("news").on("message", (m) => {
+  const data: unknown = m.data;
+  void data;
+});
+
+async function send(): Promise<void> {
+  try {
+    const ack: PublishAck = await herald.publish("chat:lobby", { text: "hi", name: "ann" });
+    console.log(ack.channel, ack.offset, ack.epoch);
+  } catch (e) {
+    if (e instanceof HeraldError) {
+      const code: string = e.code;
+      console.log(code, e.message, e.retryAfterMs);
+    }
+  }
+}
+void send();
+herald.connect();
+herald.close();
+
+const delay: number = backoffDelay(3, { min: 500, max: 20_000 }, Math.random);
+const refresh: number | null = refreshDelay("a.b.c", Date.now());
+const claims = decodeJwtPayload("a.b.c");
+const inner = unpackBatch({ type: "batch_messages", messages: [] });
+const verdict = classifyClose(4403, "forbidden", { code: "forbidden", reconnect: false }, true);
+const tracker = new ChannelTracker({ since: null, bufferSize: 10 });
+const step = tracker.delivery(inner[0]);
+if (step.recover) tracker.request();
+const protocol: "herald.v1" = SUBPROTOCOL;
+console.log(now, pos, subState, delay, refresh, claims, verdict.reconnect, step.deliver.length, step.gap, protocol);
+
+// @ts-expect-error: the event names are checked.
+herald.on("message", () => {});
+// @ts-expect-error: a publish needs a channel.
+void herald.publish();

@@ -1,0 +1,321 @@
+//! A Rust client for Herald's WebSocket gateways.
+//!
+//! One [`Client`] holds one connection at a time to one of several gateways. It
+//! reconnects by itself (exponential backoff with full jitter, moving on to the next
+//! gateway), renews every subscription on the new connection from the last position
+//! it delivered, and so hands each [`Subscription`] every message of its channel
+//! exactly once and in offset order, or says with an [`Event::Gap`] what was lost for
+//! good. With a fetching [`TokenSource`] it replaces the token on the live connection
+//! before it expires. [`Client::publish`] waits for the gateway's acknowledgement.
+//!
+//! ```no_run
+//! use futures_util::StreamExt as _;
+//! use herald_client::{Client, Event, Options, TokenSource};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::connect(
+//!     ["ws://127.0.0.1:8765/ws", "ws://127.0.0.1:8766/ws"],
+//!     TokenSource::fixed("eyJ…"),
+//!     Options::default(),
+//! );
+//! let mut news = client.subscribe("news", None);
+//! let ack = client
+//!     .publish("chat:lobby", &serde_json::json!({"text": "hi"}))
+//!     .await?;
+//! println!("published at {}", ack.offset);
+//! while let Some(event) = news.next().await {
+//!     match event {
+//!         Event::Message(m) => println!("{} #{}: {}", m.channel, m.offset, m.data),
+//!         Event::Gap(gap) => println!("lost {} to {}", gap.from, gap.to),
+//!         Event::Subscribed(_) | Event::Error(_) => {}
+//!     }
+//! }
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The token only ever travels in the first frame (never in the URL), and the client
+//! sends no periodic pings: every client frame counts toward the gateway's rate limit,
+//! and the gateway's heartbeats tell a dead socket well enough.
+//!
+//! # Layout
+//! - [`Client`], [`Subscription`]: the handles (this file).
+//! - `driver`: the one task per client that owns the socket and runs the lifecycle.
+//! - [`tracker`]: the pure per-subscription state machine behind exactly-once delivery.
+//! - [`backoff`]: reconnect delays.
+//! - [`token`]: [`TokenSource`] and when a token is due for refresh.
+//! - `queue`: the bounded queue between the driver and one subscription.
+//! - [`Options`], and what the client reports ([`Event`], [`ConnState`], …).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub mod backoff;
+mod driver;
+mod event;
+mod options;
+mod queue;
+#[cfg(test)]
+mod tests;
+pub mod token;
+pub mod tracker;
+
+pub use event::{
+    Ack, ClientError, ConnState, Event, Gap, Job, Message, MessageKind, PublishError,
+    SubscribeError, Subscribed,
+};
+pub use herald_proto::ErrorCode;
+pub use herald_proto::frames::{DisconnectCode, JobStatus, Position};
+pub use options::Options;
+pub use token::TokenSource;
+pub use tracker::GapReason;
+
+use driver::{Command, Driver, Wiring};
+use queue::EventQueue;
+
+/// Client-level errors kept for [`Client::errors`] receivers that lag behind; older
+/// ones are dropped for them.
+const ERROR_BACKLOG: usize = 64;
+
+/// A connection to a Herald cluster. Cheap to clone: clones share the connection.
+///
+/// The connection is served by one background task, which stops when
+/// [`Client::close`] is called or when the last clone (and the last
+/// [`Subscription`]) is dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    commands: mpsc::UnboundedSender<Command>,
+    states: watch::Receiver<ConnState>,
+    errors: broadcast::Sender<ClientError>,
+    /// One permit per publish not yet settled (in the command channel, waiting for a
+    /// connection, or for its acknowledgement), so the bound holds before the driver
+    /// even sees the publish.
+    publish_slots: Arc<Semaphore>,
+    publish_timeout: std::time::Duration,
+    subscription_buffer: usize,
+    room: Arc<Notify>,
+    cancel: CancellationToken,
+    /// The driver task; taken and awaited by the first [`Client::close`]. A tokio
+    /// lock, because later closers wait on it across that await for the task to end.
+    driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    next_sub: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: nobody can read or publish any more.
+        self.cancel.cancel();
+    }
+}
+
+impl Client {
+    /// Starts connecting to the gateways at `urls` (`ws://host:port/ws`), tried in
+    /// turn, with tokens from `token`. Returns at once; watch [`Client::states`] to
+    /// know when it is connected. Subscriptions and publishes can be made right away.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn connect<U>(urls: U, token: TokenSource, options: Options) -> Self
+    where
+        U: IntoIterator,
+        U::Item: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (states_tx, states) = watch::channel(ConnState::Connecting);
+        let (errors, _) = broadcast::channel(ERROR_BACKLOG);
+        let cancel = CancellationToken::new();
+        let room = Arc::new(Notify::new());
+        let slots = options.publish_queue;
+        let publish_timeout = options.publish_timeout;
+        let subscription_buffer = options.subscription_buffer;
+        let driver = Driver::new(
+            urls,
+            token,
+            options,
+            Wiring {
+                commands,
+                states: states_tx,
+                errors: errors.clone(),
+                cancel: cancel.clone(),
+                room: room.clone(),
+            },
+        );
+        let task = tokio::spawn(driver.run());
+        Self {
+            shared: Arc::new(Shared {
+                commands: commands_tx,
+                states,
+                errors,
+                publish_slots: Arc::new(Semaphore::new(slots)),
+                publish_timeout,
+                subscription_buffer,
+                room,
+                cancel,
+                driver: tokio::sync::Mutex::new(Some(task)),
+                next_sub: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The connection state, now and as it changes.
+    pub fn states(&self) -> watch::Receiver<ConnState> {
+        self.shared.states.clone()
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> ConnState {
+        self.shared.states.borrow().clone()
+    }
+
+    /// Problems outside any one subscription or publish: a failing token source, a
+    /// fresh token refused, an `error` frame answering no request. Only errors after
+    /// this call are received.
+    pub fn errors(&self) -> broadcast::Receiver<ClientError> {
+        self.shared.errors.subscribe()
+    }
+
+    /// Subscribes to `channel`: from its next message, or with `since`, from the
+    /// message after that position (what was missed meanwhile is replayed if the
+    /// gateway's history still holds it, otherwise an [`Event::Gap`] says so).
+    ///
+    /// Several subscriptions to one channel each get every message.
+    pub fn subscribe(&self, channel: impl Into<String>, since: Option<Position>) -> Subscription {
+        let channel = channel.into();
+        let sub = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(EventQueue::new(
+            self.shared.subscription_buffer,
+            self.shared.room.clone(),
+        ));
+        let cmd = Command::Subscribe {
+            sub,
+            channel: channel.clone(),
+            since,
+            queue: queue.clone(),
+        };
+        if self.shared.commands.send(cmd).is_err() {
+            // The client has stopped: the stream ends at once.
+            queue.close();
+        }
+        Subscription {
+            client: self.clone(),
+            sub,
+            channel,
+            queue,
+            active: true,
+        }
+    }
+
+    /// Publishes `message` (anything that serializes to JSON) to `channel` and waits
+    /// for the gateway's acknowledgement. While disconnected, the publish waits in a
+    /// bounded queue for the next connection; one sent on a connection that then
+    /// drops fails with [`PublishError::Disconnected`] and is not sent again (it may
+    /// have been published).
+    pub async fn publish<T>(&self, channel: &str, message: &T) -> Result<Ack, PublishError>
+    where
+        T: Serialize + ?Sized,
+    {
+        let message = serde_json::value::to_raw_value(message)
+            .map_err(|e| PublishError::Encode(e.to_string()))?;
+        let permit = self
+            .shared
+            .publish_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PublishError::QueueFull)?;
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::Publish {
+            channel: channel.to_owned(),
+            message,
+            deadline: tokio::time::Instant::now() + self.shared.publish_timeout,
+            reply,
+            permit,
+        };
+        self.shared
+            .commands
+            .send(cmd)
+            .map_err(|_| PublishError::Closed)?;
+        answer.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    /// Closes the connection and stops the client: pending publishes fail with
+    /// [`PublishError::Closed`], subscription streams end. Returns once the
+    /// background task has finished.
+    pub async fn close(&self) {
+        self.shared.cancel.cancel();
+        let mut slot = self.shared.driver.lock().await;
+        if let Some(task) = slot.take()
+            && let Err(e) = task.await
+        {
+            tracing::warn!(cause = %e, "herald client task failed");
+        }
+    }
+}
+
+/// The events of one channel; a [`futures_util::Stream`] of [`Event`]s, read with
+/// `StreamExt::next`. The stream ends when the client stops.
+///
+/// Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    client: Client,
+    sub: u64,
+    channel: String,
+    queue: Arc<EventQueue>,
+    /// Cleared once unsubscribed, so dropping does not unsubscribe twice.
+    active: bool,
+}
+
+impl Subscription {
+    /// The channel subscribed to.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Unsubscribes; returns once the client has stopped delivering to it (and sent
+    /// `unsubscribe` if no other subscription wants the channel).
+    pub async fn unsubscribe(mut self) {
+        self.active = false;
+        let (done, finished) = oneshot::channel();
+        let cmd = Command::Unsubscribe {
+            sub: self.sub,
+            done: Some(done),
+        };
+        if self.client.shared.commands.send(cmd).is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.queue.poll_next(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.active {
+            let _ = self.client.shared.commands.send(Command::Unsubscribe {
+                sub: self.sub,
+                done: None,
+            });
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Client settings.
+
+use std::time::Duration;
+
+/// How a [`Client`](crate::Client) behaves. Build it from [`Options::default`]:
+/// `Options { batch: true, ..Options::default() }`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Ask the gateway for `batch_messages` (deliveries coalesced over a few
+    /// milliseconds); they are unpacked transparently.
+    pub batch: bool,
+    /// The first reconnect delay's cap; it doubles with each failed attempt.
+    pub min_reconnect_delay: Duration,
+    /// The most any reconnect delay can be.
+    pub max_reconnect_delay: Duration,
+    /// A connection up this long resets the reconnect delays to their minimum. A
+    /// gateway that accepts connections and then drops them at once keeps being
+    /// backed off from.
+    pub stable_after: Duration,
+    /// Publishes not yet settled, waiting for a connection or for their
+    /// acknowledgement; one more fails with
+    /// [`PublishError::QueueFull`](crate::PublishError::QueueFull) at once.
+    pub publish_queue: usize,
+    /// How long a publish may wait for its acknowledgement, from the call (time in
+    /// the queue included).
+    pub publish_timeout: Duration,
+    /// How long opening a WebSocket and authenticating may take.
+    pub connect_timeout: Duration,
+    /// Messages a subscription holds for the application. When it is full, the
+    /// subscription stops taking messages and, once the application has read half
+    /// of them, recovers the rest from the gateway's history.
+    pub subscription_buffer: usize,
+    /// Deliveries a new subscription keeps while waiting for its `subscribed` reply.
+    pub pending_limit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            batch: false,
+            min_reconnect_delay: Duration::from_millis(500),
+            max_reconnect_delay: Duration::from_secs(20),
+            stable_after: Duration::from_secs(10),
+            publish_queue: 100,
+            publish_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(15),
+            subscription_buffer: 1024,
+            pending_limit: 1000,
+        }
+    }
+}

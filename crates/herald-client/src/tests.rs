@@ -1,0 +1,681 @@
+//! The client against a scripted gateway: a WebSocket server in the test that plays
+//! the gateway's side frame by frame, so each rule of the driver (recovery requests,
+//! batches, refusals, silence, token refresh, publish outcomes, stalls) is checked
+//! against the exact frames the client sends. End-to-end tests against the real
+//! services live in the e2e crate (`tests/src/tests/client.rs`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::{
+    Client, ClientError, ConnState, DisconnectCode, ErrorCode, Event, Options, PublishError,
+    Subscription, TokenSource,
+};
+
+/// How long any one step may take.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn options() -> Options {
+    Options {
+        min_reconnect_delay: Duration::from_millis(20),
+        max_reconnect_delay: Duration::from_millis(100),
+        ..Options::default()
+    }
+}
+
+/// A JWT-shaped token (unsigned: nothing here verifies it) expiring `ttl` seconds
+/// from now.
+fn jwt(tag: &str, ttl: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = json!({"sub": "u", "tag": tag, "iat": now, "exp": now + ttl});
+    format!("{}.{}.sig", b.encode("{}"), b.encode(claims.to_string()))
+}
+
+fn claim(token: &str, name: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice::<Value>(&bytes).expect("JSON claims")[name].clone()
+}
+
+fn message(offset: u64, epoch: &str) -> Value {
+    json!({"type": "message", "channel": "news", "offset": offset, "epoch": epoch,
+           "message": {"n": offset}, "timestamp": "2026-01-05T14:47:57.123Z"})
+}
+
+// === the scripted gateway ===
+
+struct Fake {
+    listener: TcpListener,
+    url: String,
+}
+
+impl Fake {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+        Self { listener, url }
+    }
+
+    async fn tcp(&self) -> TcpStream {
+        within("a connection", self.listener.accept())
+            .await
+            .expect("accept")
+            .0
+    }
+
+    /// The next connection, upgraded.
+    async fn accept(&self) -> Peer {
+        let tcp = self.tcp().await;
+        let ws = within("the upgrade", tokio_tungstenite::accept_async(tcp))
+            .await
+            .expect("upgrade");
+        Peer { ws }
+    }
+
+    /// Refuses the next upgrade with `status`.
+    async fn refuse(&self, status: u16, retry_after: Option<&str>) {
+        let tcp = self.tcp().await;
+        #[expect(
+            clippy::result_large_err,
+            reason = "the signature tungstenite's handshake callback takes"
+        )]
+        let refuse = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+            let mut r = ErrorResponse::new(None);
+            *r.status_mut() = StatusCode::from_u16(status).expect("status");
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert("retry-after", secs.parse().expect("header"));
+            }
+            Err(r)
+        };
+        let refused = within(
+            "the refused upgrade",
+            tokio_tungstenite::accept_hdr_async(tcp, refuse),
+        )
+        .await;
+        assert!(refused.is_err());
+    }
+}
+
+struct Peer {
+    ws: WebSocketStream<TcpStream>,
+}
+
+impl Peer {
+    async fn send(&mut self, v: Value) {
+        within("a send", self.ws.send(WsMessage::text(v.to_string())))
+            .await
+            .expect("send");
+    }
+
+    /// The client's next frame.
+    async fn recv(&mut self) -> Value {
+        loop {
+            let msg = within("a client frame", self.ws.next())
+                .await
+                .expect("the client hung up")
+                .expect("a frame");
+            if let WsMessage::Text(t) = msg {
+                return serde_json::from_str(&t).expect("JSON");
+            }
+        }
+    }
+
+    /// Reads the `auth` frame and accepts it; returns the frame.
+    async fn hello(&mut self, heartbeat_ms: u64) -> Value {
+        let auth = self.recv().await;
+        assert_eq!(auth["type"], "auth", "{auth}");
+        self.send(
+            json!({"type": "auth_success", "message": "authenticated", "user_id": "u",
+                         "conn_id": "c", "node": "fake", "channels": [],
+                         "heartbeat_interval_ms": heartbeat_ms, "id": auth["id"]}),
+        )
+        .await;
+        auth
+    }
+
+    /// Reads the client's next frame, a `subscribe` for `news`.
+    async fn recv_subscribe(&mut self) -> Value {
+        let req = self.recv().await;
+        assert_eq!(
+            (req["type"].as_str(), req["channel"].as_str()),
+            (Some("subscribe"), Some("news")),
+            "{req}"
+        );
+        req
+    }
+
+    /// Answers `req` with `subscribed` at (`offset`, `epoch`).
+    async fn reply_subscribed(
+        &mut self,
+        req: &Value,
+        offset: u64,
+        epoch: &str,
+        recovered: Option<bool>,
+    ) {
+        let mut reply = json!({"type": "subscribed", "channel": "news", "id": req["id"],
+                               "offset": offset, "epoch": epoch});
+        if let Some(r) = recovered {
+            reply["recovered"] = json!(r);
+        }
+        self.send(reply).await;
+    }
+
+    /// Reads a `subscribe` for `news` and answers `subscribed` at (`offset`, `epoch`)
+    /// with nothing to replay; returns its `since`.
+    async fn subscribed(&mut self, offset: u64, epoch: &str, recovered: Option<bool>) -> Value {
+        let req = self.recv_subscribe().await;
+        self.reply_subscribed(&req, offset, epoch, recovered).await;
+        req.get("since").cloned().unwrap_or(Value::Null)
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let _ = within("a close", self.ws.close(Some(frame))).await;
+    }
+}
+
+async fn next_event(sub: &mut Subscription) -> Event {
+    within("a subscription event", sub.next())
+        .await
+        .expect("the stream ended")
+}
+
+/// The offsets of the next `count` messages, skipping `subscribed`.
+async fn offsets(sub: &mut Subscription, count: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        match next_event(sub).await {
+            Event::Message(m) => got.push(m.offset),
+            Event::Subscribed(_) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    got
+}
+
+async fn until(client: &Client, what: &str, check: impl Fn(&ConnState) -> bool) -> ConnState {
+    let mut states = client.states();
+    within(what, states.wait_for(|s| check(s)))
+        .await
+        .expect("the client is gone")
+        .clone()
+}
+
+fn stopped(s: &ConnState) -> bool {
+    matches!(
+        s,
+        ConnState::Disconnected {
+            reconnect: false,
+            ..
+        }
+    )
+}
+
+// === scenarios ===
+
+#[tokio::test]
+async fn batches_are_unpacked_and_a_hole_is_recovered_from_the_position() {
+    let fake = Fake::start().await;
+    let opts = Options {
+        batch: true,
+        ..options()
+    };
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t0k3n"), opts);
+    let mut sub = client.subscribe("news", None);
+    let mut gw = fake.accept().await;
+    let auth = gw.hello(25_000).await;
+    assert_eq!(
+        (auth["token"].as_str(), auth["batch"].as_bool()),
+        (Some("t0k3n"), Some(true))
+    );
+    assert_eq!(
+        gw.subscribed(0, "e", None).await,
+        Value::Null,
+        "no since at first"
+    );
+    gw.send(json!({"type": "batch_messages", "count": 3,
+                   "messages": [message(1, "e"), {"type": "from_the_future"}, message(2, "e")]}))
+        .await;
+    gw.send(json!({"type": "notice", "text": "ignored"})).await;
+    // 3 went missing: the client asks for everything after 2, the gateway replays
+    // 3 and 4 and confirms; a copy of 4 arriving late is dropped.
+    gw.send(message(4, "e")).await;
+    let req = gw.recv_subscribe().await;
+    assert_eq!(req["since"], json!({"offset": 2, "epoch": "e"}));
+    gw.send(message(3, "e")).await;
+    gw.send(message(4, "e")).await;
+    gw.reply_subscribed(&req, 4, "e", Some(true)).await;
+    gw.send(message(4, "e")).await;
+    let mut late = message(5, "e");
+    late["unknown_field"] = json!([1, 2]);
+    gw.send(late).await;
+    assert_eq!(offsets(&mut sub, 5).await, [1, 2, 3, 4, 5]);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn an_epoch_change_is_asked_about_and_reported_as_a_gap() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut sub = client.subscribe("news", None);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.subscribed(7, "old", None).await;
+    gw.send(message(8, "old")).await;
+    gw.send(message(1, "new")).await;
+    let since = gw.subscribed(3, "new", Some(false)).await;
+    assert_eq!(since, json!({"offset": 8, "epoch": "old"}));
+    gw.send(message(4, "new")).await;
+    assert!(matches!(next_event(&mut sub).await, Event::Subscribed(_)));
+    assert_eq!(offsets(&mut sub, 1).await, [8]);
+    match next_event(&mut sub).await {
+        Event::Gap(g) => {
+            assert_eq!((g.from.offset, g.from.epoch.as_str()), (8, "old"));
+            assert_eq!((g.to.offset, g.to.epoch.as_str()), (3, "new"));
+            assert_eq!(g.reason, crate::GapReason::EpochChanged);
+        }
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert_eq!(offsets(&mut sub, 1).await, [4]);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_full_gateway_is_backed_off_from_and_a_refusal_stops() {
+    let full = Fake::start().await;
+    let refusing = Fake::start().await;
+    let client = Client::connect(
+        [full.url.clone(), refusing.url.clone()],
+        TokenSource::fixed("t"),
+        options(),
+    );
+    full.refuse(503, Some("1")).await;
+    let state = until(&client, "the backoff", |s| {
+        matches!(s, ConnState::Disconnected { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            &state,
+            ConnState::Disconnected {
+                code: Some(DisconnectCode::OverCapacity),
+                reconnect: true,
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    // On to the next gateway, which refuses the token: final.
+    refusing.refuse(401, None).await;
+    let state = until(&client, "the stop", stopped).await;
+    assert!(
+        matches!(
+            &state,
+            ConnState::Disconnected {
+                code: Some(DisconnectCode::AuthenticationFailed),
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_gateway_is_left_for_another_connection() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut sub = client.subscribe("news", None);
+    let mut first = fake.accept().await;
+    first.hello(100).await;
+    first.subscribed(0, "e", None).await;
+    first.send(message(1, "e")).await;
+    assert_eq!(offsets(&mut sub, 1).await, [1]);
+    // Silence from now on (the socket stays open): after 2 × 100 ms + 1 s the client
+    // gives up on it and renews the subscription from where it was.
+    let mut second = fake.accept().await;
+    second.hello(25_000).await;
+    let since = second.subscribed(1, "e", Some(true)).await;
+    assert_eq!(since, json!({"offset": 1, "epoch": "e"}));
+    drop(first);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_replaced_when_the_source_can_fetch() {
+    let fake = Fake::start().await;
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let fetched = fetched.clone();
+        TokenSource::fetch(move || {
+            let n = fetched.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, String>(format!("token-{n}")) }
+        })
+    };
+    let client = Client::connect([fake.url.clone()], source, options());
+    let mut sub = client.subscribe("news", None);
+    let mut gw = fake.accept().await;
+    assert_eq!(gw.hello(25_000).await["token"], "token-0");
+    gw.subscribed(0, "e", None).await;
+    gw.send(message(1, "e")).await;
+    assert_eq!(offsets(&mut sub, 1).await, [1]);
+    gw.send(json!({"type": "disconnect", "code": "token_expired", "reason": "token expired", "reconnect": false}))
+        .await;
+    gw.close(1008, "token expired").await;
+    let mut again = fake.accept().await;
+    assert_eq!(again.hello(25_000).await["token"], "token-1");
+    assert_eq!(
+        again.subscribed(1, "e", Some(true)).await,
+        json!({"offset": 1, "epoch": "e"})
+    );
+    client.close().await;
+
+    // A fixed token cannot be replaced: the client stops.
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.send(json!({"type": "disconnect", "code": "token_expired", "reason": "token expired", "reconnect": false}))
+        .await;
+    let state = until(&client, "the stop", stopped).await;
+    assert!(
+        matches!(
+            &state,
+            ConnState::Disconnected {
+                code: Some(DisconnectCode::TokenExpired),
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_first_frame_is_retried_once_with_a_fresh_token() {
+    let fake = Fake::start().await;
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let fetched = fetched.clone();
+        TokenSource::fetch(move || {
+            fetched.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, String>("t".to_owned()) }
+        })
+    };
+    let client = Client::connect([fake.url.clone()], source, options());
+    let mut gw = fake.accept().await;
+    gw.recv().await;
+    gw.close(1008, "authentication failed").await;
+    // One more try with a fresh token, accepted: the retry is spent again only after
+    // another refusal.
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    until(&client, "the connection", ConnState::is_connected).await;
+    gw.close(1001, "going away").await;
+    let mut gw = fake.accept().await;
+    gw.recv().await;
+    gw.close(1008, "authentication failed").await;
+    let mut gw = fake.accept().await;
+    gw.recv().await;
+    gw.close(1008, "authentication failed").await;
+    let state = until(&client, "the stop", stopped).await;
+    assert!(
+        matches!(
+            &state,
+            ConnState::Disconnected {
+                code: Some(DisconnectCode::AuthenticationFailed),
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    assert_eq!(fetched.load(Ordering::SeqCst), 4, "a token per attempt");
+}
+
+#[tokio::test]
+async fn tokens_are_refreshed_on_the_live_connection() {
+    let fake = Fake::start().await;
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let fetched = fetched.clone();
+        TokenSource::fetch(move || {
+            let n = fetched.fetch_add(1, Ordering::SeqCst);
+            // Two seconds of life: refreshed after one (half its lifetime).
+            async move { Ok::<_, String>(jwt(&n.to_string(), 2)) }
+        })
+    };
+    let client = Client::connect([fake.url.clone()], source, options());
+    let mut errors = client.errors();
+    let mut gw = fake.accept().await;
+    let first = gw.hello(25_000).await;
+    assert_eq!(claim(first["token"].as_str().expect("token"), "tag"), "0");
+    // The fresh token comes as an `auth` frame; refusing it is reported, and it is
+    // tried again.
+    let refresh = gw.recv().await;
+    assert_eq!(refresh["type"], "auth");
+    assert_eq!(claim(refresh["token"].as_str().expect("token"), "tag"), "1");
+    gw.send(json!({"type": "error", "code": "forbidden", "message": "token refused", "id": refresh["id"]}))
+        .await;
+    let reported = within("the error report", errors.recv()).await;
+    assert!(
+        matches!(&reported, Ok(ClientError::TokenRefused(m)) if m == "token refused"),
+        "{reported:?}"
+    );
+    let again = gw.recv().await;
+    assert_eq!(claim(again["token"].as_str().expect("token"), "tag"), "2");
+    gw.send(
+        json!({"type": "auth_success", "message": "authenticated", "user_id": "u",
+                   "conn_id": "c", "node": "fake", "channels": [],
+                   "heartbeat_interval_ms": 25_000, "id": again["id"]}),
+    )
+    .await;
+    // Accepted: the next refresh follows that token's own schedule.
+    let next = gw.recv().await;
+    assert_eq!(claim(next["token"].as_str().expect("token"), "tag"), "3");
+    assert!(client.state().is_connected());
+    client.close().await;
+}
+
+#[tokio::test]
+async fn publishes_are_acknowledged_refused_or_lost_with_the_connection() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    until(&client, "the connection", ConnState::is_connected).await;
+
+    let publish = tokio::spawn({
+        let c = client.clone();
+        async move { c.publish("chat:a", &json!({"b": [1, 2]})).await }
+    });
+    let frame = gw.recv().await;
+    assert_eq!(frame["type"], "broadcast");
+    assert_eq!(
+        (frame["channel"].as_str(), &frame["message"]),
+        (Some("chat:a"), &json!({"b": [1, 2]}))
+    );
+    gw.send(
+        json!({"type": "ack", "id": frame["id"], "channel": "chat:a", "offset": 9, "epoch": "e"}),
+    )
+    .await;
+    let ack = within("the ack", publish)
+        .await
+        .expect("task")
+        .expect("ack");
+    assert_eq!(
+        (ack.channel.as_str(), ack.offset, ack.epoch.as_str()),
+        ("chat:a", 9, "e")
+    );
+
+    let publish = tokio::spawn({
+        let c = client.clone();
+        async move { c.publish("chat:a", &1).await }
+    });
+    let frame = gw.recv().await;
+    gw.send(json!({"type": "error", "code": "unavailable", "message": "retry", "id": frame["id"], "channel": "chat:a"}))
+        .await;
+    assert_eq!(
+        within("the refusal", publish).await.expect("task"),
+        Err(PublishError::Refused {
+            code: ErrorCode::Unavailable,
+            message: "retry".to_owned()
+        })
+    );
+
+    let publish = tokio::spawn({
+        let c = client.clone();
+        async move { c.publish("chat:a", &2).await }
+    });
+    gw.recv().await;
+    drop(gw);
+    assert_eq!(
+        within("the loss", publish).await.expect("task"),
+        Err(PublishError::Disconnected)
+    );
+    // Reconnected, nothing is sent again.
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), gw.recv())
+            .await
+            .is_err(),
+        "nothing resent"
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_subscription_not_read_pauses_and_recovers_what_it_missed() {
+    let fake = Fake::start().await;
+    let opts = Options {
+        subscription_buffer: 4,
+        ..options()
+    };
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), opts);
+    let mut sub = client.subscribe("news", None);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.subscribed(0, "e", None).await;
+    for o in 1..=10 {
+        gw.send(message(o, "e")).await;
+    }
+    // The queue holds four: 5 and later were dropped. From here on the gateway is an
+    // honest one, replaying whatever each recovery asks for.
+    let recoveries = Arc::new(AtomicUsize::new(0));
+    let gateway = tokio::spawn({
+        let recoveries = recoveries.clone();
+        async move {
+            loop {
+                let req = gw.recv_subscribe().await;
+                let since = req["since"]["offset"].as_u64().expect("since");
+                recoveries.fetch_add(1, Ordering::SeqCst);
+                for o in since + 1..=10 {
+                    gw.send(message(o, "e")).await;
+                }
+                gw.reply_subscribed(&req, 10, "e", Some(true)).await;
+            }
+        }
+    });
+    assert_eq!(offsets(&mut sub, 10).await, (1..=10).collect::<Vec<u64>>());
+    assert!(recoveries.load(Ordering::SeqCst) >= 1);
+    gateway.abort();
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_forbidden_subscription_ends_and_a_temporary_refusal_is_retried() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut news = client.subscribe("news", None);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    let req = gw.recv().await;
+    gw.send(json!({"type": "error", "code": "unavailable", "message": "later", "id": req["id"], "channel": "news"}))
+        .await;
+    // Retried after a pause, then refused for good: the stream says why and ends.
+    let req = gw.recv().await;
+    assert_eq!(req["type"], "subscribe");
+    gw.send(json!({"type": "error", "code": "forbidden", "message": "no", "id": req["id"], "channel": "news"}))
+        .await;
+    match next_event(&mut news).await {
+        Event::Error(e) => assert_eq!((e.code, e.channel.as_str()), (ErrorCode::Forbidden, "news")),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(within("the end", news.next()).await.is_none());
+    // Not renewed on the next connection either.
+    gw.close(1001, "going away").await;
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), gw.recv())
+            .await
+            .is_err()
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn close_settles_everything_and_dropping_the_last_handle_stops_the_task() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut sub = client.subscribe("news", None);
+    // Never connected: the publish waits in the queue until the close.
+    let publish = tokio::spawn({
+        let c = client.clone();
+        async move { c.publish("chat:a", &1).await }
+    });
+    let _tcp = fake.tcp().await;
+    client.close().await;
+    assert_eq!(
+        within("the publish", publish).await.expect("task"),
+        Err(PublishError::Closed)
+    );
+    assert!(within("the end", sub.next()).await.is_none());
+    assert!(stopped(&client.state()));
+
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    let mut states = client.states();
+    within("the connection", states.wait_for(ConnState::is_connected))
+        .await
+        .expect("connected");
+    drop(client);
+    // The task closes the socket on its way out.
+    let end = within("the close", gw.ws.next()).await;
+    assert!(
+        matches!(end, Some(Ok(WsMessage::Close(_))) | None | Some(Err(_))),
+        "{end:?}"
+    );
+    // The final state, then the driver's end of the channel is gone.
+    within("the task to end", async {
+        while states.changed().await.is_ok() {}
+    })
+    .await;
+    assert!(stopped(&states.borrow()));
+}

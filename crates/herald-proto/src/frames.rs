@@ -1,0 +1,853 @@
+//! Owned, typed frames for clients: [`ServerFrame`] reads everything the gateway sends,
+//! [`ClientFrame`] writes everything a client sends.
+//!
+//! The gateway itself builds its frames with the serialize-only builders of
+//! [`crate::server`] and parses client frames with [`crate::client::parse`], which keeps
+//! its hot paths free of owned copies. A client needs the opposite direction, and these
+//! types give it one definition per wire type; the tests below bind them to the
+//! gateway's builders and parser, so the two ends cannot drift apart.
+//!
+//! Reading is lenient where the protocol asks it to be: unknown fields are ignored, an
+//! unknown frame `type` reads as [`ServerFrame::Unknown`], an unknown `disconnect` code
+//! as [`DisconnectCode::Other`] and an unknown job status as [`JobStatus::Unknown`].
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::client::ErrorCode;
+
+// === positions ===
+
+/// A place in a channel's history: the `offset` of a delivery within its `epoch`.
+/// Clients keep the last one they saw per channel and send it as `since` to recover.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+impl Position {
+    pub fn new(offset: u64, epoch: impl Into<String>) -> Self {
+        Self {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.offset, self.epoch)
+    }
+}
+
+// === server → client ===
+
+/// Every frame the gateway sends (docs/protocol.md §3), owned.
+///
+/// Request ids are read as numbers: they are echoed exactly as sent, and
+/// [`ClientFrame`] only ever sends numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The connection (or a fresh token on it) was accepted.
+    AuthSuccess {
+        #[serde(default)]
+        message: String,
+        user_id: String,
+        conn_id: String,
+        /// The gateway serving the connection.
+        node: String,
+        /// The channels actually subscribed.
+        #[serde(default)]
+        channels: Vec<String>,
+        /// The gateway sends a `heartbeat` this often (0 when absent).
+        #[serde(default)]
+        heartbeat_interval_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// The channel is subscribed; `offset` and `epoch` are its latest position.
+    Subscribed {
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        offset: u64,
+        epoch: String,
+        /// Present only when the `subscribe` carried `since`: whether every missed
+        /// message was replayed (before this frame).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Unsubscribed {
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A broadcast with an `id` was published at this position.
+    Ack {
+        id: u64,
+        channel: String,
+        offset: u64,
+        epoch: String,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        timestamp: String,
+    },
+    /// A request was refused; the connection stays open.
+    Error {
+        /// A code this version does not know reads as [`ErrorCode::Internal`] (an
+        /// unexpected server fault), so the frame still settles the request its `id`
+        /// names.
+        #[serde(deserialize_with = "lenient_error_code")]
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel the refusal is about.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// For `rate_limited`: when the next frame is accepted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    Heartbeat {
+        timestamp: String,
+    },
+    /// Channel deliveries coalesced into one frame (clients that asked for batching).
+    BatchMessages {
+        count: usize,
+        messages: Vec<ServerFrame>,
+    },
+    /// The gateway is about to close the connection.
+    Disconnect {
+        code: DisconnectCode,
+        reason: String,
+        /// Whether reconnecting (after a backoff) can succeed.
+        reconnect: bool,
+        /// For a temporary handshake refusal: when to try again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// A published message (client `broadcast`, broadcaster `/v1/publish`).
+    Message {
+        channel: String,
+        offset: u64,
+        epoch: String,
+        #[serde(default)]
+        message: Value,
+        /// The publishing user; absent for server-side publishes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_user: Option<String>,
+        timestamp: String,
+    },
+    /// A notification on the `system` channel.
+    SystemNotification {
+        channel: String,
+        offset: u64,
+        epoch: String,
+        #[serde(default)]
+        message: Value,
+        timestamp: String,
+    },
+    /// A message posted on behalf of `user_id` (broadcaster `/v1/user-messages`).
+    UserMessage {
+        channel: String,
+        offset: u64,
+        epoch: String,
+        user_id: String,
+        #[serde(default)]
+        content: Value,
+        timestamp: String,
+    },
+    /// The outcome of a background job.
+    ProcessingResult {
+        channel: String,
+        offset: u64,
+        epoch: String,
+        job_id: String,
+        job_type: String,
+        status: JobStatus,
+        #[serde(default)]
+        result: Value,
+        timestamp: String,
+    },
+    /// A frame type this version does not know; clients ignore it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ServerFrame {
+    /// Parses one text frame.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// For a channel delivery (`message`, `system_notification`, `user_message`,
+    /// `processing_result`): its channel and position.
+    pub fn delivery(&self) -> Option<(&str, u64, &str)> {
+        match self {
+            Self::Message {
+                channel,
+                offset,
+                epoch,
+                ..
+            }
+            | Self::SystemNotification {
+                channel,
+                offset,
+                epoch,
+                ..
+            }
+            | Self::UserMessage {
+                channel,
+                offset,
+                epoch,
+                ..
+            }
+            | Self::ProcessingResult {
+                channel,
+                offset,
+                epoch,
+                ..
+            } => Some((channel, *offset, epoch)),
+            _ => None,
+        }
+    }
+}
+
+fn lenient_error_code<'de, D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+    let code = String::deserialize(d)?;
+    Ok(ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal))
+}
+
+/// Why the gateway closed a connection (docs/protocol.md §4, and the handshake
+/// refusals of §1). Whether to reconnect is said by the frame's `reconnect`, not by
+/// the code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DisconnectCode {
+    /// The gateway is stopping (close 1001).
+    Shutdown,
+    /// The connection's outbound queue overflowed (close 1013).
+    SlowConsumer,
+    /// The token's `exp` (plus leeway) passed (close 1008).
+    TokenExpired,
+    /// The token's `jti` was revoked (close 1008).
+    TokenRevoked,
+    /// An operator disconnected the connection or its user (close 1008).
+    AdminDisconnect,
+    /// Too many frames refused for the rate limit (close 1008), or, at the handshake,
+    /// too many connections from the address (4429).
+    RateLimited,
+    /// Too many oversized frames (close 1009).
+    TooLarge,
+    /// The handshake's `Origin` is not allowed (4403, HTTP 403).
+    Forbidden,
+    /// The handshake's token was refused (4401, HTTP 401).
+    AuthenticationFailed,
+    /// The gateway is full (4503, HTTP 503).
+    OverCapacity,
+    /// A code this version does not know.
+    Other(String),
+}
+
+impl DisconnectCode {
+    /// Every known code, in the order of docs/protocol.md.
+    pub const KNOWN: [Self; 10] = [
+        Self::Shutdown,
+        Self::SlowConsumer,
+        Self::TokenExpired,
+        Self::TokenRevoked,
+        Self::AdminDisconnect,
+        Self::RateLimited,
+        Self::TooLarge,
+        Self::Forbidden,
+        Self::AuthenticationFailed,
+        Self::OverCapacity,
+    ];
+
+    /// The code as spelled on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::SlowConsumer => "slow_consumer",
+            Self::TokenExpired => "token_expired",
+            Self::TokenRevoked => "token_revoked",
+            Self::AdminDisconnect => "admin_disconnect",
+            Self::RateLimited => "rate_limited",
+            Self::TooLarge => "too_large",
+            Self::Forbidden => "forbidden",
+            Self::AuthenticationFailed => "authentication_failed",
+            Self::OverCapacity => "over_capacity",
+            Self::Other(code) => code,
+        }
+    }
+
+    /// The code spelled `code` on the wire; never fails.
+    pub fn parse(code: &str) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|c| c.as_str() == code)
+            .unwrap_or_else(|| Self::Other(code.to_owned()))
+    }
+}
+
+impl fmt::Display for DisconnectCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for DisconnectCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for DisconnectCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::parse(&String::deserialize(d)?))
+    }
+}
+
+/// How a background job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Done,
+    Failed,
+    /// A status this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+// === client → server ===
+
+/// Every frame a client sends (docs/protocol.md §2). Request ids are numbers, unique
+/// per connection, so replies can be matched to requests.
+#[derive(Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// The first frame of a connection, or a fresh token on a live one.
+    Auth {
+        token: String,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        channels: Vec<String>,
+        /// Ask for `batch_messages` (read in a connection's first frame only).
+        batch: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Subscribe; with `since`, replay what was missed after that position first.
+    Subscribe {
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Position>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Unsubscribe {
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Publish `message` (any JSON, sent byte for byte); acknowledged when `id` is set.
+    Broadcast {
+        channel: String,
+        message: Box<RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Ping {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl ClientFrame {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Plain strings, numbers and already-valid raw JSON: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+// Written by hand so a token never reaches a log through `{:?}`.
+impl fmt::Debug for ClientFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auth {
+                channels,
+                batch,
+                id,
+                ..
+            } => f
+                .debug_struct("Auth")
+                .field("token", &"[redacted]")
+                .field("channels", channels)
+                .field("batch", batch)
+                .field("id", id)
+                .finish(),
+            Self::Subscribe { channel, since, id } => f
+                .debug_struct("Subscribe")
+                .field("channel", channel)
+                .field("since", since)
+                .field("id", id)
+                .finish(),
+            Self::Unsubscribe { channel, id } => f
+                .debug_struct("Unsubscribe")
+                .field("channel", channel)
+                .field("id", id)
+                .finish(),
+            Self::Broadcast {
+                channel,
+                message,
+                id,
+            } => f
+                .debug_struct("Broadcast")
+                .field("channel", channel)
+                .field("message", &message.get())
+                .field("id", id)
+                .finish(),
+            Self::Ping { id } => f.debug_struct("Ping").field("id", id).finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::client::{self, ClientMsg, Id};
+    use crate::{envelope, server};
+
+    fn id(n: u64) -> Id {
+        let raw = serde_json::value::to_raw_value(&n).unwrap();
+        Id::from_raw(&raw).unwrap()
+    }
+
+    #[track_caller]
+    fn read(text: &str) -> ServerFrame {
+        ServerFrame::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    /// Reading a frame and writing it again gives the same JSON.
+    #[track_caller]
+    fn round_trip(text: &str) -> ServerFrame {
+        let frame = read(text);
+        let again: Value = serde_json::to_value(&frame).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<Value>(text).unwrap(),
+            "{text}"
+        );
+        frame
+    }
+
+    #[test]
+    fn every_reply_builder_reads_back() {
+        let chans = ["news".to_owned(), "chat:lobby".to_owned()];
+        assert_eq!(
+            round_trip(&server::auth_success(
+                "u1",
+                "c1",
+                "gw-1",
+                &chans,
+                25_000,
+                Some(&id(1))
+            )),
+            ServerFrame::AuthSuccess {
+                message: "authenticated".into(),
+                user_id: "u1".into(),
+                conn_id: "c1".into(),
+                node: "gw-1".into(),
+                channels: chans.to_vec(),
+                heartbeat_interval_ms: 25_000,
+                id: Some(1),
+            }
+        );
+        assert!(matches!(
+            round_trip(&server::auth_success("u1", "c1", "gw-1", &[], 300, None)),
+            ServerFrame::AuthSuccess { id: None, heartbeat_interval_ms: 300, channels, .. } if channels.is_empty()
+        ));
+        for recovered in [None, Some(true), Some(false)] {
+            assert_eq!(
+                round_trip(&server::subscribed(
+                    "news",
+                    Some(&id(7)),
+                    41,
+                    "e1",
+                    recovered
+                )),
+                ServerFrame::Subscribed {
+                    channel: "news".into(),
+                    id: Some(7),
+                    offset: 41,
+                    epoch: "e1".into(),
+                    recovered,
+                }
+            );
+        }
+        assert_eq!(
+            round_trip(&server::unsubscribed("news", Some(&id(8)))),
+            ServerFrame::Unsubscribed {
+                channel: "news".into(),
+                id: Some(8)
+            }
+        );
+        assert_eq!(
+            round_trip(&server::ack(&id(9), "chat:lobby", 42, "e2")),
+            ServerFrame::Ack {
+                id: 9,
+                channel: "chat:lobby".into(),
+                offset: 42,
+                epoch: "e2".into()
+            }
+        );
+        assert!(matches!(
+            round_trip(&server::pong(Some(&id(10)))),
+            ServerFrame::Pong { id: Some(10), timestamp } if timestamp.ends_with('Z')
+        ));
+        assert!(matches!(
+            round_trip(&server::heartbeat()),
+            ServerFrame::Heartbeat { timestamp } if timestamp.ends_with('Z')
+        ));
+    }
+
+    #[test]
+    fn every_error_code_reads_back() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                round_trip(&server::error(code, "why", Some(&id(3)))),
+                ServerFrame::Error {
+                    code,
+                    message: "why".into(),
+                    id: Some(3),
+                    channel: None,
+                    retry_after_ms: None,
+                }
+            );
+        }
+        assert_eq!(
+            round_trip(&server::error_full(
+                ErrorCode::RateLimited,
+                "slow down",
+                None,
+                Some("news"),
+                Some(250)
+            )),
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                id: None,
+                channel: Some("news".into()),
+                retry_after_ms: Some(250),
+            }
+        );
+        // A code from a newer gateway still settles the request.
+        assert!(matches!(
+            read(r#"{"type":"error","code":"brand_new","message":"m","id":4}"#),
+            ServerFrame::Error {
+                code: ErrorCode::Internal,
+                id: Some(4),
+                ..
+            }
+        ));
+        let e = client::parse("[]").unwrap_err();
+        assert!(matches!(
+            round_trip(&e.to_frame()),
+            ServerFrame::Error {
+                code: ErrorCode::InvalidJson,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn disconnects_and_refusals_read_back() {
+        for code in DisconnectCode::KNOWN {
+            for reconnect in [true, false] {
+                assert_eq!(
+                    round_trip(&server::disconnect(code.as_str(), "why", reconnect)),
+                    ServerFrame::Disconnect {
+                        code: code.clone(),
+                        reason: "why".into(),
+                        reconnect,
+                        retry_after_ms: None,
+                    }
+                );
+            }
+        }
+        assert_eq!(
+            round_trip(&server::refusal(
+                "over_capacity",
+                "gateway full",
+                true,
+                Some(1000)
+            )),
+            ServerFrame::Disconnect {
+                code: DisconnectCode::OverCapacity,
+                reason: "gateway full".into(),
+                reconnect: true,
+                retry_after_ms: Some(1000),
+            }
+        );
+        assert_eq!(
+            round_trip(&server::disconnect("moved_away", "", true)),
+            ServerFrame::Disconnect {
+                code: DisconnectCode::Other("moved_away".into()),
+                reason: String::new(),
+                reconnect: true,
+                retry_after_ms: None,
+            }
+        );
+    }
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    /// A filled frame of every delivery kind, as the publish script writes it.
+    fn deliveries() -> Vec<(String, ServerFrame)> {
+        let ts = "2026-01-05T14:47:57.123Z";
+        vec![
+            (
+                envelope::message("chat:lobby", &raw(r#"{"text":"hi"}"#), Some("u1"), ts)
+                    .fill(42, "e1"),
+                ServerFrame::Message {
+                    channel: "chat:lobby".into(),
+                    offset: 42,
+                    epoch: "e1".into(),
+                    message: json!({"text":"hi"}),
+                    from_user: Some("u1".into()),
+                    timestamp: ts.into(),
+                },
+            ),
+            (
+                envelope::message("news", &raw("null"), None, ts).fill(1, "e1"),
+                ServerFrame::Message {
+                    channel: "news".into(),
+                    offset: 1,
+                    epoch: "e1".into(),
+                    message: Value::Null,
+                    from_user: None,
+                    timestamp: ts.into(),
+                },
+            ),
+            (
+                envelope::system_notification(&raw(r#""maintenance""#), ts).fill(3, "e2"),
+                ServerFrame::SystemNotification {
+                    channel: "system".into(),
+                    offset: 3,
+                    epoch: "e2".into(),
+                    message: json!("maintenance"),
+                    timestamp: ts.into(),
+                },
+            ),
+            (
+                envelope::user_message("chat:lobby", "bot", &raw(r#"{"t":1}"#), ts).fill(43, "e1"),
+                ServerFrame::UserMessage {
+                    channel: "chat:lobby".into(),
+                    offset: 43,
+                    epoch: "e1".into(),
+                    user_id: "bot".into(),
+                    content: json!({"t":1}),
+                    timestamp: ts.into(),
+                },
+            ),
+            (
+                envelope::processing_result(
+                    "news",
+                    "j1",
+                    "sleep",
+                    "done",
+                    &raw(r#"{"slept_ms":5}"#),
+                    ts,
+                )
+                .fill(7, "e3"),
+                ServerFrame::ProcessingResult {
+                    channel: "news".into(),
+                    offset: 7,
+                    epoch: "e3".into(),
+                    job_id: "j1".into(),
+                    job_type: "sleep".into(),
+                    status: JobStatus::Done,
+                    result: json!({"slept_ms":5}),
+                    timestamp: ts.into(),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_delivery_kind_reads_back() {
+        for (text, want) in deliveries() {
+            let got = round_trip(&text);
+            assert_eq!(got, want, "{text}");
+            assert!(got.delivery().is_some());
+        }
+        assert!(matches!(
+            read(
+                r#"{"type":"processing_result","channel":"c","offset":1,"epoch":"e","job_id":"j","job_type":"t","status":"lost","result":null,"timestamp":"t"}"#
+            ),
+            ServerFrame::ProcessingResult {
+                status: JobStatus::Unknown,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn batches_read_back_in_order() {
+        let frames = deliveries();
+        let text = server::batch(frames.iter().map(|(t, _)| t.as_str()));
+        assert_eq!(
+            round_trip(&text),
+            ServerFrame::BatchMessages {
+                count: frames.len(),
+                messages: frames.into_iter().map(|(_, f)| f).collect(),
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_types_and_fields_are_tolerated() {
+        assert_eq!(
+            read(r#"{"type":"presence","who":["a"]}"#),
+            ServerFrame::Unknown
+        );
+        assert_eq!(
+            read(r#"{"type":"heartbeat","timestamp":"t","load":0.5,"extra":{"a":[1]}}"#),
+            ServerFrame::Heartbeat {
+                timestamp: "t".into()
+            }
+        );
+        // Inside a batch too: the known deliveries survive the unknown frame.
+        let batch = read(
+            r#"{"type":"batch_messages","count":2,"messages":[{"type":"future"},{"type":"message","channel":"c","offset":1,"epoch":"e","message":1,"timestamp":"t","new":true}]}"#,
+        );
+        let ServerFrame::BatchMessages { messages, .. } = batch else {
+            panic!("not a batch: {batch:?}")
+        };
+        assert_eq!(messages[0], ServerFrame::Unknown);
+        assert_eq!(messages[1].delivery(), Some(("c", 1, "e")));
+        assert!(ServerFrame::parse(r#"{"no_type":1}"#).is_err());
+    }
+
+    /// Checks that the gateway's parser reads `frame` as `want`.
+    #[track_caller]
+    fn accepted(frame: ClientFrame, want: &ClientMsg) {
+        let text = frame.to_json();
+        let got = client::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(&got, want, "{text}");
+    }
+
+    #[test]
+    fn every_client_frame_is_accepted_by_the_gateway_parser() {
+        accepted(
+            ClientFrame::Auth {
+                token: "t.k.n".into(),
+                channels: vec![],
+                batch: true,
+                id: Some(1),
+            },
+            &ClientMsg::Auth {
+                token: "t.k.n".into(),
+                channels: vec![],
+                batch: true,
+                id: Some(id(1)),
+            },
+        );
+        accepted(
+            ClientFrame::Auth {
+                token: "t".into(),
+                channels: vec!["news".into()],
+                batch: false,
+                id: None,
+            },
+            &ClientMsg::Auth {
+                token: "t".into(),
+                channels: vec!["news".into()],
+                batch: false,
+                id: None,
+            },
+        );
+        accepted(
+            ClientFrame::Subscribe {
+                channel: "news".into(),
+                since: None,
+                id: Some(7),
+            },
+            &ClientMsg::Subscribe {
+                channel: "news".into(),
+                since: None,
+                id: Some(id(7)),
+            },
+        );
+        accepted(
+            ClientFrame::Subscribe {
+                channel: "news".into(),
+                since: Some(Position::new(41, "a1b2")),
+                id: Some(u64::MAX),
+            },
+            &ClientMsg::Subscribe {
+                channel: "news".into(),
+                since: Some(client::Since {
+                    offset: 41,
+                    epoch: "a1b2".into(),
+                }),
+                id: Some(id(u64::MAX)),
+            },
+        );
+        accepted(
+            ClientFrame::Unsubscribe {
+                channel: "news".into(),
+                id: Some(8),
+            },
+            &ClientMsg::Unsubscribe {
+                channel: "news".into(),
+                id: Some(id(8)),
+            },
+        );
+        for message in [r#"{"b":1, "a":[2]}"#, "null", r#""text""#] {
+            accepted(
+                ClientFrame::Broadcast {
+                    channel: "chat:lobby".into(),
+                    message: raw(message),
+                    id: Some(9),
+                },
+                &ClientMsg::Broadcast {
+                    channel: "chat:lobby".into(),
+                    message: client::RawJson(raw(message)),
+                    id: Some(id(9)),
+                },
+            );
+        }
+        accepted(
+            ClientFrame::Ping { id: Some(10) },
+            &ClientMsg::Ping { id: Some(id(10)) },
+        );
+        accepted(
+            ClientFrame::Ping { id: None },
+            &ClientMsg::Ping { id: None },
+        );
+    }
+
+    #[test]
+    fn tokens_stay_out_of_debug_output() {
+        let frame = ClientFrame::Auth {
+            token: "secret-token".into(),
+            channels: vec![],
+            batch: false,
+            id: None,
+        };
+        assert!(!format!("{frame:?}").contains("secret-token"));
+        assert!(frame.to_json().contains("secret-token"));
+    }
+}
