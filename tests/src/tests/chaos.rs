@@ -1190,42 +1190,48 @@ async fn soak() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // Publishers over WebSocket: the Rust client, one per gateway, which reconnects
+    // by itself; every publish is awaited for its ack.
     let mut publishers = Vec::new();
     for (k, url) in urls.iter().enumerate() {
         let (url, t, channels) = (url.clone(), t.clone(), channels.clone());
         let (stop, acks, errors) = (stop_pub.clone(), acks.clone(), errors.clone());
         publishers.push(tokio::spawn(async move {
-            let mut id = 0u64;
-            let mut other = Vec::new();
-            'connection: while !stop.load(Ordering::Relaxed) {
-                let Ok((mut c, _)) = Client::auth(&url, &t, &[]).await else {
-                    count_error(&errors, "ws publisher: connect".to_owned());
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    id += 1;
-                    let ch = &channels[(id as usize + k) % channels.len()];
-                    let frame =
-                        json!({"type":"broadcast","channel":ch,"message":{"p":k,"i":id},"id":id});
-                    match c.request(&frame, id, PROMPT, &mut other).await {
-                        Ok(r) if r["type"] == "ack" => {
-                            let (e, o) = position(&r).expect("ack position");
-                            acks.lock().expect("acks").push((ch.clone(), e, o));
-                        }
-                        Ok(r) => count_error(&errors, format!("ws publish: {}", r["code"])),
-                        Err(e) => {
-                            count_error(
-                                &errors,
-                                format!("ws publisher: {e}").chars().take(60).collect(),
-                            );
-                            continue 'connection;
-                        }
+            let options = herald_client::Options {
+                publish_timeout: PROMPT,
+                ..herald_client::Options::default()
+            };
+            let client = herald_client::Client::connect(
+                [url],
+                herald_client::TokenSource::fixed(t),
+                options,
+            );
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let ch = &channels[(i as usize + k) % channels.len()];
+                match client.publish(ch, &json!({"p": k, "i": i})).await {
+                    Ok(ack) => {
+                        acks.lock()
+                            .expect("acks")
+                            .push((ch.clone(), ack.epoch, ack.offset));
                     }
-                    other.clear();
-                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    Err(herald_client::PublishError::Refused { code, .. }) => {
+                        count_error(&errors, format!("ws publish: {}", code.as_str()));
+                    }
+                    Err(e) => {
+                        count_error(
+                            &errors,
+                            format!("ws publisher: {e}").chars().take(60).collect(),
+                        );
+                        // Not connected (or the connection dropped): wait a moment
+                        // rather than fill the client's queue.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
+            client.close().await;
         }));
     }
     {
