@@ -545,3 +545,61 @@ async fn the_readme_web_page_snippet_works_as_pasted() {
         .await;
     assert!(text.as_str().unwrap_or("").starts_with("1: "), "{text}");
 }
+
+/// A gateway that stops answering without closing anything (SIGSTOP: the OS reports
+/// no close) is given up after its heartbeats go missing, and the client recovers on
+/// the other gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gateway_is_noticed_by_its_missing_heartbeats() {
+    let redis = Redis::start().await;
+    let gw1 = gateway(&redis)
+        .env("HERALD_HEARTBEAT_INTERVAL_MS", "1000")
+        .spawn()
+        .await;
+    let gw2 = gateway(&redis)
+        .env("HERALD_HEARTBEAT_INTERVAL_MS", "1000")
+        .spawn()
+        .await;
+    let bc = ServiceBuilder::new("broadcaster")
+        .redis(&redis)
+        .spawn()
+        .await;
+    let browser = Browser::start().await;
+    let (page, _origin, _server) = test_page(&browser, &gw2).await;
+    let t = token("ann", &["news"], &[]);
+    setup(
+        &page,
+        &[gw1.ws(), gw2.ws()],
+        json!({"token": t}),
+        Some("news"),
+    )
+    .await;
+    until_connected(&page).await;
+    page.wait_for("subscribed to news", "log.subscribed.length === 1")
+        .await;
+    publish(&bc, "news", json!({"n": 1})).await;
+    page.wait_for("the first message", "log.msgs.length === 1")
+        .await;
+
+    let pid = i32::try_from(gw1.pid().expect("pid")).expect("pid");
+    crate::signal(pid, 19);
+    for i in 2..=4 {
+        publish(&bc, "news", json!({"n": i})).await;
+    }
+    // 2 × the heartbeat interval + 1 s of silence, then a reconnect to gw2.
+    let last = page
+        .wait_for(
+            "the client to give up the silent gateway",
+            "log.states.find((s) => s.state === 'disconnected')",
+        )
+        .await;
+    assert_eq!(last["code"], 4000, "{last}");
+    page.wait_for(
+        "all four messages, from the other gateway",
+        "log.msgs.length >= 4",
+    )
+    .await;
+    until_connected(&page).await;
+    assert_eq!(delivered(&page).await, [1, 2, 3, 4]);
+    crate::signal(pid, 18);
+}
