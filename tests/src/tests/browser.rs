@@ -71,6 +71,26 @@ async fn setup(page: &Page, urls: &[String], options: Value, channel: Option<&st
     .await;
 }
 
+/// A test page whose client (given `options`, pointed at `urls`) is connected and
+/// subscribed to `channel`; herald.js comes from `gateway`.
+async fn subscribed_page(
+    browser: &Browser,
+    gateway: &Service,
+    urls: &[String],
+    options: Value,
+    channel: &str,
+) -> (Page, tokio::task::JoinHandle<()>) {
+    let (page, _origin, server) = test_page(browser, gateway).await;
+    setup(&page, urls, options, Some(channel)).await;
+    until_connected(&page).await;
+    page.wait_for(
+        &format!("subscribed to {channel}"),
+        "log.subscribed.length === 1",
+    )
+    .await;
+    (page, server)
+}
+
 /// The offsets the page's subscription has delivered to the app, in order.
 async fn delivered(page: &Page) -> Vec<u64> {
     serde_json::from_value(page.eval("log.msgs").await).expect("offsets")
@@ -190,18 +210,14 @@ async fn survives(disrupt: impl AsyncFnOnce(&mut Redis, &mut Service)) -> Value 
         .spawn()
         .await;
     let browser = Browser::start().await;
-    let (page, _origin, _server) = test_page(&browser, &gw2).await;
-    let t = token("ann", &["feed"], &[]);
-    setup(
-        &page,
+    let (page, _server) = subscribed_page(
+        &browser,
+        &gw2,
         &[gw1.ws(), gw2.ws()],
-        json!({"token": t}),
-        Some("feed"),
+        json!({"token": token("ann", &["feed"], &[])}),
+        "feed",
     )
     .await;
-    until_connected(&page).await;
-    page.wait_for("subscribed to feed", "log.subscribed.length === 1")
-        .await;
 
     let publisher = tokio::spawn(crate::publish_stream(bc.http(), "feed", 500, 200));
     page.wait_for("the stream to be flowing", "log.msgs.length >= 100")
@@ -341,18 +357,14 @@ async fn history_trimmed_during_a_disconnect_is_reported_as_a_gap() {
         .spawn()
         .await;
     let browser = Browser::start().await;
-    let (page, _origin, _server) = test_page(&browser, &gw).await;
-    let t = token("ann", &["news"], &[]);
-    setup(
-        &page,
+    let (page, _server) = subscribed_page(
+        &browser,
+        &gw,
         &[gw.ws()],
-        json!({"token": t, "maxReconnectDelay": 1000}),
-        Some("news"),
+        json!({"token": token("ann", &["news"], &[]), "maxReconnectDelay": 1000}),
+        "news",
     )
     .await;
-    until_connected(&page).await;
-    page.wait_for("subscribed to news", "log.subscribed.length === 1")
-        .await;
     for i in 1..=3 {
         publish(&bc, "news", json!({"n": i})).await;
     }
@@ -565,18 +577,14 @@ async fn a_silent_gateway_is_noticed_by_its_missing_heartbeats() {
         .spawn()
         .await;
     let browser = Browser::start().await;
-    let (page, _origin, _server) = test_page(&browser, &gw2).await;
-    let t = token("ann", &["news"], &[]);
-    setup(
-        &page,
+    let (page, _server) = subscribed_page(
+        &browser,
+        &gw2,
         &[gw1.ws(), gw2.ws()],
-        json!({"token": t}),
-        Some("news"),
+        json!({"token": token("ann", &["news"], &[])}),
+        "news",
     )
     .await;
-    until_connected(&page).await;
-    page.wait_for("subscribed to news", "log.subscribed.length === 1")
-        .await;
     publish(&bc, "news", json!({"n": 1})).await;
     page.wait_for("the first message", "log.msgs.length === 1")
         .await;
