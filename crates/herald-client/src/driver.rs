@@ -17,7 +17,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt as _, StreamExt as _};
 use herald_proto::ErrorCode;
-use herald_proto::frames::{ClientFrame, DisconnectCode, Position, ServerFrame};
+use herald_proto::disconnect::{Disconnect, DisconnectCode, close_code};
+use herald_proto::frames::{ClientFrame, Position, ServerFrame};
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
@@ -335,19 +336,10 @@ impl Driver {
                 retry_after,
             } => {
                 let reason = format!("handshake refused with HTTP {status}");
+                let code = DisconnectCode::for_refusal(status);
                 match status {
-                    401 => stop(Some(DisconnectCode::AuthenticationFailed), reason),
-                    403 => stop(Some(DisconnectCode::Forbidden), reason),
-                    429 => retry(
-                        Some(DisconnectCode::RateLimited),
-                        reason,
-                        retry_after.unwrap_or(REFUSED_RETRY),
-                    ),
-                    503 => retry(
-                        Some(DisconnectCode::OverCapacity),
-                        reason,
-                        retry_after.unwrap_or(REFUSED_RETRY),
-                    ),
+                    429 | 503 => retry(code, reason, retry_after.unwrap_or(REFUSED_RETRY)),
+                    _ if code.is_some() => stop(code, reason),
                     _ => retry(None, reason, Duration::ZERO),
                 }
             }
@@ -367,31 +359,29 @@ impl Driver {
             End::Disconnect { code, reason, .. } => stop(Some(code), reason),
             // A close whose `disconnect` frame was lost (or never sent): the close code
             // alone decides.
-            End::Closed { code, reason } => match (code, reason.as_str()) {
-                (4401, _) => stop(Some(DisconnectCode::AuthenticationFailed), reason),
-                (4403, _) => stop(Some(DisconnectCode::Forbidden), reason),
-                (4429, _) => retry(Some(DisconnectCode::RateLimited), reason, REFUSED_RETRY),
-                (4503, _) => retry(Some(DisconnectCode::OverCapacity), reason, REFUSED_RETRY),
-                (1008, "authentication failed") => {
+            End::Closed { code, reason } => match Disconnect::from_close(code, &reason) {
+                Some(d @ Disconnect::Refused(_)) if d.reconnect() => {
+                    retry(d.code(), reason, REFUSED_RETRY)
+                }
+                Some(Disconnect::AuthFailed) => {
                     // A refused first-frame token: one more try, with a fresh one.
                     let again = can_fetch && !*auth_retried;
                     *auth_retried = true;
+                    let code = Some(DisconnectCode::AuthenticationFailed);
                     if again {
-                        retry(
-                            Some(DisconnectCode::AuthenticationFailed),
-                            reason,
-                            Duration::ZERO,
-                        )
+                        retry(code, reason, Duration::ZERO)
                     } else {
-                        stop(Some(DisconnectCode::AuthenticationFailed), reason)
+                        stop(code, reason)
                     }
                 }
-                (1008, "authentication timeout") => retry(None, reason, Duration::ZERO),
-                (1008, "token expired") if can_fetch => {
+                Some(Disconnect::TokenExpired) if can_fetch => {
                     retry(Some(DisconnectCode::TokenExpired), reason, Duration::ZERO)
                 }
-                (1008, _) => stop(None, reason),
-                _ => retry(
+                Some(d) if d.reconnect() => retry(d.code(), reason, Duration::ZERO),
+                Some(d) => stop(d.code(), reason),
+                // Another policy refusal than ours (a proxy's, say): retrying will not help.
+                None if code == close_code::POLICY_VIOLATION => stop(None, reason),
+                None => retry(
                     None,
                     format!("closed by the gateway: {code} {reason}"),
                     Duration::ZERO,

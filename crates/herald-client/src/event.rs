@@ -4,7 +4,8 @@
 use std::fmt;
 
 use herald_proto::ErrorCode;
-use herald_proto::frames::{DisconnectCode, JobStatus, Position, ServerFrame};
+use herald_proto::disconnect::DisconnectCode;
+use herald_proto::frames::{JobStatus, Position, ServerFrame};
 use serde_json::Value;
 
 use crate::tracker::GapReason;

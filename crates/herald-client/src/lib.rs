@@ -73,7 +73,8 @@ pub use event::{
     SubscribeError, Subscribed,
 };
 pub use herald_proto::ErrorCode;
-pub use herald_proto::frames::{DisconnectCode, JobStatus, Position};
+pub use herald_proto::disconnect::DisconnectCode;
+pub use herald_proto::frames::{JobStatus, Position};
 pub use options::Options;
 pub use token::TokenSource;
 pub use tracker::GapReason;

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use herald_proto::channel;
 use herald_proto::client::{self, ClientMsg, ErrorCode, FrameError, Id};
 use herald_proto::envelope;
-use herald_proto::server;
+use herald_proto::server::ServerMsg;
 
 /// One WebSocket text frame. Text frames are UTF-8 by the WebSocket protocol (the
 /// server's WebSocket layer refuses others), so other bytes are not a parser input.
@@ -94,23 +94,36 @@ fn accepted(text: &str, msg: &ClientMsg) {
         text.trim_start().starts_with('{'),
         "accepted a frame that is not an object: {text:?}"
     );
-    let pong = server::pong(msg.id());
+    let pong = ServerMsg::pong(msg.id()).to_json();
     echoes(&object(&pong), msg.id());
     match msg {
         ClientMsg::Auth { channels, .. } => {
-            let frame = server::auth_success("fuzz-user", "c1", "gw-1", channels, 25_000, msg.id());
+            let frame =
+                ServerMsg::auth_success("fuzz-user", "c1", "gw-1", channels, 25_000, msg.id())
+                    .to_json();
             echoes(&object(&frame), msg.id());
         }
         ClientMsg::Subscribe { channel, id, .. } => {
             valid_channel(channel);
-            let frame = server::subscribed(channel, id.as_ref(), 7, "ep", Some(true));
+            let frame = ServerMsg::Subscribed {
+                channel,
+                id: id.as_ref(),
+                offset: 7,
+                epoch: "ep",
+                recovered: Some(true),
+            }
+            .to_json();
             let s = object(&frame);
             is_str(&s, "channel", channel);
             echoes(&s, id.as_ref());
         }
         ClientMsg::Unsubscribe { channel, id } => {
             valid_channel(channel);
-            let frame = server::unsubscribed(channel, id.as_ref());
+            let frame = ServerMsg::Unsubscribed {
+                channel,
+                id: id.as_ref(),
+            }
+            .to_json();
             let u = object(&frame);
             echoes(&u, id.as_ref());
         }
@@ -147,7 +160,13 @@ fn accepted(text: &str, msg: &ClientMsg) {
             assert_eq!((env.offset, env.epoch), (42, "ep0"));
             assert_eq!(&payload[env.frame_start..], filled);
             if let Some(id) = id {
-                let frame = server::ack(id, channel, 42, "ep0");
+                let frame = ServerMsg::Ack {
+                    id,
+                    channel,
+                    offset: 42,
+                    epoch: "ep0",
+                }
+                .to_json();
                 echoes(&object(&frame), Some(id));
             }
         }

@@ -13,11 +13,12 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::client::ErrorCode;
+use crate::disconnect::DisconnectCode;
 
 // === positions ===
 
@@ -226,95 +227,6 @@ fn lenient_error_code<'de, D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::E
     Ok(ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal))
 }
 
-/// Why the gateway closed a connection (docs/protocol.md §4, and the handshake
-/// refusals of §1). Whether to reconnect is said by the frame's `reconnect`, not by
-/// the code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum DisconnectCode {
-    /// The gateway is stopping (close 1001).
-    Shutdown,
-    /// The connection's outbound queue overflowed (close 1013).
-    SlowConsumer,
-    /// The token's `exp` (plus leeway) passed (close 1008).
-    TokenExpired,
-    /// The token's `jti` was revoked (close 1008).
-    TokenRevoked,
-    /// An operator disconnected the connection or its user (close 1008).
-    AdminDisconnect,
-    /// Too many frames refused for the rate limit (close 1008), or, at the handshake,
-    /// too many connections from the address (4429).
-    RateLimited,
-    /// Too many oversized frames (close 1009).
-    TooLarge,
-    /// The handshake's `Origin` is not allowed (4403, HTTP 403).
-    Forbidden,
-    /// The handshake's token was refused (4401, HTTP 401).
-    AuthenticationFailed,
-    /// The gateway is full (4503, HTTP 503).
-    OverCapacity,
-    /// A code this version does not know.
-    Other(String),
-}
-
-impl DisconnectCode {
-    /// Every known code, in the order of docs/protocol.md.
-    pub const KNOWN: [Self; 10] = [
-        Self::Shutdown,
-        Self::SlowConsumer,
-        Self::TokenExpired,
-        Self::TokenRevoked,
-        Self::AdminDisconnect,
-        Self::RateLimited,
-        Self::TooLarge,
-        Self::Forbidden,
-        Self::AuthenticationFailed,
-        Self::OverCapacity,
-    ];
-
-    /// The code as spelled on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Shutdown => "shutdown",
-            Self::SlowConsumer => "slow_consumer",
-            Self::TokenExpired => "token_expired",
-            Self::TokenRevoked => "token_revoked",
-            Self::AdminDisconnect => "admin_disconnect",
-            Self::RateLimited => "rate_limited",
-            Self::TooLarge => "too_large",
-            Self::Forbidden => "forbidden",
-            Self::AuthenticationFailed => "authentication_failed",
-            Self::OverCapacity => "over_capacity",
-            Self::Other(code) => code,
-        }
-    }
-
-    /// The code spelled `code` on the wire; never fails.
-    pub fn parse(code: &str) -> Self {
-        Self::KNOWN
-            .into_iter()
-            .find(|c| c.as_str() == code)
-            .unwrap_or_else(|| Self::Other(code.to_owned()))
-    }
-}
-
-impl fmt::Display for DisconnectCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for DisconnectCode {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for DisconnectCode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Self::parse(&String::deserialize(d)?))
-    }
-}
-
 /// How a background job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -425,7 +337,9 @@ mod tests {
 
     use super::*;
     use crate::client::{self, ClientMsg, Id};
-    use crate::{envelope, server};
+    use crate::disconnect::{Disconnect, Refusal};
+    use crate::envelope;
+    use crate::server::{self, ServerMsg};
 
     fn id(n: u64) -> Id {
         let raw = serde_json::value::to_raw_value(&n).unwrap();
@@ -454,14 +368,10 @@ mod tests {
     fn every_reply_builder_reads_back() {
         let chans = ["news".to_owned(), "chat:lobby".to_owned()];
         assert_eq!(
-            round_trip(&server::auth_success(
-                "u1",
-                "c1",
-                "gw-1",
-                &chans,
-                25_000,
-                Some(&id(1))
-            )),
+            round_trip(
+                &ServerMsg::auth_success("u1", "c1", "gw-1", &chans, 25_000, Some(&id(1)))
+                    .to_json()
+            ),
             ServerFrame::AuthSuccess {
                 message: "authenticated".into(),
                 user_id: "u1".into(),
@@ -473,18 +383,21 @@ mod tests {
             }
         );
         assert!(matches!(
-            round_trip(&server::auth_success("u1", "c1", "gw-1", &[], 300, None)),
+            round_trip(&ServerMsg::auth_success("u1", "c1", "gw-1", &[], 300, None).to_json()),
             ServerFrame::AuthSuccess { id: None, heartbeat_interval_ms: 300, channels, .. } if channels.is_empty()
         ));
         for recovered in [None, Some(true), Some(false)] {
             assert_eq!(
-                round_trip(&server::subscribed(
-                    "news",
-                    Some(&id(7)),
-                    41,
-                    "e1",
-                    recovered
-                )),
+                round_trip(
+                    &ServerMsg::Subscribed {
+                        channel: "news",
+                        id: Some(&id(7)),
+                        offset: 41,
+                        epoch: "e1",
+                        recovered
+                    }
+                    .to_json()
+                ),
                 ServerFrame::Subscribed {
                     channel: "news".into(),
                     id: Some(7),
@@ -495,14 +408,28 @@ mod tests {
             );
         }
         assert_eq!(
-            round_trip(&server::unsubscribed("news", Some(&id(8)))),
+            round_trip(
+                &ServerMsg::Unsubscribed {
+                    channel: "news",
+                    id: Some(&id(8))
+                }
+                .to_json()
+            ),
             ServerFrame::Unsubscribed {
                 channel: "news".into(),
                 id: Some(8)
             }
         );
         assert_eq!(
-            round_trip(&server::ack(&id(9), "chat:lobby", 42, "e2")),
+            round_trip(
+                &ServerMsg::Ack {
+                    id: &id(9),
+                    channel: "chat:lobby",
+                    offset: 42,
+                    epoch: "e2"
+                }
+                .to_json()
+            ),
             ServerFrame::Ack {
                 id: 9,
                 channel: "chat:lobby".into(),
@@ -511,11 +438,11 @@ mod tests {
             }
         );
         assert!(matches!(
-            round_trip(&server::pong(Some(&id(10)))),
+            round_trip(&ServerMsg::pong(Some(&id(10))).to_json()),
             ServerFrame::Pong { id: Some(10), timestamp } if timestamp.ends_with('Z')
         ));
         assert!(matches!(
-            round_trip(&server::heartbeat()),
+            round_trip(&ServerMsg::heartbeat().to_json()),
             ServerFrame::Heartbeat { timestamp } if timestamp.ends_with('Z')
         ));
     }
@@ -524,7 +451,7 @@ mod tests {
     fn every_error_code_reads_back() {
         for code in ErrorCode::ALL {
             assert_eq!(
-                round_trip(&server::error(code, "why", Some(&id(3)))),
+                round_trip(&ServerMsg::error(code, "why", Some(&id(3))).to_json()),
                 ServerFrame::Error {
                     code,
                     message: "why".into(),
@@ -535,13 +462,16 @@ mod tests {
             );
         }
         assert_eq!(
-            round_trip(&server::error_full(
-                ErrorCode::RateLimited,
-                "slow down",
-                None,
-                Some("news"),
-                Some(250)
-            )),
+            round_trip(
+                &ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "slow down",
+                    id: None,
+                    channel: Some("news"),
+                    retry_after_ms: Some(250)
+                }
+                .to_json()
+            ),
             ServerFrame::Error {
                 code: ErrorCode::RateLimited,
                 message: "slow down".into(),
@@ -574,7 +504,15 @@ mod tests {
         for code in DisconnectCode::KNOWN {
             for reconnect in [true, false] {
                 assert_eq!(
-                    round_trip(&server::disconnect(code.as_str(), "why", reconnect)),
+                    round_trip(
+                        &ServerMsg::Disconnect {
+                            code: &code,
+                            reason: "why",
+                            reconnect,
+                            retry_after_ms: None
+                        }
+                        .to_json()
+                    ),
                     ServerFrame::Disconnect {
                         code: code.clone(),
                         reason: "why".into(),
@@ -585,12 +523,16 @@ mod tests {
             }
         }
         assert_eq!(
-            round_trip(&server::refusal(
-                "over_capacity",
-                "gateway full",
-                true,
-                Some(1000)
-            )),
+            round_trip(
+                &Disconnect::Refused(Refusal {
+                    status: 503,
+                    code: DisconnectCode::OverCapacity,
+                    reason: "gateway full".into(),
+                    retry_after_ms: Some(1000),
+                })
+                .frame()
+                .unwrap()
+            ),
             ServerFrame::Disconnect {
                 code: DisconnectCode::OverCapacity,
                 reason: "gateway full".into(),
@@ -599,7 +541,15 @@ mod tests {
             }
         );
         assert_eq!(
-            round_trip(&server::disconnect("moved_away", "", true)),
+            round_trip(
+                &ServerMsg::Disconnect {
+                    code: &DisconnectCode::Other("moved_away".into()),
+                    reason: "",
+                    reconnect: true,
+                    retry_after_ms: None
+                }
+                .to_json()
+            ),
             ServerFrame::Disconnect {
                 code: DisconnectCode::Other("moved_away".into()),
                 reason: String::new(),

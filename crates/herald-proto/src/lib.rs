@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //! - [`client`]: parsing client frames into [`client::ClientMsg`], with the exact error codes of docs/protocol.md.
-//! - [`server`]: building server frames (serialized once, as bytes).
+//! - [`server`]: the frames the gateway writes ([`server::ServerMsg`]), serialized once.
+//! - [`disconnect`]: every way a connection ends, with its close code and `disconnect` frame.
 //! - [`frames`]: owned, typed frames in both directions, for clients.
 //! - [`claims`]: JWT claims and the permission checks made on them.
 //! - [`glob`]: the `*` pattern matcher used by permissions.
@@ -16,6 +17,7 @@
 pub mod channel;
 pub mod claims;
 pub mod client;
+pub mod disconnect;
 pub mod envelope;
 pub mod frames;
 pub mod glob;

@@ -1,233 +1,172 @@
-//! Server → client frames. Each builder returns the frame's JSON text, built once;
-//! the gateway turns it into shared bytes and hands the same bytes to every recipient.
+//! Server → client frames. [`ServerMsg`] is every frame the gateway writes itself (the
+//! channel deliveries are built by the publisher as templates, see [`crate::envelope`]);
+//! each is serialized once into text, which the gateway turns into shared bytes.
+//!
+//! Borrowed fields keep the hot paths free of copies; [`crate::frames::ServerFrame`] is
+//! the owned reading of the same frames for clients, and its tests bind the two.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::client::{ErrorCode, FrameError, Id};
+use crate::disconnect::DisconnectCode;
 use crate::time::now_rfc3339;
 
-fn to_json<T: Serialize>(frame: &T) -> String {
-    // Serializing these plain structs cannot fail: no maps with non-string keys, no
-    // foreign Serialize impls.
-    serde_json::to_string(frame).unwrap_or_default()
+impl Serialize for Id {
+    /// Echoed exactly as the client sent it (a number or a string).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match serde_json::from_str::<&RawValue>(self.as_json()) {
+            Ok(raw) => raw.serialize(s),
+            Err(_) => s.serialize_none(),
+        }
+    }
 }
 
-fn raw_id(id: Option<&Id>) -> Option<&RawValue> {
-    id.and_then(|id| serde_json::from_str::<&RawValue>(id.as_json()).ok())
+/// Every frame the gateway writes, other than channel deliveries (docs/protocol.md §3).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg<'a> {
+    /// The connection (or a fresh token on it) was accepted, with the channels
+    /// actually subscribed.
+    AuthSuccess {
+        message: &'static str,
+        user_id: &'a str,
+        conn_id: &'a str,
+        node: &'a str,
+        channels: &'a [String],
+        heartbeat_interval_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+    },
+    /// A channel is subscribed at this position; `recovered` is present only when the
+    /// request carried `since`.
+    Subscribed {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Unsubscribed {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+    },
+    /// A broadcast that carried an `id` was published at this position.
+    Ack {
+        id: &'a Id,
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+        timestamp: String,
+    },
+    /// A request was refused; the connection stays open.
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+        /// The channel the refusal is about.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+        /// For `rate_limited`: when the next frame is accepted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    Heartbeat {
+        timestamp: String,
+    },
+    /// Sent just before a server-initiated close; built by
+    /// [`crate::disconnect::Disconnect::frame`].
+    Disconnect {
+        code: &'a DisconnectCode,
+        reason: &'a str,
+        reconnect: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
 }
 
-#[derive(Serialize)]
-struct AuthSuccess<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    message: &'static str,
-    user_id: &'a str,
-    conn_id: &'a str,
-    node: &'a str,
-    channels: &'a [String],
-    heartbeat_interval_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-}
+impl<'a> ServerMsg<'a> {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Cannot fail: no maps with non-string keys, and every foreign Serialize
+        // (RawValue) holds valid JSON.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 
-/// `auth_success`, listing the channels actually subscribed.
-pub fn auth_success(
-    user_id: &str,
-    conn_id: &str,
-    node: &str,
-    channels: &[String],
-    heartbeat_interval_ms: u64,
-    id: Option<&Id>,
-) -> String {
-    to_json(&AuthSuccess {
-        kind: "auth_success",
-        message: "authenticated",
-        user_id,
-        conn_id,
-        node,
-        channels,
-        heartbeat_interval_ms,
-        id: raw_id(id),
-    })
-}
+    /// `auth_success`.
+    pub fn auth_success(
+        user_id: &'a str,
+        conn_id: &'a str,
+        node: &'a str,
+        channels: &'a [String],
+        heartbeat_interval_ms: u64,
+        id: Option<&'a Id>,
+    ) -> Self {
+        Self::AuthSuccess {
+            message: "authenticated",
+            user_id,
+            conn_id,
+            node,
+            channels,
+            heartbeat_interval_ms,
+            id,
+        }
+    }
 
-#[derive(Serialize)]
-struct Subscribed<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    channel: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-    offset: u64,
-    epoch: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    recovered: Option<bool>,
-}
+    /// An `error` about no channel in particular.
+    pub fn error(code: ErrorCode, message: &'a str, id: Option<&'a Id>) -> Self {
+        Self::Error {
+            code,
+            message,
+            id,
+            channel: None,
+            retry_after_ms: None,
+        }
+    }
 
-/// `subscribed`; `recovered` is present only when the request carried `since`.
-pub fn subscribed(
-    channel: &str,
-    id: Option<&Id>,
-    offset: u64,
-    epoch: &str,
-    recovered: Option<bool>,
-) -> String {
-    to_json(&Subscribed {
-        kind: "subscribed",
-        channel,
-        id: raw_id(id),
-        offset,
-        epoch,
-        recovered,
-    })
-}
+    /// An `error` about `channel`.
+    pub fn channel_error(
+        code: ErrorCode,
+        message: &'a str,
+        id: Option<&'a Id>,
+        channel: &'a str,
+    ) -> Self {
+        Self::Error {
+            code,
+            message,
+            id,
+            channel: Some(channel),
+            retry_after_ms: None,
+        }
+    }
 
-#[derive(Serialize)]
-struct Unsubscribed<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    channel: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-}
+    pub fn pong(id: Option<&'a Id>) -> Self {
+        Self::Pong {
+            id,
+            timestamp: now_rfc3339(),
+        }
+    }
 
-pub fn unsubscribed(channel: &str, id: Option<&Id>) -> String {
-    to_json(&Unsubscribed {
-        kind: "unsubscribed",
-        channel,
-        id: raw_id(id),
-    })
-}
-
-#[derive(Serialize)]
-struct Ack<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: Option<&'a RawValue>,
-    channel: &'a str,
-    offset: u64,
-    epoch: &'a str,
-}
-
-/// `ack` for a broadcast that carried an `id`.
-pub fn ack(id: &Id, channel: &str, offset: u64, epoch: &str) -> String {
-    to_json(&Ack {
-        kind: "ack",
-        id: raw_id(Some(id)),
-        channel,
-        offset,
-        epoch,
-    })
-}
-
-#[derive(Serialize)]
-struct Pong<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-    timestamp: String,
-}
-
-pub fn pong(id: Option<&Id>) -> String {
-    to_json(&Pong {
-        kind: "pong",
-        id: raw_id(id),
-        timestamp: now_rfc3339(),
-    })
-}
-
-#[derive(Serialize)]
-struct ErrorFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    code: &'static str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u64>,
-}
-
-/// An `error` frame.
-pub fn error(code: ErrorCode, message: &str, id: Option<&Id>) -> String {
-    error_full(code, message, id, None, None)
-}
-
-/// An `error` frame naming the channel it concerns and, for `rate_limited`, when to retry.
-pub fn error_full(
-    code: ErrorCode,
-    message: &str,
-    id: Option<&Id>,
-    channel: Option<&str>,
-    retry_after_ms: Option<u64>,
-) -> String {
-    to_json(&ErrorFrame {
-        kind: "error",
-        code: code.as_str(),
-        message,
-        id: raw_id(id),
-        channel,
-        retry_after_ms,
-    })
+    pub fn heartbeat() -> Self {
+        Self::Heartbeat {
+            timestamp: now_rfc3339(),
+        }
+    }
 }
 
 impl FrameError {
     /// This error as an `error` frame.
     pub fn to_frame(&self) -> String {
-        error(self.code, &self.message, self.id.as_ref())
+        ServerMsg::error(self.code, &self.message, self.id.as_ref()).to_json()
     }
-}
-
-#[derive(Serialize)]
-struct Heartbeat {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    timestamp: String,
-}
-
-pub fn heartbeat() -> String {
-    to_json(&Heartbeat {
-        kind: "heartbeat",
-        timestamp: now_rfc3339(),
-    })
-}
-
-#[derive(Serialize)]
-struct Disconnect<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    code: &'a str,
-    reason: &'a str,
-    reconnect: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u64>,
-}
-
-/// `disconnect`, sent just before a server-initiated close.
-pub fn disconnect(code: &str, reason: &str, reconnect: bool) -> String {
-    to_json(&Disconnect {
-        kind: "disconnect",
-        code,
-        reason,
-        reconnect,
-        retry_after_ms: None,
-    })
-}
-
-/// `disconnect` for a handshake refused after all (a `herald.v1` client): `code` is the
-/// HTTP error code the refusal would have had, and a temporary refusal says when to retry.
-pub fn refusal(code: &str, reason: &str, reconnect: bool, retry_after_ms: Option<u64>) -> String {
-    to_json(&Disconnect {
-        kind: "disconnect",
-        code,
-        reason,
-        reconnect,
-        retry_after_ms,
-    })
 }
 
 /// `batch_messages` from frames that are already JSON text, without re-parsing them.
@@ -252,27 +191,44 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn v(s: &str) -> Value {
-        serde_json::from_str(s).unwrap()
+    fn v(m: ServerMsg<'_>) -> Value {
+        serde_json::from_str(&m.to_json()).unwrap()
     }
 
     #[test]
     fn shapes() {
         let id = Id::from_raw(serde_json::from_str::<&RawValue>("7").unwrap()).unwrap();
+        let sid = Id::from_raw(serde_json::from_str::<&RawValue>(r#""a\"b""#).unwrap()).unwrap();
         assert_eq!(
-            v(&subscribed("news", Some(&id), 41, "e1", None)),
+            v(ServerMsg::Subscribed {
+                channel: "news",
+                id: Some(&id),
+                offset: 41,
+                epoch: "e1",
+                recovered: None
+            }),
             json!({"type":"subscribed","channel":"news","id":7,"offset":41,"epoch":"e1"})
         );
         assert_eq!(
-            v(&subscribed("news", None, 0, "e1", Some(false))),
+            v(ServerMsg::Subscribed {
+                channel: "news",
+                id: None,
+                offset: 0,
+                epoch: "e1",
+                recovered: Some(false)
+            }),
             json!({"type":"subscribed","channel":"news","offset":0,"epoch":"e1","recovered":false})
         );
         assert_eq!(
-            v(&error(ErrorCode::NotSubscribed, "not subscribed", None)),
-            json!({"type":"error","code":"not_subscribed","message":"not subscribed"})
+            v(ServerMsg::error(
+                ErrorCode::NotSubscribed,
+                "not subscribed",
+                Some(&sid)
+            )),
+            json!({"type":"error","code":"not_subscribed","message":"not subscribed","id":"a\"b"})
         );
         assert_eq!(
-            v(&auth_success(
+            v(ServerMsg::auth_success(
                 "u1",
                 "c1",
                 "gw",
@@ -284,10 +240,10 @@ mod tests {
                    "node":"gw","channels":["news"],"heartbeat_interval_ms":25000})
         );
         assert_eq!(
-            v(&batch(["{\"a\":1}", "{\"b\":2}"].into_iter())),
+            serde_json::from_str::<Value>(&batch(["{\"a\":1}", "{\"b\":2}"].into_iter())).unwrap(),
             json!({"type":"batch_messages","count":2,"messages":[{"a":1},{"b":2}]})
         );
-        let p = v(&pong(Some(&id)));
+        let p = v(ServerMsg::pong(Some(&id)));
         assert_eq!(p["id"], 7);
         assert_eq!(p["type"], "pong");
     }

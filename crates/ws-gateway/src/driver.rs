@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
+use herald_proto::disconnect::Disconnect;
 use herald_proto::envelope::{self, Control};
 
-use crate::hub::{Cmd, Delivery, Hub, Kick};
+use crate::hub::{Cmd, Delivery, Hub};
 use crate::metrics::Metrics;
 
 /// Longest wait for a Pub/Sub connection or a SUBSCRIBE reply.
@@ -318,27 +319,15 @@ impl Driver {
             return;
         };
         let n = match &cmd {
-            Control::DisconnectConn { conn_id } => self.hub.kick_where(
-                |c| c.conn_id == *conn_id,
-                &Kick::new(
-                    "admin_disconnect",
-                    "disconnected by an operator",
-                    1008,
-                    false,
-                ),
-            ),
-            Control::DisconnectUser { user_id } => self.hub.kick_where(
-                |c| c.user == *user_id,
-                &Kick::new(
-                    "admin_disconnect",
-                    "disconnected by an operator",
-                    1008,
-                    false,
-                ),
-            ),
+            Control::DisconnectConn { conn_id } => self
+                .hub
+                .kick_where(|c| c.conn_id == *conn_id, &Disconnect::Admin),
+            Control::DisconnectUser { user_id } => self
+                .hub
+                .kick_where(|c| c.user == *user_id, &Disconnect::Admin),
             Control::Revoke { jti } => self.hub.kick_where(
                 |c| c.jti().as_deref() == Some(jti.as_str()),
-                &Kick::new("token_revoked", "token revoked", 1008, false),
+                &Disconnect::TokenRevoked,
             ),
         };
         if n > 0 {

@@ -17,6 +17,8 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use herald_proto::disconnect::Disconnect;
+
 use crate::metrics::Metrics;
 
 /// One published message as every local recipient receives it.
@@ -29,27 +31,6 @@ pub(crate) struct Delivery {
     pub(crate) epoch: Box<str>,
     /// When it was published (Unix ms), for the delivery-latency histogram; 0 if unknown.
     pub(crate) published_ms: u64,
-}
-
-/// Why the server closes a connection.
-#[derive(Debug, Clone)]
-pub(crate) struct Kick {
-    /// The `disconnect` frame's `code`.
-    pub(crate) code: &'static str,
-    pub(crate) reason: String,
-    pub(crate) close_code: u16,
-    pub(crate) reconnect: bool,
-}
-
-impl Kick {
-    pub(crate) fn new(code: &'static str, reason: &str, close_code: u16, reconnect: bool) -> Self {
-        Self {
-            code,
-            reason: reason.to_owned(),
-            close_code,
-            reconnect,
-        }
-    }
 }
 
 /// The part of a connection that other tasks (fan-out, control) may touch.
@@ -66,7 +47,7 @@ pub(crate) struct ConnShared {
     /// up) so the fan-out checks both bounds with one atomic add per recipient.
     queued: AtomicU64,
     pub(crate) cancel: CancellationToken,
-    kick: OnceLock<Kick>,
+    kick: OnceLock<Disconnect>,
     pub(crate) messages_in: AtomicU64,
     pub(crate) messages_out: AtomicU64,
     /// The channels the connection is in, for the monitor (written on change only).
@@ -113,13 +94,13 @@ impl ConnShared {
 
     /// Asks the connection to close for `why`; the first reason wins. Returns
     /// whether this call was the first.
-    pub(crate) fn kick(&self, why: Kick) -> bool {
+    pub(crate) fn kick(&self, why: Disconnect) -> bool {
         let first = self.kick.set(why).is_ok();
         self.cancel.cancel();
         first
     }
 
-    pub(crate) fn kicked(&self) -> Option<&Kick> {
+    pub(crate) fn kicked(&self) -> Option<&Disconnect> {
         self.kick.get()
     }
 
@@ -205,7 +186,7 @@ impl Hub {
     }
 
     /// Kicks every connection `pred` selects; returns how many.
-    pub(crate) fn kick_where(&self, pred: impl Fn(&ConnShared) -> bool, why: &Kick) -> usize {
+    pub(crate) fn kick_where(&self, pred: impl Fn(&ConnShared) -> bool, why: &Disconnect) -> usize {
         let conns = read(&self.conns);
         let mut n = 0;
         for c in conns.values().filter(|c| pred(c)) {
@@ -328,7 +309,7 @@ impl Hub {
     }
 
     fn slow(&self, conn: &ConnShared) {
-        if conn.kick(Kick::new("slow_consumer", "slow_consumer", 1013, true)) {
+        if conn.kick(Disconnect::SlowConsumer) {
             self.metrics.slow_consumer_disconnects.inc();
             tracing::info!(conn_id = %conn.conn_id, "slow consumer disconnected");
         }
@@ -395,7 +376,7 @@ mod tests {
         fast.dequeued(1, got.text.len() as u64);
         assert_eq!(hub.fanout(&delivery("news", 2)), 1);
         assert!(slow.cancel.is_cancelled());
-        assert_eq!(slow.kicked().unwrap().close_code, 1013);
+        assert_eq!(slow.kicked(), Some(&Disconnect::SlowConsumer));
         assert!(!fast.cancel.is_cancelled());
         assert_eq!(hub.fanout(&delivery("other", 1)), 0);
     }

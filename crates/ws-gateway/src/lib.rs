@@ -45,6 +45,7 @@ use herald_common::jwt::{Alg, AuthError, Verifier};
 use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
 use herald_proto::claims::Claims;
+use herald_proto::disconnect::{Disconnect, DisconnectCode};
 use herald_proto::envelope::NodeInfo;
 use herald_proto::time::now_ms;
 
@@ -89,7 +90,68 @@ pub(crate) struct State {
     pub(crate) clock: governor::clock::DefaultClock,
 }
 
+/// The receiving ends of the queues [`State`] feeds, for the tasks that drain them.
+pub(crate) struct Queues {
+    /// Subscribe/unsubscribe requests for the Pub/Sub driver.
+    pub(crate) cmds: mpsc::UnboundedReceiver<hub::Cmd>,
+    /// Connection changes for the presence writer.
+    pub(crate) presence: mpsc::UnboundedReceiver<presence::Event>,
+    /// Per-IP slots to give back in Redis.
+    pub(crate) ip_release: mpsc::UnboundedReceiver<IpAddr>,
+}
+
 impl State {
+    /// The shared state of a gateway with these settings, talking to `redis`.
+    pub(crate) fn new(
+        config: &Config,
+        settings: Settings,
+        redis: ConnectionManager,
+        metrics: Metrics,
+    ) -> (Arc<Self>, Queues) {
+        let keys = Keys::new(config.common.redis_prefix.clone());
+        let (cmd_tx, cmds) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::new(
+            cmd_tx,
+            metrics.clone(),
+            settings.queue_bytes,
+            settings.queue_frames,
+        ));
+        let ips = Arc::new(IpLimiter::new(
+            keys.clone(),
+            settings.node_id.clone(),
+            settings.max_conns_per_ip,
+            settings.connect_rate_per_ip,
+        ));
+        let (presence_tx, presence) = mpsc::unbounded_channel();
+        let (ip_tx, ip_release) = mpsc::unbounded_channel();
+        let state = Self {
+            leeway: Duration::from_secs(config.jwt.jwt_leeway_s.min(300)),
+            node_id: settings.node_id.clone(),
+            hub,
+            verifier: Verifier::from_config(&config.jwt, settings.alg, settings.secret.as_deref()),
+            publisher: Publisher::new(keys.clone(), settings.history),
+            redis,
+            health: herald_common::store::Health::new(),
+            keys,
+            metrics,
+            ips,
+            ip_release: ip_tx,
+            presence: presence_tx,
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            next_key: AtomicU64::new(1),
+            any_origin: settings.allowed_origins.is_empty() && settings.dev,
+            clock: governor::clock::DefaultClock::default(),
+            settings,
+        };
+        let queues = Queues {
+            cmds,
+            presence,
+            ip_release,
+        };
+        (Arc::new(state), queues)
+    }
+
     /// Verifies a token and refuses revoked ones.
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verifier.verify(token).await?;
@@ -149,15 +211,23 @@ pub async fn run(
     let (client, redis) = herald_common::store::connect(&config.common.redis_url).await?;
     let local = listener.local_addr().context("listener address")?;
     settings.listen = local;
-    let keys = Keys::new(config.common.redis_prefix.clone());
     let metrics = Metrics::new().context("metrics")?;
-    let verifier = Verifier::from_config(&config.jwt, settings.alg, settings.secret.as_deref());
+    let (state, queues) = State::new(&config, settings.clone(), redis.clone(), metrics.clone());
+    let (keys, hub, health, node_id) = (
+        state.keys.clone(),
+        state.hub.clone(),
+        state.health.clone(),
+        state.node_id.clone(),
+    );
+    if state.any_origin {
+        tracing::warn!("HERALD_DEV=1 and no HERALD_ALLOWED_ORIGINS: accepting every Origin");
+    }
     let keys_loaded = Arc::new(AtomicBool::new(settings.alg == Alg::Hs256));
     let bg = CancellationToken::new();
     let bg_tasks = TaskTracker::new();
 
     if settings.alg != Alg::Hs256 {
-        let v = verifier.clone();
+        let v = state.verifier.clone();
         let loaded = keys_loaded.clone();
         let token = bg.clone();
         bg_tasks.spawn(async move {
@@ -174,74 +244,31 @@ pub async fn run(
         });
     }
 
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let hub = Arc::new(Hub::new(
-        cmd_tx,
-        metrics.clone(),
-        settings.queue_bytes,
-        settings.queue_frames,
-    ));
-    let publisher = Publisher::new(keys.clone(), settings.history);
-    let node_id = settings.node_id.clone();
-    let ips = Arc::new(IpLimiter::new(
-        keys.clone(),
-        node_id.clone(),
-        settings.max_conns_per_ip,
-        settings.connect_rate_per_ip,
-    ));
-    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-    let (ip_tx, ip_rx) = mpsc::unbounded_channel();
-    let any_origin = settings.allowed_origins.is_empty() && settings.dev;
-    if any_origin {
-        tracing::warn!("HERALD_DEV=1 and no HERALD_ALLOWED_ORIGINS: accepting every Origin");
-    }
-    let health = herald_common::store::Health::new();
-    let state = Arc::new(State {
-        leeway: Duration::from_secs(config.jwt.jwt_leeway_s.min(300)),
-        settings: settings.clone(),
-        node_id: node_id.clone(),
-        hub: hub.clone(),
-        verifier,
-        publisher: publisher.clone(),
-        redis: redis.clone(),
-        health: health.clone(),
-        keys: keys.clone(),
-        metrics: metrics.clone(),
-        ips: ips.clone(),
-        ip_release: ip_tx,
-        presence: presence_tx,
-        tracker: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
-        next_key: AtomicU64::new(1),
-        any_origin,
-        clock: governor::clock::DefaultClock::default(),
-    });
-
     let pubsub_ok = Arc::new(AtomicBool::new(false));
     bg_tasks.spawn(
         driver::Driver {
             hub: hub.clone(),
             client,
             conn: redis.clone(),
-            publisher,
+            publisher: state.publisher.clone(),
             keys: keys.clone(),
             node_id: node_id.clone(),
             metrics: metrics.clone(),
             probe_interval: settings.probe_interval,
             healthy: pubsub_ok.clone(),
         }
-        .run(cmd_rx, bg.clone()),
+        .run(queues.cmds, bg.clone()),
     );
     bg_tasks.spawn(presence::run(
         redis.clone(),
         keys.clone(),
         node_id.clone(),
         hub.clone(),
-        ips,
+        state.ips.clone(),
         metrics.clone(),
         health.clone(),
-        presence_rx,
-        ip_rx,
+        queues.presence,
+        queues.ip_release,
         bg.clone(),
     ));
 
@@ -539,18 +566,17 @@ fn refuse(state: &State, ws: WebSocketUpgrade, speaks_herald: bool, e: ApiError)
         return e.into_response();
     }
     use axum::extract::ws::{CloseFrame, Message};
-    let temporary = matches!(
-        e.status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    );
-    let frame = herald_proto::server::refusal(
-        e.code,
-        &e.message,
-        temporary,
-        e.retry_after_s.map(|s| s * 1000),
-    );
+    let why = Disconnect::Refused(herald_proto::disconnect::Refusal {
+        status: e.status.as_u16(),
+        code: DisconnectCode::parse(e.code),
+        reason: e.message.clone(),
+        retry_after_ms: e.retry_after_s.map(|s| s * 1000),
+    });
+    let frame = why.frame().unwrap_or_default();
+    // The close frame's reason is the code: short, and what clients without the
+    // `disconnect` frame can act on.
     let close = CloseFrame {
-        code: 4000 + e.status.as_u16(),
+        code: why.close_code(),
         reason: e.code.into(),
     };
     let tracker = state.tracker.clone();

@@ -1,0 +1,345 @@
+//! What the client asks: every frame passes the rate and size limits, then is
+//! parsed and answered (subscribe with recovery, unsubscribe, broadcast, ping, auth).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use governor::clock::Clock;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use herald_proto::client::{self, ClientMsg, ErrorCode, Id, Since};
+use herald_proto::disconnect::Disconnect;
+use herald_proto::envelope;
+use herald_proto::server::ServerMsg;
+use herald_proto::time::{now_ms, now_rfc3339};
+
+use super::{Conn, Flow, Socket};
+
+/// How long a subscriber waits for Redis to confirm a new channel subscription.
+const SUBSCRIBE_READY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Oversized frames tolerated per minute before the connection is closed.
+const TOO_LARGE_STRIKES: u32 = 3;
+/// The window of [`TOO_LARGE_STRIKES`].
+const TOO_LARGE_WINDOW: Duration = Duration::from_secs(60);
+/// A connection whose frames the rate limiter refused this many times its limit
+/// within one window is closed.
+const RATE_STRIKES_FACTOR: u32 = 3;
+/// Rate-limit hits are reported to the monitor at most this often per connection.
+const RATELIMIT_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The outcome of one request.
+enum Reply {
+    Frame(String),
+    Nothing,
+    /// The socket failed while answering.
+    Broken,
+}
+
+/// A subscribe that did not happen.
+pub(super) enum SubError {
+    /// Tell the client with this `error` frame.
+    Frame(String),
+    /// The socket failed.
+    Broken,
+}
+
+impl<S: Socket> Conn<S> {
+    pub(super) async fn on_frame(&mut self, msg: Message) -> Flow {
+        self.last_seen = Instant::now();
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => return Flow::End(Disconnect::BinaryFrame),
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return Flow::Gone,
+        };
+        self.shared.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.messages_received.inc();
+        if let Err(wait) = self.limiter.check() {
+            let wait = wait.wait_time_from(self.state.clock.now());
+            // Parse only to echo the request's id (the frame is within the size limit).
+            let id = (text.len() <= self.state.settings.max_frame_bytes)
+                .then(|| client::parse(&text).ok())
+                .flatten()
+                .and_then(|m| m.id().cloned());
+            return self.rate_limited(wait, id).await;
+        }
+        if text.len() > self.state.settings.max_frame_bytes {
+            return self.too_large().await;
+        }
+        let reply = match client::parse(&text) {
+            Ok(msg) => self.on_request(msg).await,
+            Err(e) => Reply::Frame(e.to_frame()),
+        };
+        match reply {
+            Reply::Frame(r) => self.send_text(r).await,
+            Reply::Nothing => Flow::Continue,
+            Reply::Broken => Flow::Gone,
+        }
+    }
+
+    async fn rate_limited(&mut self, wait: Duration, id: Option<Id>) -> Flow {
+        self.state
+            .metrics
+            .ratelimit_hits
+            .with_label_values(&["message"])
+            .inc();
+        self.report_hit("message");
+        let window = self.state.settings.rate_window;
+        if self.refused_since.elapsed() > window {
+            self.refused = 0;
+            self.refused_since = Instant::now();
+        }
+        self.refused += 1;
+        let strikes = self
+            .state
+            .settings
+            .rate_messages
+            .saturating_mul(RATE_STRIKES_FACTOR);
+        if self.refused >= strikes {
+            return Flow::End(Disconnect::RateLimited);
+        }
+        let frame = ServerMsg::Error {
+            code: ErrorCode::RateLimited,
+            message: "rate limit exceeded",
+            id: id.as_ref(),
+            channel: None,
+            retry_after_ms: Some(wait.as_millis().max(1) as u64),
+        };
+        self.send_text(frame.to_json()).await
+    }
+
+    async fn too_large(&mut self) -> Flow {
+        self.state
+            .metrics
+            .ratelimit_hits
+            .with_label_values(&["too_large"])
+            .inc();
+        let now = Instant::now();
+        self.too_large
+            .retain(|t| now.duration_since(*t) < TOO_LARGE_WINDOW);
+        self.too_large.push(now);
+        if self.too_large.len() as u32 >= TOO_LARGE_STRIKES {
+            return Flow::End(Disconnect::TooLarge);
+        }
+        let msg = format!(
+            "frame larger than {} bytes",
+            self.state.settings.max_frame_bytes
+        );
+        self.send_text(ServerMsg::error(ErrorCode::TooLarge, &msg, None).to_json())
+            .await
+    }
+
+    /// Tells the monitor about a limit hit, at most once a second per connection.
+    fn report_hit(&mut self, kind: &str) {
+        if self
+            .last_report
+            .is_some_and(|t| t.elapsed() < RATELIMIT_REPORT_EVERY)
+        {
+            return;
+        }
+        self.last_report = Some(Instant::now());
+        self.state.report_ratelimit(&self.shared.user, kind);
+    }
+
+    /// Handles one request.
+    async fn on_request(&mut self, msg: ClientMsg) -> Reply {
+        match msg {
+            ClientMsg::Ping { id } => Reply::Frame(ServerMsg::pong(id.as_ref()).to_json()),
+            ClientMsg::Subscribe { channel, since, id } => {
+                match Box::pin(self.subscribe(&channel, since, id.as_ref(), true)).await {
+                    Ok(()) => Reply::Nothing,
+                    Err(SubError::Frame(frame)) => Reply::Frame(frame),
+                    Err(SubError::Broken) => Reply::Broken,
+                }
+            }
+            ClientMsg::Unsubscribe { channel, id } => {
+                Reply::Frame(self.unsubscribe(&channel, id.as_ref()))
+            }
+            ClientMsg::Broadcast {
+                channel,
+                message,
+                id,
+            } => match Box::pin(self.broadcast(&channel, message.0.as_ref(), id.as_ref())).await {
+                Some(f) => Reply::Frame(f),
+                None => Reply::Nothing,
+            },
+            ClientMsg::Auth { token, id, .. } => {
+                Reply::Frame(Box::pin(self.reauth(&token, id.as_ref())).await)
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, channel: &str, id: Option<&Id>) -> String {
+        if !self.channels.remove(channel) {
+            return ServerMsg::channel_error(
+                ErrorCode::NotSubscribed,
+                "not subscribed to this channel",
+                id,
+                channel,
+            )
+            .to_json();
+        }
+        self.state.hub.unsubscribe(channel, self.key);
+        self.floors.remove(channel);
+        self.publish_presence();
+        ServerMsg::Unsubscribed { channel, id }.to_json()
+    }
+
+    async fn broadcast(
+        &mut self,
+        channel: &str,
+        message: &RawValue,
+        id: Option<&Id>,
+    ) -> Option<String> {
+        if !self.claims.may_publish(channel) {
+            return Some(
+                ServerMsg::channel_error(
+                    ErrorCode::Forbidden,
+                    "not allowed to broadcast to this channel",
+                    id,
+                    channel,
+                )
+                .to_json(),
+            );
+        }
+        let frame = envelope::message(channel, message, Some(&self.shared.user), &now_rfc3339());
+        let mut redis = self.state.redis.clone();
+        match self
+            .state
+            .publisher
+            .publish(&mut redis, channel, &frame, now_ms())
+            .await
+        {
+            Ok((offset, epoch)) => {
+                self.state.health.up();
+                self.state.metrics.publish.inc();
+                // Nothing to acknowledge without an id; the sender sees its own
+                // message if subscribed.
+                id.map(|id| {
+                    ServerMsg::Ack {
+                        id,
+                        channel,
+                        offset,
+                        epoch: &epoch,
+                    }
+                    .to_json()
+                })
+            }
+            Err(e) => {
+                self.state.metrics.redis_errors.inc();
+                self.state.health.failed(&e);
+                tracing::warn!(cause = %e, "publish failed");
+                Some(
+                    ServerMsg::channel_error(
+                        ErrorCode::Unavailable,
+                        "message could not be published; retry",
+                        id,
+                        channel,
+                    )
+                    .to_json(),
+                )
+            }
+        }
+    }
+
+    /// Subscribes this connection to `channel`; `Ok` after `subscribed` (and any
+    /// replay) was written when `reply`, otherwise silently. `Err` is an error frame.
+    pub(super) async fn subscribe(
+        &mut self,
+        channel: &str,
+        since: Option<Since>,
+        id: Option<&Id>,
+        reply: bool,
+    ) -> Result<(), SubError> {
+        let err = |code, msg: &str| {
+            Err(SubError::Frame(
+                ServerMsg::channel_error(code, msg, id, channel).to_json(),
+            ))
+        };
+        if let Err(e) = herald_proto::channel::validate(channel) {
+            return err(ErrorCode::BadRequest, &e.to_string());
+        }
+        if !self.claims.may_subscribe(channel) {
+            return err(
+                ErrorCode::Forbidden,
+                "not allowed to subscribe to this channel",
+            );
+        }
+        let already = self.channels.contains(channel);
+        if !already && self.channels.len() >= self.state.settings.max_channels {
+            let max = self.state.settings.max_channels;
+            return err(
+                ErrorCode::BadRequest,
+                &format!("too many channels (at most {max})"),
+            );
+        }
+        let mut ready = self
+            .state
+            .hub
+            .subscribe(channel, self.key, self.shared.clone());
+        if !already {
+            self.joining = Some(channel.to_owned());
+        }
+        let confirmed = tokio::time::timeout(SUBSCRIBE_READY_TIMEOUT, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let mut redis = self.state.redis.clone();
+        let recovery = if confirmed {
+            self.state
+                .publisher
+                .recover(
+                    &mut redis,
+                    channel,
+                    since.as_ref().map(|s| (s.offset, s.epoch.as_str())),
+                )
+                .await
+                .ok()
+        } else {
+            None
+        };
+        self.joining = None;
+        let Some(rec) = recovery else {
+            if !already {
+                self.state.hub.unsubscribe(channel, self.key);
+            }
+            self.state.metrics.redis_errors.inc();
+            return err(
+                ErrorCode::Unavailable,
+                "subscription temporarily unavailable; retry",
+            );
+        };
+        self.channels.insert(channel.to_owned());
+        self.floors
+            .insert(Arc::from(channel), (rec.epoch.as_str().into(), rec.offset));
+        self.publish_presence();
+        let recovered = since.as_ref().map(|_| rec.recovered);
+        if rec.recovered {
+            for frame in rec.frames {
+                if let Flow::Gone = self.feed(Message::Text(Utf8Bytes::from(frame))).await {
+                    return Err(SubError::Broken);
+                }
+                self.shared.messages_out.fetch_add(1, Ordering::Relaxed);
+                self.state.metrics.messages_delivered.inc();
+            }
+        }
+        let flow = if reply {
+            let frame = ServerMsg::Subscribed {
+                channel,
+                id,
+                offset: rec.offset,
+                epoch: &rec.epoch,
+                recovered,
+            };
+            self.send_text(frame.to_json()).await
+        } else {
+            self.flush().await
+        };
+        match flow {
+            Flow::Continue => Ok(()),
+            _ => Err(SubError::Broken),
+        }
+    }
+}
