@@ -24,6 +24,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        // Colour only on a terminal, not in a redirected log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut args = std::env::args().skip(1);
     let Some(channel) = args.next().filter(|a| !a.starts_with('-')) else {
