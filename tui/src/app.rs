@@ -9,7 +9,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::event::Event;
 use crate::fetch::ConnQuery;
-use crate::model::{Connection, ConnectionsPage, Overview};
+use crate::model::{ConnRow, ConnectionsPage, Overview, conn_contains};
 
 /// How many overviews the sparkline remembers: about a minute at one a second.
 pub const HISTORY: usize = 60;
@@ -187,7 +187,7 @@ impl App {
             Event::Connections(mut page) => {
                 // Oldest first, so rows keep their places from one poll to the next.
                 page.connections.sort_by(|a, b| {
-                    (&a.connected_at, &a.conn_id).cmp(&(&b.connected_at, &b.conn_id))
+                    (a.connected_ms, &a.conn_id).cmp(&(b.connected_ms, &b.conn_id))
                 });
                 self.connections.loaded(*page);
                 self.reselect();
@@ -444,7 +444,7 @@ impl App {
     // === Views of the state ===
 
     /// The connections that pass the local part of the filter.
-    pub fn visible_connections(&self) -> Vec<&Connection> {
+    pub fn visible_connections(&self) -> Vec<&ConnRow> {
         let terms = terms(&self.filter);
         self.connections
             .data
@@ -458,7 +458,7 @@ impl App {
             .unwrap_or_default()
     }
 
-    pub fn selected_connection(&self) -> Option<&Connection> {
+    pub fn selected_connection(&self) -> Option<&ConnRow> {
         self.visible_connections().get(self.selected).copied()
     }
 
@@ -496,13 +496,13 @@ impl Term {
 
     /// Matching here is by substring, so the list narrows while the user types;
     /// the monitor's exact match (applied on enter) only removes more.
-    fn matches(&self, c: &Connection) -> bool {
+    fn matches(&self, c: &ConnRow) -> bool {
         let has = |s: &str, v: &str| s.to_lowercase().contains(&v.to_lowercase());
         match self {
             Term::User(v) => has(&c.user, v),
             Term::Channel(v) => c.channels.iter().any(|ch| has(ch, v)),
             Term::Node(v) => has(&c.node, v),
-            Term::Any(v) => c.contains(v),
+            Term::Any(v) => conn_contains(c, v),
         }
     }
 }

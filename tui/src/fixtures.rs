@@ -4,21 +4,27 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    Channel, Connection, ConnectionsPage, Node, Overview, RateLimitHit, RateLimits, Status, Totals,
+    ChannelRow, ConnRow, ConnectionsPage, LimitKind, NodeRow, Overview, RateLimitView, RecentHit,
+    Status, Totals,
 };
 
 pub(crate) const T0: &str = "2026-01-01T12:00:05.000Z";
+/// [`T0`] in ms since the Unix epoch.
+const T0_MS: u64 = 1_767_268_805_000;
 
-pub(crate) fn node(id: &str, service: &str, status: Status, beat_ms: u64, conns: u64) -> Node {
-    Node {
+pub(crate) fn node(id: &str, service: &str, status: Status, beat_ms: u64, conns: u64) -> NodeRow {
+    NodeRow {
         id: id.to_owned(),
         service: service.to_owned(),
         address: format!("10.0.0.{}:8765", id.len()),
         version: "0.0.0".to_owned(),
         status,
         last_heartbeat_ms: beat_ms,
+        ready: status == Status::Up,
+        started_at: "2026-01-01T11:00:00.000Z".to_owned(),
         connections: conns,
         subscriptions: conns * 2,
+        channels: conns.min(3),
         messages_in_per_sec: if status == Status::Up { 4.5 } else { 0.0 },
         messages_out_per_sec: if status == Status::Up && conns > 0 {
             812.0
@@ -31,7 +37,7 @@ pub(crate) fn node(id: &str, service: &str, status: Status, beat_ms: u64, conns:
     }
 }
 
-pub(crate) fn totals(nodes: &[Node], channels: u64) -> Totals {
+pub(crate) fn totals(nodes: &[NodeRow], channels: u64) -> Totals {
     let count = |s: Status| nodes.iter().filter(|n| n.status == s).count() as u64;
     let live = || nodes.iter().filter(|n| n.status != Status::Down);
     Totals {
@@ -47,10 +53,10 @@ pub(crate) fn totals(nodes: &[Node], channels: u64) -> Totals {
     }
 }
 
-fn quiet_ratelimits() -> RateLimits {
-    RateLimits {
+fn quiet_ratelimits() -> RateLimitView {
+    RateLimitView {
         hits_total: 0,
-        by_kind: BTreeMap::from([("connection".to_owned(), 0), ("message".to_owned(), 0)]),
+        by_kind: BTreeMap::from([(LimitKind::Connection, 0), (LimitKind::Message, 0)]),
         recent: Vec::new(),
     }
 }
@@ -65,21 +71,22 @@ pub(crate) fn healthy() -> Overview {
     ];
     Overview {
         generated_at: T0.to_owned(),
+        generated_ms: T0_MS,
         stale: false,
         totals: totals(&nodes, 3),
         nodes,
         top_channels: vec![
-            Channel {
+            ChannelRow {
                 channel: "news".to_owned(),
                 subscribers: 812,
                 messages_per_sec: 2.0,
             },
-            Channel {
+            ChannelRow {
                 channel: "chat:lobby".to_owned(),
                 subscribers: 300,
                 messages_per_sec: 0.5,
             },
-            Channel {
+            ChannelRow {
                 channel: "system".to_owned(),
                 subscribers: 122,
                 messages_per_sec: 0.0,
@@ -103,19 +110,23 @@ pub(crate) fn degraded() -> Overview {
 /// The healthy cluster with rate-limit hits from two offenders.
 pub(crate) fn rate_limited() -> Overview {
     let mut o = healthy();
-    let hit = |who: &str, kind: &str, at: &str| RateLimitHit {
+    let hit = |who: &str, kind: LimitKind, at: &str| RecentHit {
         who: who.to_owned(),
-        kind: kind.to_owned(),
+        kind,
         node: "gw-1".to_owned(),
         at: at.to_owned(),
     };
-    o.ratelimit = RateLimits {
+    o.ratelimit = RateLimitView {
         hits_total: 17,
-        by_kind: BTreeMap::from([("connection".to_owned(), 2), ("message".to_owned(), 15)]),
+        by_kind: BTreeMap::from([(LimitKind::Connection, 2), (LimitKind::Message, 15)]),
         recent: vec![
-            hit("spammer", "message", "2026-01-01T12:00:04.900Z"),
-            hit("spammer", "message", "2026-01-01T12:00:04.100Z"),
-            hit("203.0.113.9", "connection", "2026-01-01T11:59:58.000Z"),
+            hit("spammer", LimitKind::Message, "2026-01-01T12:00:04.900Z"),
+            hit("spammer", LimitKind::Message, "2026-01-01T12:00:04.100Z"),
+            hit(
+                "203.0.113.9",
+                LimitKind::Connection,
+                "2026-01-01T11:59:58.000Z",
+            ),
         ],
     };
     o.totals.ratelimit_hits = 17;
@@ -126,18 +137,20 @@ pub(crate) fn rate_limited() -> Overview {
 pub(crate) fn empty() -> Overview {
     Overview {
         generated_at: T0.to_owned(),
+        generated_ms: T0_MS,
         ratelimit: quiet_ratelimits(),
         ..Overview::default()
     }
 }
 
-pub(crate) fn conn(id: &str, user: &str, node: &str, channels: &[&str]) -> Connection {
-    Connection {
+pub(crate) fn conn(id: &str, user: &str, node: &str, channels: &[&str]) -> ConnRow {
+    ConnRow {
         conn_id: id.to_owned(),
         user: user.to_owned(),
         ip: "127.0.0.1".to_owned(),
         node: node.to_owned(),
         channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+        connected_ms: T0_MS - 125_000,
         connected_at: "2026-01-01T11:58:00.000Z".to_owned(),
         messages_in: 3,
         messages_out: 1_500,

@@ -19,7 +19,8 @@ use herald_common::http::{ApiError, ApiJson, KeyKind, Ops, layers, ops_routes, r
 use herald_common::jwt::JwtConfig;
 use herald_common::keys::Keys;
 use herald_common::store;
-use herald_proto::envelope::{Control, RateLimitEvent};
+use herald_proto::control::Control;
+use herald_proto::node::{LimitKind, RateLimitEvent};
 use herald_proto::time::{now_ms, now_rfc3339};
 
 use crate::metrics::Metrics;
@@ -312,7 +313,7 @@ impl AppState {
     async fn report_throttled(&self, conn: &mut ConnectionManager, who: &str) {
         let ev = RateLimitEvent {
             who: who.to_owned(),
-            kind: "login".to_owned(),
+            kind: LimitKind::Login,
             node: self.node_id.clone(),
             at_ms: now_ms(),
         };
@@ -322,14 +323,7 @@ impl AppState {
             .arg("~")
             .arg(RATELIMIT_STREAM_MAXLEN)
             .arg("*")
-            .arg("who")
-            .arg(&ev.who)
-            .arg("kind")
-            .arg(&ev.kind)
-            .arg("node")
-            .arg(&ev.node)
-            .arg("at_ms")
-            .arg(ev.at_ms)
+            .arg(&ev.fields()[..])
             .query_async(conn)
             .await;
         if let Err(e) = res {

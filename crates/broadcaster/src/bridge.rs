@@ -26,7 +26,8 @@ use tokio_util::task::TaskTracker;
 use herald_common::keys::{LEGACY_SYSTEM_NOTIFICATIONS, LEGACY_USER_MESSAGES};
 use herald_common::store;
 use herald_proto::channel;
-use herald_proto::envelope::{self, FrameTemplate, LegacySystemNotification, LegacyUserMessage};
+use herald_proto::envelope::{self, FrameTemplate};
+use herald_proto::legacy::{LegacySystemNotification, LegacyUserMessage};
 use herald_proto::time::{ms_to_rfc3339, now_rfc3339};
 
 use crate::Ctx;

@@ -34,7 +34,8 @@ use herald_common::keys::Keys;
 use herald_common::node;
 use herald_common::publish::Publisher;
 use herald_common::store;
-use herald_proto::envelope::{FrameTemplate, NodeInfo};
+use herald_proto::envelope::FrameTemplate;
+use herald_proto::node::NodeInfo;
 use herald_proto::time::now_ms;
 
 pub use config::Config;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
-use herald_proto::envelope::NodeInfo;
+use herald_proto::node::NodeInfo;
 use herald_proto::time::now_ms;
 
 use crate::keys::Keys;

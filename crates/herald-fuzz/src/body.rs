@@ -16,7 +16,8 @@ use serde_json::value::RawValue;
 use broadcaster::jobs::kinds::Job;
 use herald_common::http::{ApiError, parse_body};
 use herald_proto::channel;
-use herald_proto::envelope::{self, FrameTemplate, LegacySystemNotification, LegacyUserMessage};
+use herald_proto::envelope::{self, FrameTemplate};
+use herald_proto::legacy::{LegacySystemNotification, LegacyUserMessage};
 
 // === the request shapes, mirrored field for field ===
 

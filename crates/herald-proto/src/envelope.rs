@@ -1,4 +1,5 @@
-//! What travels through Redis.
+//! A channel message as it travels through Redis: written by the publish script
+//! (`herald_common::publish`) into the channel's history and Pub/Sub.
 //!
 //! A channel publish is a frame *template*: the publisher serializes the whole
 //! client frame except `offset` and `epoch`, which only the Redis script knows, and
@@ -10,7 +11,7 @@
 //! `<offset> <epoch> <publish_ms>\n<frame>`, which lets a gateway track per-channel
 //! offsets (gap detection) and delivery latency without touching the JSON.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 /// A frame with the offset/epoch hole the publish script fills.
@@ -177,98 +178,6 @@ pub fn encode(offset: u64, epoch: &str, published_ms: u64, frame: &str) -> Strin
     format!("{offset} {epoch} {published_ms}\n{frame}")
 }
 
-/// Commands sent to every gateway over the control channel (`herald:control`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
-    /// Close one connection, wherever it is.
-    DisconnectConn { conn_id: String },
-    /// Close every connection of a user.
-    DisconnectUser { user_id: String },
-    /// A token id was revoked: close connections authenticated with it.
-    Revoke { jti: String },
-}
-
-/// A message on the legacy Redis channel `system_notifications`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LegacySystemNotification {
-    pub content: Box<RawValue>,
-    #[serde(default)]
-    pub timestamp: Option<serde_json::Value>,
-}
-
-/// A message on the legacy Redis channel `user_messages`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LegacyUserMessage {
-    pub user_id: String,
-    pub target_channel: String,
-    pub content: Box<RawValue>,
-    #[serde(default)]
-    pub timestamp: Option<serde_json::Value>,
-}
-
-/// What every node writes into Redis each second (`herald:node:<id>`, JSON).
-/// Counters are cumulative; the monitor turns them into rates.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: String,
-    pub service: String,
-    /// Where the node's HTTP endpoints answer (for the monitor's health probe).
-    pub address: String,
-    pub version: String,
-    pub started_ms: u64,
-    pub beat_ms: u64,
-    #[serde(default)]
-    pub ready: bool,
-    #[serde(default)]
-    pub connections: u64,
-    #[serde(default)]
-    pub subscriptions: u64,
-    #[serde(default)]
-    pub channels: u64,
-    #[serde(default)]
-    pub messages_in: u64,
-    #[serde(default)]
-    pub messages_out: u64,
-    #[serde(default)]
-    pub ratelimit_hits: u64,
-}
-
-/// One live connection as a gateway reports it for the monitor
-/// (`herald:node:<id>:conns`, a HASH conn_id → this as JSON, updated on change).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConnInfo {
-    pub conn_id: String,
-    pub user: String,
-    pub ip: String,
-    pub node: String,
-    pub channels: Vec<String>,
-    pub connected_ms: u64,
-    #[serde(default)]
-    pub messages_in: u64,
-    #[serde(default)]
-    pub messages_out: u64,
-}
-
-/// One channel as a gateway reports it (`herald:node:<id>:channels`, a HASH
-/// channel → this as JSON): local subscribers and messages delivered so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelStat {
-    pub subscribers: u64,
-    pub messages: u64,
-}
-
-/// One rate-limit hit (`herald:ratelimit` stream entry fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateLimitEvent {
-    /// The user, or the IP for connection-level limits.
-    pub who: String,
-    /// `message`, `connection`, `connect_rate`, `login`, …
-    pub kind: String,
-    pub node: String,
-    pub at_ms: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,16 +209,5 @@ mod tests {
         assert!(decode(b"garbage").is_none());
         assert!(decode(b"1 2\n{}").is_none());
         assert!(decode(b"x e 1\n{}").is_none());
-    }
-
-    #[test]
-    fn control_shape() {
-        let c = Control::DisconnectUser {
-            user_id: "u1".into(),
-        };
-        assert_eq!(
-            serde_json::to_value(&c).unwrap(),
-            json!({"type":"disconnect_user","user_id":"u1"})
-        );
     }
 }

@@ -11,16 +11,24 @@
 //! - [`claims`]: JWT claims and the permission checks made on them.
 //! - [`glob`]: the `*` pattern matcher used by permissions.
 //! - [`channel`]: channel-name validation.
-//! - [`envelope`]: the Pub/Sub envelope and the message-frame template the publish script fills in.
+//! - [`envelope`]: the message-frame templates the publish script fills in, and the Pub/Sub envelope.
+//! - [`control`]: the commands on the control channel (disconnects, revocations).
+//! - [`legacy`]: the payloads of the legacy Redis channels the broadcaster bridges.
+//! - [`node`]: the records nodes write into Redis for the monitor, and the rate-limit kinds.
+//! - [`monitor`]: the monitor's JSON API, as the monitor writes it and herald-tui reads it.
 //! - [`time`]: the one timestamp format used on the wire.
 
 pub mod channel;
 pub mod claims;
 pub mod client;
+pub mod control;
 pub mod disconnect;
 pub mod envelope;
 pub mod frames;
 pub mod glob;
+pub mod legacy;
+pub mod monitor;
+pub mod node;
 pub mod server;
 pub mod time;
 

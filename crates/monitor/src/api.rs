@@ -15,16 +15,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use herald_common::http::{ApiError, KeyKind, require_key};
 use herald_common::keys::Keys;
-use herald_proto::envelope::{ConnInfo, Control};
-use herald_proto::time::ms_to_rfc3339;
+use herald_proto::control::Control;
+use herald_proto::monitor::{ChannelsPage, ConnRow, ConnectionsPage, STREAM_EVENT};
+use herald_proto::node::ConnInfo;
 
 use crate::metrics::Metrics;
-use crate::sample::ChannelRow;
 use crate::sampler::{SAMPLE_INTERVAL, Shared};
 
 /// Rows a list returns unless asked otherwise, and at most.
@@ -99,12 +99,6 @@ struct ChannelsQuery {
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
-struct ChannelsPage<'a> {
-    channels: Vec<&'a ChannelRow>,
-    total: usize,
-}
-
 async fn channels(
     State(s): State<AppState>,
     q: Result<Query<ChannelsQuery>, QueryRejection>,
@@ -122,7 +116,7 @@ async fn channels(
     {
         total += 1;
         if rows.len() < limit {
-            rows.push(row);
+            rows.push(row.clone());
         }
     }
     Ok(axum::Json(ChannelsPage {
@@ -153,21 +147,6 @@ impl ConnectionsQuery {
     fn filtered(&self) -> bool {
         self.user.is_some() || self.channel.is_some()
     }
-}
-
-#[derive(Debug, Serialize)]
-struct ConnRow {
-    #[serde(flatten)]
-    info: ConnInfo,
-    connected_at: String,
-}
-
-#[derive(Debug, Serialize)]
-struct ConnectionsPage {
-    connections: Vec<ConnRow>,
-    total: u64,
-    /// True when `total` is a lower bound: the scan stopped at its budget.
-    truncated: bool,
 }
 
 async fn connections(
@@ -227,10 +206,7 @@ async fn read_connections(
                     if info.node.is_empty() {
                         info.node = node.clone();
                     }
-                    page.push(ConnRow {
-                        connected_at: ms_to_rfc3339(info.connected_ms),
-                        info,
-                    });
+                    page.push(ConnRow::from(info));
                 }
             }
             cursor = next;
@@ -275,7 +251,7 @@ async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Even
             }
             let snap = s.shared.snapshot();
             let event = Event::default()
-                .event("overview")
+                .event(STREAM_EVENT)
                 .data(snap.overview_json.as_str());
             Some((Ok(event), (s, tick, guard)))
         });

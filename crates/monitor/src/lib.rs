@@ -40,7 +40,7 @@ use herald_common::keys::Keys;
 use herald_common::node::{StatsFn, run_heartbeat};
 use herald_common::serve::serve;
 use herald_common::store;
-use herald_proto::envelope::NodeInfo;
+use herald_proto::node::NodeInfo;
 use herald_proto::time::now_ms;
 
 mod api;

@@ -6,7 +6,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::sample::{Status, Totals};
+use herald_proto::monitor::{Status, Totals};
 
 /// Probe latencies span a loopback hop to the 1 s timeout.
 const PROBE_BUCKETS: &[f64] = &[

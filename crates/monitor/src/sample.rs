@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::Serialize;
-
-use herald_proto::envelope::{ChannelStat, NodeInfo, RateLimitEvent};
+use herald_proto::monitor::{
+    ChannelRow, NodeRow, Overview, RateLimitView, RecentHit, Status, Totals,
+};
+use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::ms_to_rfc3339;
 
 /// A node whose last beat is at most this old is `up`.
@@ -21,36 +22,9 @@ pub(crate) const TOP_CHANNELS: usize = 10;
 pub(crate) const RECENT_HITS: usize = 20;
 /// Rate-limit kinds the overview always reports, even at zero, so a dashboard
 /// has stable columns.
-const ALWAYS_KINDS: [&str; 2] = ["message", "connection"];
+const ALWAYS_KINDS: [LimitKind; 2] = [LimitKind::Message, LimitKind::Connection];
 
 // === Status ===
-
-/// A node's liveness, from the age of its last beat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Status {
-    Up,
-    Stale,
-    Down,
-}
-
-impl Status {
-    pub(crate) const ALL: [Status; 3] = [Status::Up, Status::Stale, Status::Down];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Status::Up => "up",
-            Status::Stale => "stale",
-            Status::Down => "down",
-        }
-    }
-
-    /// Whether the node's reported state (connections, channels) still counts.
-    /// A down node's sockets are gone with it, whatever its last beat said.
-    pub(crate) fn is_live(self) -> bool {
-        self != Status::Down
-    }
-}
 
 /// The age of a beat; a beat from the future (clock skew) counts as fresh.
 pub(crate) fn age_ms(now_ms: u64, beat_ms: u64) -> u64 {
@@ -158,7 +132,7 @@ fn round2(x: f64) -> f64 {
 pub(crate) struct Tally {
     /// The id of the last stream entry read, to read only newer ones next time.
     pub(crate) last_id: Option<StreamId>,
-    pub(crate) by_kind: BTreeMap<String, u64>,
+    pub(crate) by_kind: BTreeMap<LimitKind, u64>,
     /// Newest first, at most [`RECENT_HITS`].
     pub(crate) recent: VecDeque<RateLimitEvent>,
 }
@@ -190,7 +164,7 @@ impl Tally {
     /// Counts events read in stream order (oldest first).
     pub(crate) fn record(&mut self, id: StreamId, event: RateLimitEvent) {
         self.last_id = Some(id);
-        *self.by_kind.entry(event.kind.clone()).or_insert(0) += 1;
+        *self.by_kind.entry(event.kind).or_insert(0) += 1;
         self.recent.push_front(event);
         self.recent.truncate(RECENT_HITS);
     }
@@ -214,75 +188,6 @@ pub(crate) struct NodeReading {
 pub(crate) struct Probe {
     pub(crate) ok: bool,
     pub(crate) latency_ms: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Overview {
-    pub(crate) generated_at: String,
-    pub(crate) generated_ms: u64,
-    /// True while the monitor cannot reach Redis and is serving its last sample.
-    pub(crate) stale: bool,
-    pub(crate) nodes: Vec<NodeRow>,
-    pub(crate) totals: Totals,
-    pub(crate) top_channels: Vec<ChannelRow>,
-    pub(crate) ratelimit: RateLimitView,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct NodeRow {
-    pub(crate) id: String,
-    pub(crate) service: String,
-    pub(crate) address: String,
-    pub(crate) version: String,
-    pub(crate) status: Status,
-    /// The age of the last beat, in ms (not a timestamp).
-    pub(crate) last_heartbeat_ms: u64,
-    pub(crate) ready: bool,
-    pub(crate) started_at: String,
-    pub(crate) connections: u64,
-    pub(crate) subscriptions: u64,
-    pub(crate) channels: u64,
-    pub(crate) messages_in_per_sec: f64,
-    pub(crate) messages_out_per_sec: f64,
-    pub(crate) ratelimit_hits: u64,
-    /// `None` until the node has been probed once.
-    pub(crate) probe_ok: Option<bool>,
-    pub(crate) probe_latency_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct Totals {
-    pub(crate) nodes_up: u64,
-    pub(crate) nodes_stale: u64,
-    pub(crate) nodes_down: u64,
-    pub(crate) connections: u64,
-    pub(crate) channels: u64,
-    pub(crate) subscriptions: u64,
-    pub(crate) messages_in_per_sec: f64,
-    pub(crate) messages_out_per_sec: f64,
-    pub(crate) ratelimit_hits: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub(crate) struct ChannelRow {
-    pub(crate) channel: String,
-    pub(crate) subscribers: u64,
-    pub(crate) messages_per_sec: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct RateLimitView {
-    pub(crate) hits_total: u64,
-    pub(crate) by_kind: BTreeMap<String, u64>,
-    pub(crate) recent: Vec<RecentHit>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct RecentHit {
-    pub(crate) who: String,
-    pub(crate) kind: String,
-    pub(crate) node: String,
-    pub(crate) at: String,
 }
 
 /// What requests are served from: built once per sampling round.
@@ -451,7 +356,7 @@ pub(crate) fn build(
 fn ratelimit_view(tally: &Tally) -> RateLimitView {
     let mut by_kind = tally.by_kind.clone();
     for kind in ALWAYS_KINDS {
-        by_kind.entry(kind.to_owned()).or_insert(0);
+        by_kind.entry(kind).or_insert(0);
     }
     RateLimitView {
         hits_total: by_kind.values().sum(),
@@ -461,7 +366,7 @@ fn ratelimit_view(tally: &Tally) -> RateLimitView {
             .iter()
             .map(|e| RecentHit {
                 who: e.who.clone(),
-                kind: e.kind.clone(),
+                kind: e.kind,
                 node: e.node.clone(),
                 at: ms_to_rfc3339(e.at_ms),
             })
@@ -719,12 +624,16 @@ mod tests {
     fn tally_counts_by_kind_and_keeps_recent() {
         let mut t = Tally::default();
         for i in 0..25u64 {
-            let kind = if i % 5 == 0 { "connection" } else { "message" };
+            let kind = if i % 5 == 0 {
+                LimitKind::Connection
+            } else {
+                LimitKind::Message
+            };
             t.record(
                 StreamId { ms: T0 + i, seq: 0 },
                 RateLimitEvent {
                     who: format!("u{i}"),
-                    kind: kind.to_owned(),
+                    kind,
                     node: "gw-1".to_owned(),
                     at_ms: T0 + i,
                 },
@@ -732,8 +641,8 @@ mod tests {
         }
         let v = ratelimit_view(&t);
         assert_eq!(v.hits_total, 25);
-        assert_eq!(v.by_kind["message"], 20);
-        assert_eq!(v.by_kind["connection"], 5);
+        assert_eq!(v.by_kind[&LimitKind::Message], 20);
+        assert_eq!(v.by_kind[&LimitKind::Connection], 5);
         assert_eq!(v.recent.len(), RECENT_HITS);
         assert_eq!(v.recent[0].who, "u24", "newest first");
         assert_eq!(
@@ -743,7 +652,10 @@ mod tests {
                 seq: 0
             })
         );
-        assert_eq!(ratelimit_view(&Tally::default()).by_kind["connection"], 0);
+        assert_eq!(
+            ratelimit_view(&Tally::default()).by_kind[&LimitKind::Connection],
+            0
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use herald_common::keys::Keys;
-use herald_proto::envelope::{ChannelStat, NodeInfo, RateLimitEvent};
+use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
 
 use crate::metrics::Metrics;
@@ -309,7 +309,7 @@ impl Sampler {
                 let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
                 let event = RateLimitEvent {
                     who: field("who"),
-                    kind: field("kind"),
+                    kind: LimitKind::parse(&field("kind")),
                     node: field("node"),
                     at_ms: entry.get::<u64>("at_ms").unwrap_or(id.ms),
                 };

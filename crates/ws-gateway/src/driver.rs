@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
+use herald_proto::control::Control;
 use herald_proto::disconnect::Disconnect;
-use herald_proto::envelope::{self, Control};
+use herald_proto::envelope;
 
 use crate::hub::{Cmd, Delivery, Hub};
 use crate::metrics::Metrics;

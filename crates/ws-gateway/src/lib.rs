@@ -46,7 +46,7 @@ use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
 use herald_proto::claims::Claims;
 use herald_proto::disconnect::{Disconnect, DisconnectCode};
-use herald_proto::envelope::NodeInfo;
+use herald_proto::node::{LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
 
 pub use config::Config;
@@ -176,15 +176,16 @@ impl State {
     }
 
     /// Records a limit hit for the monitor (`herald:ratelimit`), off the caller's path.
-    pub(crate) fn report_ratelimit(&self, who: &str, kind: &str) {
+    pub(crate) fn report_ratelimit(&self, who: &str, kind: LimitKind) {
         let mut redis = self.redis.clone();
         let key = self.keys.ratelimit_events();
-        let fields = [
-            ("who", who.to_owned()),
-            ("kind", kind.to_owned()),
-            ("node", self.node_id.clone()),
-            ("at_ms", now_ms().to_string()),
-        ];
+        let fields = RateLimitEvent {
+            who: who.to_owned(),
+            kind,
+            node: self.node_id.clone(),
+            at_ms: now_ms(),
+        }
+        .fields();
         tokio::spawn(async move {
             let _: redis::RedisResult<()> = redis::cmd("XADD")
                 .arg(key)
@@ -294,16 +295,10 @@ pub async fn run(
         info.channels = m.channels.get().max(0) as u64;
         info.messages_in = m.messages_received.get();
         info.messages_out = m.messages_delivered.get();
-        info.ratelimit_hits = [
-            "message",
-            "connection",
-            "connect_rate",
-            "node_capacity",
-            "too_large",
-        ]
-        .iter()
-        .map(|k| m.ratelimit_hits.with_label_values(&[k]).get())
-        .sum();
+        info.ratelimit_hits = metrics::LIMIT_KINDS
+            .iter()
+            .map(|k| m.ratelimit_hits.with_label_values(&[k.as_str()]).get())
+            .sum();
     });
     bg_tasks.spawn(herald_common::node::run_heartbeat(
         redis.clone(),
@@ -456,7 +451,7 @@ async fn ws_handler(
         state
             .metrics
             .ratelimit_hits
-            .with_label_values(&["node_capacity"])
+            .with_label_values(&[LimitKind::NodeCapacity.as_str()])
             .inc();
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -475,14 +470,11 @@ async fn ws_handler(
     {
         Ok(slot) => slot,
         Err(refusal) => {
-            let kind = match refusal {
-                Refusal::TooMany => "connection",
-                Refusal::TooFast => "connect_rate",
-            };
+            let kind = refusal.kind();
             state
                 .metrics
                 .ratelimit_hits
-                .with_label_values(&[kind])
+                .with_label_values(&[kind.as_str()])
                 .inc();
             state.report_ratelimit(&ip.to_string(), kind);
             let mut e = ApiError::too_many(1);

@@ -23,6 +23,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use herald_common::keys::Keys;
+use herald_proto::node::LimitKind;
 use herald_proto::time::now_ms;
 
 /// A gateway's share of an IP's connections stops counting after this long without
@@ -74,6 +75,16 @@ pub(crate) enum Refusal {
     TooMany,
     /// Too many attempts from this IP this second.
     TooFast,
+}
+
+impl Refusal {
+    /// The kind the refusal is counted and reported under.
+    pub(crate) fn kind(self) -> LimitKind {
+        match self {
+            Refusal::TooMany => LimitKind::Connection,
+            Refusal::TooFast => LimitKind::ConnectRate,
+        }
+    }
 }
 
 /// The cluster-wide per-IP limiter.

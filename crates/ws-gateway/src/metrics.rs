@@ -2,6 +2,18 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use herald_proto::node::LimitKind;
+
+/// The limits a gateway enforces, by the kind their hits are counted under
+/// (`login` is auth-svc's).
+pub(crate) const LIMIT_KINDS: [LimitKind; 5] = [
+    LimitKind::Message,
+    LimitKind::Connection,
+    LimitKind::ConnectRate,
+    LimitKind::NodeCapacity,
+    LimitKind::TooLarge,
+];
+
 /// Every metric the gateway exports (docs/protocol.md and a few more for operators).
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
@@ -114,14 +126,8 @@ impl Metrics {
         r.register(Box::new(m.gap_fills.clone()))?;
         r.register(Box::new(m.disconnects.clone()))?;
         // Pre-create the common label values so dashboards see zeros, not gaps.
-        for kind in [
-            "message",
-            "connection",
-            "connect_rate",
-            "node_capacity",
-            "too_large",
-        ] {
-            m.ratelimit_hits.with_label_values(&[kind]);
+        for kind in LIMIT_KINDS {
+            m.ratelimit_hits.with_label_values(&[kind.as_str()]);
         }
         Ok(m)
     }

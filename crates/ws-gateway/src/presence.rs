@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use herald_common::keys::Keys;
 use herald_common::store::Health;
-use herald_proto::envelope::{ChannelStat, ConnInfo};
+use herald_proto::node::{ChannelStat, ConnInfo};
 use herald_proto::time::now_ms;
 
 use crate::hub::Hub;

@@ -748,7 +748,7 @@ async fn check_invariants(redis: &Redis, node: &str, conns: &[PropConn], round: 
             let got: BTreeMap<String, Vec<String>> = raw
                 .iter()
                 .filter_map(|(id, json)| {
-                    let info: herald_proto::envelope::ConnInfo = serde_json::from_str(json).ok()?;
+                    let info: herald_proto::node::ConnInfo = serde_json::from_str(json).ok()?;
                     let mut chans = info.channels;
                     chans.sort();
                     Some((id.clone(), chans))
@@ -992,7 +992,7 @@ async fn connections_without_channels_are_listed() {
                     .query_async(&mut r)
                     .await
                     .ok()?;
-                let info: herald_proto::envelope::ConnInfo = serde_json::from_str(&json?).ok()?;
+                let info: herald_proto::node::ConnInfo = serde_json::from_str(&json?).ok()?;
                 info.channels.is_empty().then_some(())
             }
         },

@@ -8,6 +8,7 @@ mod chaos;
 mod client;
 mod compose;
 mod config;
+mod contract;
 mod dev;
 mod docs;
 mod gateway;

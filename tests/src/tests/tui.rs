@@ -5,10 +5,16 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::json;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::{ADMIN_KEY, Redis, ServiceBuilder, Ws, bin_path, patience, token, within};
+use herald_proto::monitor::{ChannelsPage, STREAM_EVENT};
+use herald_tui::fetch::{Client, ConnQuery};
+use herald_tui::model::{ConnectionsPage, LimitKind, Overview};
+
+use crate::{ADMIN_KEY, Redis, ServiceBuilder, Ws, bin_path, eventually, patience, token, within};
 
 const GATEWAY_ID: &str = "gw-tui-e2e";
 const WIDTH: u16 = 120;
@@ -337,4 +343,139 @@ async fn a_panic_restores_the_terminal() {
         "the dashboard is off the screen:\n{}",
         s.0
     );
+}
+
+/// Parses `body` as the dashboard does and checks that the typed value
+/// serializes back to the same JSON: nothing the monitor sent was dropped,
+/// renamed away or replaced by a default on the way in.
+fn read_as_the_dashboard<T: DeserializeOwned + Serialize>(what: &str, body: &str) -> T {
+    let typed: T = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("the dashboard cannot read the {what} ({e}): {body}"));
+    let sent: Value = serde_json::from_str(body).expect("the monitor sends JSON");
+    let read = serde_json::to_value(&typed).expect("serializable");
+    assert_eq!(read, sent, "the {what} as the dashboard reads it");
+    typed
+}
+
+async fn get_text(url: &str) -> Option<String> {
+    let resp = reqwest::get(url).await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.text().await.ok()
+}
+
+/// The first `overview` event of the monitor's stream, as sent.
+async fn first_stream_event(monitor: &str) -> String {
+    let mut resp = within(
+        "the stream",
+        reqwest::Client::new()
+            .get(format!("{monitor}/api/v1/stream"))
+            .send(),
+    )
+    .await
+    .expect("stream");
+    let mut buf = String::new();
+    loop {
+        let chunk = within("an SSE chunk", resp.chunk())
+            .await
+            .expect("chunk")
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            if !event.lines().any(|l| l == format!("event: {STREAM_EVENT}")) {
+                continue;
+            }
+            return event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .collect();
+        }
+    }
+}
+
+/// The dashboard and the monitor share their types; this feeds the dashboard
+/// what a live monitor actually serves (overview, stream event, connections and
+/// channels pages, with every part populated) rather than JSON written by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_reads_the_monitors_own_answers() {
+    let redis = Redis::start().await;
+    let monitor = ServiceBuilder::new("monitor").redis(&redis).spawn().await;
+    let gw = ServiceBuilder::new("ws-gateway")
+        .redis(&redis)
+        .env("HERALD_NODE_ID", GATEWAY_ID)
+        .env("HERALD_MAX_CONNECTIONS_PER_IP", "100")
+        .env("HERALD_CONNECT_RATE_PER_IP", "1000")
+        .env("HERALD_RATE_LIMIT_MESSAGES", "3")
+        .spawn()
+        .await;
+    let mut clients = Vec::new();
+    for (user, channels) in [("alice", &["news"][..]), ("bob", &["news", "chat:lobby"])] {
+        clients.push(Ws::auth(&gw, &token(user, channels, &[]), channels).await.0);
+    }
+    let (mut spammer, _) = Ws::auth(&gw, &token("spammer", &["alerts"], &[]), &["alerts"]).await;
+    for i in 0..6 {
+        spammer.send(json!({"type": "ping", "id": i})).await;
+    }
+    let base = monitor.http();
+
+    // Wait for an overview with every part filled in: nodes probed, channels,
+    // and the spammer's rate-limit hit.
+    let body = eventually("an overview with every part filled in", || async {
+        let body = get_text(&format!("{base}/api/v1/overview")).await?;
+        let o: Overview = read_as_the_dashboard("overview", &body);
+        let full = o
+            .nodes
+            .iter()
+            .any(|n| n.id == GATEWAY_ID && n.connections == 3 && n.probe_ok == Some(true))
+            && o.top_channels.iter().any(|c| c.channel == "news")
+            && o.ratelimit.recent.iter().any(|h| h.who == "spammer");
+        full.then_some(body)
+    })
+    .await;
+    let o: Overview = read_as_the_dashboard("overview", &body);
+    let hit = o
+        .ratelimit
+        .recent
+        .iter()
+        .find(|h| h.who == "spammer")
+        .expect("the spammer's hit");
+    assert_eq!(hit.kind, LimitKind::Message);
+    assert!(o.ratelimit.by_kind[&LimitKind::Message] >= 1, "{body}");
+
+    let event = first_stream_event(&base).await;
+    let streamed: Overview = read_as_the_dashboard("stream event", &event);
+    assert!(streamed.nodes.iter().any(|n| n.id == GATEWAY_ID), "{event}");
+
+    let body = get_text(&format!("{base}/api/v1/connections"))
+        .await
+        .expect("connections");
+    let page: ConnectionsPage = read_as_the_dashboard("connections page", &body);
+    assert_eq!(page.connections.len(), 3, "{body}");
+    let body = get_text(&format!("{base}/api/v1/channels"))
+        .await
+        .expect("channels");
+    let channels: ChannelsPage = read_as_the_dashboard("channels page", &body);
+    assert_eq!(channels.total, 3, "{body}");
+
+    // And through the dashboard's own client.
+    let client = Client::new(&base, None, patience()).expect("client");
+    let o = within("the dashboard's overview", client.overview())
+        .await
+        .expect("the dashboard reads the overview");
+    assert!(o.nodes.iter().any(|n| n.id == GATEWAY_ID));
+    let q = ConnQuery {
+        active: true,
+        user: Some("bob".to_owned()),
+        ..ConnQuery::default()
+    };
+    let page = within("the dashboard's connections", client.connections(&q))
+        .await
+        .expect("the dashboard reads the connections");
+    assert_eq!(page.connections.len(), 1);
+    let mut channels = page.connections[0].channels.clone();
+    channels.sort();
+    assert_eq!(channels, ["chat:lobby", "news"]);
+    drop(clients);
 }

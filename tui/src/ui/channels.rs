@@ -6,11 +6,11 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table, Widget};
 
 use super::{Palette, count, rate};
-use crate::model::Channel;
+use crate::model::ChannelRow;
 
 #[derive(Debug)]
 pub struct ChannelsPanel<'a> {
-    pub channels: &'a [Channel],
+    pub channels: &'a [ChannelRow],
     /// Every channel with subscribers, not only the top ones listed.
     pub total: u64,
     pub palette: Palette,

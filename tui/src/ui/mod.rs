@@ -59,7 +59,6 @@ impl Palette {
             Status::Up => Style::new().fg(Color::Green),
             Status::Stale => Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
             Status::Down => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
-            Status::Unknown => Style::new().fg(Color::Magenta),
         }
     }
 

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table, Widget};
 
 use super::{Palette, age, count, rate};
-use crate::model::Node;
+use crate::model::NodeRow;
 
 /// Below this width the address and probe columns are left out, so the node
 /// id keeps its room.
@@ -15,7 +15,7 @@ const WIDE: u16 = 110;
 
 #[derive(Debug)]
 pub struct NodesPanel<'a> {
-    pub nodes: &'a [Node],
+    pub nodes: &'a [NodeRow],
     /// The first row shown (scrolled with the arrows on the overview).
     pub offset: usize,
     pub palette: Palette,
@@ -89,7 +89,7 @@ impl Widget for NodesPanel<'_> {
     }
 }
 
-fn probe(n: &Node) -> String {
+fn probe(n: &NodeRow) -> String {
     match (n.probe_ok, n.probe_latency_ms) {
         (Some(true), Some(ms)) if ms < 10.0 => format!("{ms:.1}ms"),
         (Some(true), Some(ms)) => format!("{ms:.0}ms"),

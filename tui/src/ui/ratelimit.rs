@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table, Widget};
 
 use super::{Palette, count};
-use crate::model::{RateLimits, clock};
+use crate::model::{RateLimitView, clock};
 
 /// The widest KIND column: every kind Herald reports (`node_capacity` is the
 /// longest, 13) fits; an unexpected longer one is cut rather than crowd out WHO.
@@ -15,7 +15,7 @@ const MAX_KIND_WIDTH: u16 = 20;
 
 #[derive(Debug)]
 pub struct RateLimitPanel<'a> {
-    pub ratelimit: &'a RateLimits,
+    pub ratelimit: &'a RateLimitView,
     pub palette: Palette,
 }
 
@@ -53,7 +53,7 @@ impl Widget for RateLimitPanel<'_> {
         let kind_width = r
             .recent
             .iter()
-            .map(|h| h.kind.chars().count())
+            .map(|h| h.kind.as_str().chars().count())
             .max()
             .map_or(4, |w| u16::try_from(w).unwrap_or(u16::MAX))
             .clamp(4, MAX_KIND_WIDTH);
@@ -61,7 +61,7 @@ impl Widget for RateLimitPanel<'_> {
             Row::new([
                 clock(&h.at).to_owned(),
                 h.who.clone(),
-                h.kind.clone(),
+                h.kind.as_str().to_owned(),
                 h.node.clone(),
             ])
             .style(p.text())

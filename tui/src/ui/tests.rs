@@ -12,7 +12,7 @@ use super::*;
 use crate::app::App;
 use crate::event::Event;
 use crate::fixtures;
-use crate::model::Overview;
+use crate::model::{LimitKind, Overview, RecentHit};
 
 const URL: &str = "http://127.0.0.1:8083";
 
@@ -180,15 +180,15 @@ fn rate_limit_hits() {
 fn every_rate_limit_kind_fits_its_column() {
     let mut o = fixtures::rate_limited();
     for (who, kind) in [
-        ("198.51.100.7", "connect_rate"),
-        ("198.51.100.8", "node_capacity"),
-        ("carol", "login"),
+        ("198.51.100.7", LimitKind::ConnectRate),
+        ("198.51.100.8", LimitKind::NodeCapacity),
+        ("carol", LimitKind::Login),
     ] {
         o.ratelimit.recent.insert(
             0,
-            crate::model::RateLimitHit {
+            RecentHit {
                 who: who.to_owned(),
-                kind: kind.to_owned(),
+                kind,
                 node: "gw-2".to_owned(),
                 at: "2026-01-01T12:00:05.000Z".to_owned(),
             },

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use herald_proto::client::{self, ClientMsg, ErrorCode, Id, Since};
 use herald_proto::disconnect::Disconnect;
 use herald_proto::envelope;
+use herald_proto::node::LimitKind;
 use herald_proto::server::ServerMsg;
 use herald_proto::time::{now_ms, now_rfc3339};
 
@@ -84,9 +85,9 @@ impl<S: Socket> Conn<S> {
         self.state
             .metrics
             .ratelimit_hits
-            .with_label_values(&["message"])
+            .with_label_values(&[LimitKind::Message.as_str()])
             .inc();
-        self.report_hit("message");
+        self.report_hit(LimitKind::Message);
         let window = self.state.settings.rate_window;
         if self.refused_since.elapsed() > window {
             self.refused = 0;
@@ -115,7 +116,7 @@ impl<S: Socket> Conn<S> {
         self.state
             .metrics
             .ratelimit_hits
-            .with_label_values(&["too_large"])
+            .with_label_values(&[LimitKind::TooLarge.as_str()])
             .inc();
         let now = Instant::now();
         self.too_large
@@ -133,7 +134,7 @@ impl<S: Socket> Conn<S> {
     }
 
     /// Tells the monitor about a limit hit, at most once a second per connection.
-    fn report_hit(&mut self, kind: &str) {
+    fn report_hit(&mut self, kind: LimitKind) {
         if self
             .last_report
             .is_some_and(|t| t.elapsed() < RATELIMIT_REPORT_EVERY)

@@ -1,0 +1,313 @@
+//! The monitor's JSON API under `/api/v1` (docs/protocol.md), typed once: the
+//! monitor serializes these and herald-tui deserializes the same types, so a
+//! renamed or missing field fails to parse instead of reading as zero.
+//!
+//! No field has a default: every one is always sent. Fields a newer monitor adds
+//! are ignored by an older reader.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{ConnInfo, LimitKind};
+use crate::time::ms_to_rfc3339;
+
+/// The event name of each overview on `GET /api/v1/stream` (Server-Sent Events);
+/// its data is an [`Overview`].
+pub const STREAM_EVENT: &str = "overview";
+
+/// A node's liveness, from the age of its last beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Up,
+    Stale,
+    Down,
+}
+
+impl Status {
+    pub const ALL: [Status; 3] = [Status::Up, Status::Stale, Status::Down];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Up => "up",
+            Status::Stale => "stale",
+            Status::Down => "down",
+        }
+    }
+
+    /// Whether the node's reported state (connections, channels) still counts.
+    /// A down node's sockets are gone with it, whatever its last beat said.
+    pub fn is_live(self) -> bool {
+        self != Status::Down
+    }
+}
+
+/// `GET /api/v1/overview`, and the data of each stream event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    pub generated_at: String,
+    pub generated_ms: u64,
+    /// True while the monitor cannot reach Redis and serves its last sample.
+    pub stale: bool,
+    /// By service, then id.
+    pub nodes: Vec<NodeRow>,
+    pub totals: Totals,
+    /// The busiest channels, most subscribers first.
+    pub top_channels: Vec<ChannelRow>,
+    pub ratelimit: RateLimitView,
+}
+
+/// One node of the overview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub id: String,
+    pub service: String,
+    pub address: String,
+    pub version: String,
+    pub status: Status,
+    /// The age of the last beat when the overview was built, in ms (not a timestamp).
+    pub last_heartbeat_ms: u64,
+    pub ready: bool,
+    pub started_at: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub channels: u64,
+    pub messages_in_per_sec: f64,
+    pub messages_out_per_sec: f64,
+    pub ratelimit_hits: u64,
+    /// `null` until the monitor has probed the node's `/healthz` once.
+    pub probe_ok: Option<bool>,
+    pub probe_latency_ms: Option<f64>,
+}
+
+/// The cluster's sums (see the monitor's crate docs for what each one counts).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub nodes_up: u64,
+    pub nodes_stale: u64,
+    pub nodes_down: u64,
+    pub connections: u64,
+    pub channels: u64,
+    pub subscriptions: u64,
+    pub messages_in_per_sec: f64,
+    pub messages_out_per_sec: f64,
+    pub ratelimit_hits: u64,
+}
+
+/// One channel across the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelRow {
+    pub channel: String,
+    /// Summed over gateways.
+    pub subscribers: u64,
+    pub messages_per_sec: f64,
+}
+
+/// The rate-limit hits the monitor has read from `herald:ratelimit`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitView {
+    pub hits_total: u64,
+    pub by_kind: BTreeMap<LimitKind, u64>,
+    /// Newest first.
+    pub recent: Vec<RecentHit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentHit {
+    pub who: String,
+    pub kind: LimitKind,
+    pub node: String,
+    pub at: String,
+}
+
+/// `GET /api/v1/channels`: one page of channels.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChannelsPage {
+    pub channels: Vec<ChannelRow>,
+    /// Every match, not just this page.
+    pub total: u64,
+}
+
+/// `GET /api/v1/connections`: one page of live connections.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionsPage {
+    pub connections: Vec<ConnRow>,
+    /// Every match, not just this page.
+    pub total: u64,
+    /// True when `total` is a lower bound: the monitor stopped scanning.
+    pub truncated: bool,
+}
+
+/// One connection as a gateway reported it ([`ConnInfo`]), with its start as a timestamp.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnRow {
+    pub conn_id: String,
+    pub user: String,
+    pub ip: String,
+    pub node: String,
+    pub channels: Vec<String>,
+    pub connected_ms: u64,
+    pub connected_at: String,
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+impl From<ConnInfo> for ConnRow {
+    fn from(c: ConnInfo) -> Self {
+        Self {
+            connected_at: ms_to_rfc3339(c.connected_ms),
+            conn_id: c.conn_id,
+            user: c.user,
+            ip: c.ip,
+            node: c.node,
+            channels: c.channels,
+            connected_ms: c.connected_ms,
+            messages_in: c.messages_in,
+            messages_out: c.messages_out,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn overview() -> Overview {
+        Overview {
+            generated_at: "2026-01-01T12:00:01.000Z".to_owned(),
+            generated_ms: 1_767_268_801_000,
+            stale: false,
+            nodes: vec![
+                NodeRow {
+                    probe_ok: Some(true),
+                    probe_latency_ms: Some(0.8),
+                    ..node("gw-1", Status::Up)
+                },
+                node("gw-2", Status::Down),
+            ],
+            totals: Totals {
+                nodes_up: 1,
+                nodes_down: 1,
+                connections: 4,
+                channels: 3,
+                subscriptions: 7,
+                messages_in_per_sec: 1.5,
+                messages_out_per_sec: 38.25,
+                ratelimit_hits: 2,
+                ..Totals::default()
+            },
+            top_channels: vec![ChannelRow {
+                channel: "news".to_owned(),
+                subscribers: 3,
+                messages_per_sec: 2.0,
+            }],
+            ratelimit: RateLimitView {
+                hits_total: 3,
+                by_kind: BTreeMap::from([
+                    (LimitKind::Connection, 0),
+                    (LimitKind::Message, 2),
+                    (LimitKind::Login, 1),
+                ]),
+                recent: vec![RecentHit {
+                    who: "mallory".to_owned(),
+                    kind: LimitKind::Message,
+                    node: "gw-1".to_owned(),
+                    at: "2026-01-01T12:00:00.500Z".to_owned(),
+                }],
+            },
+        }
+    }
+
+    fn node(id: &str, status: Status) -> NodeRow {
+        NodeRow {
+            id: id.to_owned(),
+            service: "ws-gateway".to_owned(),
+            address: "10.0.0.5:8765".to_owned(),
+            version: "0.4.0".to_owned(),
+            status,
+            last_heartbeat_ms: 412,
+            ready: true,
+            started_at: "2026-01-01T11:00:00.000Z".to_owned(),
+            connections: 4,
+            subscriptions: 7,
+            channels: 3,
+            messages_in_per_sec: 1.5,
+            messages_out_per_sec: 38.25,
+            ratelimit_hits: 2,
+            probe_ok: None,
+            probe_latency_ms: None,
+        }
+    }
+
+    #[test]
+    fn overview_round_trips() {
+        let o = overview();
+        let json = serde_json::to_string(&o).unwrap();
+        let back: Overview = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, o);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["nodes"][0]["status"], "up");
+        assert_eq!(
+            v["nodes"][1]["probe_ok"],
+            Value::Null,
+            "sent as null, not left out"
+        );
+        assert_eq!(
+            v["ratelimit"]["by_kind"],
+            json!({"connection":0,"login":1,"message":2})
+        );
+        assert_eq!(v["ratelimit"]["recent"][0]["kind"], "message");
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_and_an_extra_one_is_ignored() {
+        let mut v = serde_json::to_value(overview()).unwrap();
+        v["totals"]["added_later"] = json!(1);
+        v["nodes"][0]["added_later"] = json!("x");
+        assert_eq!(
+            serde_json::from_value::<Overview>(v.clone()).unwrap(),
+            overview()
+        );
+
+        let Value::Object(totals) = &mut v["totals"] else {
+            panic!("totals is an object")
+        };
+        totals.remove("connections");
+        let err = serde_json::from_value::<Overview>(v).unwrap_err();
+        assert!(err.to_string().contains("connections"), "{err}");
+    }
+
+    #[test]
+    fn a_status_outside_the_set_is_an_error() {
+        let mut v = serde_json::to_value(overview()).unwrap();
+        v["nodes"][0]["status"] = json!("exploded");
+        assert!(serde_json::from_value::<Overview>(v).is_err());
+        for s in Status::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn a_connection_row_is_its_record_plus_a_timestamp() {
+        let info = ConnInfo {
+            conn_id: "c1".to_owned(),
+            user: "alice".to_owned(),
+            ip: "10.0.0.7".to_owned(),
+            node: "gw-1".to_owned(),
+            channels: vec!["news".to_owned()],
+            connected_ms: 1_700_000_000_123,
+            messages_in: 3,
+            messages_out: 9,
+        };
+        let row = ConnRow::from(info.clone());
+        assert_eq!(row.connected_at, "2023-11-14T22:13:20.123Z");
+        let mut v = serde_json::to_value(&row).unwrap();
+        let Value::Object(fields) = &mut v else {
+            panic!("an object")
+        };
+        fields.remove("connected_at");
+        assert_eq!(v, serde_json::to_value(&info).unwrap());
+    }
+}
