@@ -1,6 +1,9 @@
 //! The scenarios, one module per area; each test starts its own Redis and services.
 mod admin;
 mod auth;
+mod auth_cli;
+mod auth_keys;
+mod auth_login;
 mod bench;
 mod broadcaster;
 mod browser;
