@@ -120,6 +120,7 @@ fn keep_beating(mut c: MultiplexedConnection, infos: Vec<NodeInfo>) -> Beating {
                 };
                 beat(&mut c, &info).await;
             }
+            // The pace of a live node's heartbeat (real nodes beat every second).
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }))
@@ -232,7 +233,8 @@ async fn rates_come_from_counter_deltas() {
     })
     .await;
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The second beat says it came a second after the first: rates come from the beats'
+    // own times and counters, not from when the monitor reads them.
     info.beat_ms = t0 + 1_000;
     info.messages_out = 500;
     info.messages_in = 100;
