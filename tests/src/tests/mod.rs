@@ -10,6 +10,7 @@ mod broadcaster_jobs;
 mod browser;
 mod chaos;
 mod client;
+mod client_faults;
 mod compose;
 mod config;
 mod dev;
