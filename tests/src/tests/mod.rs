@@ -6,6 +6,7 @@ mod auth_keys;
 mod auth_login;
 mod bench;
 mod broadcaster;
+mod broadcaster_bridges;
 mod broadcaster_jobs;
 mod browser;
 mod chaos;
