@@ -428,4 +428,4 @@ soak: build
     mkdir -p target/soak
     printf '[profile.soak]\nslow-timeout = { period = "120s" }\n' > target/soak/nextest.toml
     cargo nextest run -p e2e --tool-config-file "herald-soak:$PWD/target/soak/nextest.toml" -P soak \
-        --run-ignored only --no-capture -E 'test(=tests::chaos::soak)'
+        --run-ignored only --no-capture -E 'test(=tests::soak::soak)'

@@ -13,7 +13,7 @@
     reason = "the harness is used by this crate's tests only"
 )]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod browser;
+pub mod load_client;
 #[cfg(test)]
 mod tests;
 
@@ -55,22 +56,102 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     }
 }
 
-/// Polls `check` until it returns `Some`, for at most [`patience`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// What a check polled by [`eventually`] returns: `Some`/`Ok` ends the wait with its
+/// value; `None`/`Err` means "not yet", and the last `Err` says what was still wrong
+/// when time ran out.
+pub trait Polled {
+    type Value;
+    fn settle(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl<T> Polled for Option<T> {
+    type Value = T;
+    fn settle(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Polled for Result<T, E> {
+    type Value = T;
+    fn settle(self) -> Result<T, Option<String>> {
+        self.map_err(|e| Some(e.to_string()))
+    }
+}
+
+/// Polls `check` until it succeeds, for at most [`patience`].
+pub async fn eventually<P, F, Fut>(what: &str, check: F) -> P::Value
 where
+    P: Polled,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = P>,
 {
-    let deadline = tokio::time::Instant::now() + patience();
+    eventually_within(what, patience(), check).await
+}
+
+/// Polls `check` until it succeeds, for at most `limit` (for waits that are longer
+/// than [`patience`] by design, such as TTLs running out, or that must be shorter);
+/// a check still running at the deadline is abandoned.
+pub async fn eventually_within<P, F, Fut>(what: &str, limit: Duration, mut check: F) -> P::Value
+where
+    P: Polled,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = P>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {:?} waiting for {what}", patience());
+        let not_yet = match tokio::time::timeout_at(deadline, check()).await {
+            Ok(polled) => match polled.settle() {
+                Ok(v) => return v,
+                Err(why) => why,
+            },
+            Err(_) => Some("the last check was still running".to_owned()),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            let why = not_yet.map(|w| format!(": {w}")).unwrap_or_default();
+            panic!("timed out after {limit:?} waiting for {what}{why}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A number from the environment (a test's knob), or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The resident set of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Bytes that arrived on the established connections of `server` (a listening
+/// address) and that its process has not read yet, from `/proc/net/tcp`: how a test
+/// sees that a running service has read what it was sent, or that a stopped one has
+/// been sent something.
+pub fn unread_bytes(server: SocketAddr) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+            let (ip, port) = local.split_once(':')?;
+            // The kernel prints the address as the host-order view of its network bytes.
+            let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
+            let port = u16::from_str_radix(port, 16).ok()?;
+            let established = *state == "01";
+            let unread = u64::from_str_radix(queues.split_once(':')?.1, 16).ok()?;
+            (established && SocketAddr::from((ip, port)) == server).then_some(unread)
+        })
+        .sum()
 }
 
 /// A port nobody listens on right now.

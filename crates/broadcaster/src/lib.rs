@@ -151,16 +151,6 @@ impl Ctx {
     }
 }
 
-/// Connects to Redis (fail fast) and serves until `shutdown` resolves.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let (client, conn) = store::connect(&config.common.redis_url).await?;
-    run_with(listener, config, client, conn, shutdown).await
-}
-
 /// Serves with an already checked Redis connection until `shutdown` resolves.
 pub async fn run_with(
     listener: TcpListener,

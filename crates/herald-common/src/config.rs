@@ -9,7 +9,6 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::{ArgMatches, ValueSource};
 use clap::{Arg, Args, Command, Parser};
 
-pub const ENV_REDIS_URL: &str = "HERALD_REDIS_URL";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_REDIS_PREFIX: &str = "herald:";
 pub const DEFAULT_LOG: &str = "info";

@@ -22,10 +22,6 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Pub/Sub channel carrying a Herald channel's messages.
     pub fn channel(&self, channel: &str) -> String {
         format!("{}ch:{channel}", self.prefix)

@@ -150,10 +150,6 @@ impl Publisher {
         }
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Publishes a frame to `channel`; returns its `(offset, epoch)`.
     pub async fn publish(
         &self,

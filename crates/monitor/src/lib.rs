@@ -56,16 +56,6 @@ pub const SERVICE: &str = "monitor";
 /// How long background tasks get to finish (the heartbeat deregisters) at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Connects to Redis (failing fast) and serves until `shutdown` resolves.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let (_client, conn) = store::connect(&config.common.redis_url).await?;
-    run_with(listener, config, conn, shutdown).await
-}
-
 /// Serves with an existing Redis connection until `shutdown` resolves, then
 /// ends open streams, deregisters this node and returns.
 pub async fn run_with(

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -140,7 +140,6 @@ impl Driver {
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The nonce in flight and when it was sent.
         let mut outstanding: Option<(u64, Instant)> = None;
-        let nonce_seen = Arc::new(AtomicU64::new(0));
         let probe_deadline = (self.probe_interval * 3).max(Duration::from_secs(3));
         self.healthy.store(true, Ordering::Relaxed);
 
@@ -154,12 +153,11 @@ impl Driver {
                     if let Some(channel) = name.strip_prefix(prefix.as_str()) {
                         self.on_message(channel, msg.get_payload_bytes(), positions).await;
                     } else if name == probe {
-                        if let Ok(n) = std::str::from_utf8(msg.get_payload_bytes()).unwrap_or("").parse::<u64>() {
-                            nonce_seen.store(n, Ordering::Relaxed);
-                            if outstanding.is_some_and(|(want, _)| want == n) {
-                                outstanding = None;
-                                self.healthy.store(true, Ordering::Relaxed);
-                            }
+                        if let Ok(n) = std::str::from_utf8(msg.get_payload_bytes()).unwrap_or("").parse::<u64>()
+                            && outstanding.is_some_and(|(want, _)| want == n)
+                        {
+                            outstanding = None;
+                            self.healthy.store(true, Ordering::Relaxed);
                         }
                     } else if name == control {
                         self.on_control(msg.get_payload_bytes());

@@ -231,7 +231,8 @@ async fn survives(disrupt: impl AsyncFnOnce(&mut Redis, &mut Service)) -> Value 
     within("the publisher", publisher).await.expect("publisher");
     page.wait_for("all 500 messages", "log.msgs.length >= 500")
         .await;
-    // Anything late (a duplicate) would arrive within a moment.
+    // A quiet window: a late duplicate would arrive within it, and an absence cannot
+    // be polled for.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = delivered(&page).await;
     assert_eq!(
@@ -325,7 +326,8 @@ async fn tokens_are_refreshed_before_they_expire() {
     until_connected(&page).await;
     page.wait_for("subscribed to news", "log.subscribed.length === 1")
         .await;
-    // Three token lifetimes, publishing all along.
+    // Three token lifetimes, publishing all along (the pace is the point: time passes
+    // while the client refreshes its token).
     for i in 1..=12u64 {
         publish(&bc, "news", json!({"n": i})).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -418,7 +420,8 @@ async fn an_origin_allow_list_admits_the_page_and_refuses_another() {
         .await;
     assert_eq!(last["reconnect"], false, "{last} (from {origin_no})");
     assert_eq!(last["code"], 4403, "{last}");
-    // It stays refused: no retry loop against the gateway.
+    // It stays refused: no retry loop against the gateway. A quiet window longer than
+    // the first retry's backoff: an absence cannot be polled for.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let attempts = page_no
         .eval("log.states.filter((s) => s.state === 'connecting').length")

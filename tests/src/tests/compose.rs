@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{ADMIN_KEY, API_KEY, TEST_SECRET, Ws, free_port, token};
+use crate::{ADMIN_KEY, API_KEY, TEST_SECRET, Ws, eventually_within, free_port, token};
 
 /// The channel every client of the scenario follows.
 const CHANNEL: &str = "news";
@@ -74,7 +74,7 @@ async fn compose_stack_survives_a_gateway_kill_and_a_redis_restart() {
 
     // Every service is a node the monitor sees up, and Prometheus scrapes them all.
     let overview = format!("http://127.0.0.1:{}/api/v1/overview", p.monitor);
-    wait_for(CHANGE, "every Herald node up in the monitor", || async {
+    eventually_within("every Herald node up in the monitor", CHANGE, || async {
         let nodes = node_statuses(&overview).await?;
         NODE_IDS
             .iter()
@@ -83,7 +83,7 @@ async fn compose_stack_survives_a_gateway_kill_and_a_redis_restart() {
     })
     .await;
     let targets = format!("http://127.0.0.1:{}/api/v1/targets", p.prometheus);
-    wait_for(CHANGE, "Prometheus scraping every service", || async {
+    eventually_within("Prometheus scraping every service", CHANGE, || async {
         let (status, body) = get_json(&targets, None).await?;
         let active = body["data"]["activeTargets"].as_array()?;
         (status == 200 && active.len() == 5 && active.iter().all(|t| t["health"] == "up"))
@@ -121,7 +121,7 @@ async fn compose_stack_survives_a_gateway_kill_and_a_redis_restart() {
     clock.lap("dropped clients recovered on the other replica");
 
     // The monitor reports the killed gateway down, the survivor up.
-    wait_for(CHANGE, "the monitor reporting gw-1 down", || async {
+    eventually_within("the monitor reporting gw-1 down", CHANGE, || async {
         let nodes = node_statuses(&overview).await?;
         (nodes.get("gw-1").is_some_and(|s| s == "down")
             && nodes.get("gw-2").is_some_and(|s| s == "up"))
@@ -291,8 +291,7 @@ impl Stack {
 
     /// Waits until every service's container reports `healthy`.
     async fn wait_healthy(&self, services: &[&str], patience: Duration) {
-        let deadline = Instant::now() + patience;
-        loop {
+        eventually_within("every container healthy", patience, || async {
             let mut pending = Vec::new();
             for s in services {
                 let id = self.container(s).await;
@@ -309,7 +308,7 @@ impl Stack {
                 }
             }
             if pending.is_empty() {
-                return;
+                return Ok(());
             }
             // A container that stopped will not come back by itself (a crashing one is
             // `restarting`, by the restart policy): no point waiting.
@@ -319,11 +318,9 @@ impl Stack {
             {
                 panic!("{gone}: the container stopped while starting");
             }
-            if Instant::now() > deadline {
-                panic!("not healthy after {patience:?}: {}", pending.join(", "));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            Err(format!("not healthy: {}", pending.join(", ")))
+        })
+        .await;
     }
 
     /// Asserts the image each service runs: offline, the home-built Redis and Prometheus
@@ -437,7 +434,7 @@ impl Stack {
                 "idempotency_key": format!("{}-{tag}-{i}", self.project),
             });
             let what = format!("the broadcaster to publish {tag} #{i}");
-            let offset = wait_for(CHANGE, &what, || async {
+            let offset = eventually_within(&what, CHANGE, || async {
                 let (status, reply) = post_json(&url, API_KEY, &body).await?;
                 assert!(
                     status == 200 || status == 503,
@@ -787,24 +784,6 @@ async fn node_statuses(url: &str) -> Option<BTreeMap<String, String>> {
             })
             .collect(),
     )
-}
-
-/// Polls `check` until it returns `Some`, for at most `patience`.
-async fn wait_for<T, F, Fut>(patience: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {patience:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Prints how long each phase took, for CI's log.

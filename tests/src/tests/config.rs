@@ -3,7 +3,6 @@
 //! every node reports, and what the logs look like in a file.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use herald_common::keys::Keys;
 use tokio::process::Command;
@@ -238,9 +237,11 @@ async fn dev_log(service: &str, redis: &Redis) -> Vec<u8> {
     let path = dir.path().join(format!("{service}.log"));
     let file = std::fs::File::create(&path).expect("log file");
     let port = free_port();
+    let node = format!("{service}-log");
     let mut child = Command::new(bin_path(service))
         .env_clear()
         .env("HERALD_DEV", "1")
+        .env("HERALD_NODE_ID", &node)
         .env("HERALD_REDIS_URL", redis.url())
         .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
         .env("HERALD_LOG", "info")
@@ -259,8 +260,22 @@ async fn dev_log(service: &str, redis: &Redis) -> Vec<u8> {
         }
     })
     .await;
-    // A beat or two, so that anything logged periodically is in the file too.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two heartbeats, so that anything logged periodically is in the file too.
+    let beat = || async {
+        let mut c = redis.conn().await;
+        redis::cmd("ZSCORE")
+            .arg("herald:nodes")
+            .arg(&node)
+            .query_async::<Option<u64>>(&mut c)
+            .await
+            .ok()
+            .flatten()
+    };
+    let first = eventually(&format!("{service}'s first heartbeat"), beat).await;
+    eventually(&format!("{service}'s second heartbeat"), || async {
+        beat().await.filter(|b| *b > first)
+    })
+    .await;
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         signal(pid, 15);
     }

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     ADMIN_KEY, API_KEY, Redis, Service, ServiceBuilder, TEST_SECRET, Ws, bin_path, eventually,
-    free_port, run_bin, signal, token, token_with, within,
+    free_port, run_bin, signal, token, token_with, unread_bytes, within,
 };
 
 const SERVICES: [&str; 4] = ["auth-svc", "broadcaster", "monitor", "ws-gateway"];
@@ -356,7 +356,11 @@ async fn shutdown_lets_a_request_in_flight_finish() {
     );
     s.write_all(head.as_bytes()).await.expect("write");
     s.write_all(first.as_bytes()).await.expect("write");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // In flight: the broadcaster has read everything sent so far.
+    eventually("the broadcaster to read the request so far", || async {
+        (unread_bytes(bc.addr) == 0).then_some(())
+    })
+    .await;
     let pid = i32::try_from(bc.pid().expect("pid")).expect("pid");
     signal(pid, 15);
     // New connections are refused while the request in flight is still served.

@@ -121,6 +121,7 @@ fn keep_beating(mut c: MultiplexedConnection, infos: Vec<NodeInfo>) -> Beating {
                 };
                 beat(&mut c, &info).await;
             }
+            // The pace of a live node's heartbeat (real nodes beat every second).
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }))
@@ -233,7 +234,8 @@ async fn rates_come_from_counter_deltas() {
     })
     .await;
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The second beat says it came a second after the first: rates come from the beats'
+    // own times and counters, not from when the monitor reads them.
     info.beat_ms = t0 + 1_000;
     info.messages_out = 500;
     info.messages_in = 100;
@@ -503,48 +505,6 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_serves_the_last_sample_and_reports_not_ready() {
-    let (mut redis, m) = start().await;
-    eventually("the monitor listed", || async {
-        let o = overview(&m).await;
-        (o["totals"]["nodes_up"] == 1).then_some(())
-    })
-    .await;
-    redis.kill().await;
-    // Readiness follows the shared Redis health, which any failed command flips; the
-    // sample turns stale only when the sampler's own next round fails. Both must happen.
-    let o = eventually("/readyz 503 and a stale overview", || async {
-        let (s, _) = http_json(Method::GET, &format!("{}/readyz", m.http()), None, None).await;
-        let o = overview(&m).await;
-        (s == 503 && o["stale"] == true).then_some(o)
-    })
-    .await;
-    assert_eq!(
-        o["totals"]["nodes_up"], 1,
-        "the last sample is still served"
-    );
-    let (status, body) = http_json(
-        Method::GET,
-        &format!("{}/api/v1/connections", m.http()),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(status, 503, "{body}");
-
-    redis.restart().await;
-    eventually(
-        "/readyz 200 and the monitor back in the registry",
-        || async {
-            let (s, _) = http_json(Method::GET, &format!("{}/readyz", m.http()), None, None).await;
-            let o = overview(&m).await;
-            (s == 200 && o["stale"] == false && o["totals"]["nodes_up"] == 1).then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::{ADMIN_KEY, Redis, Service, ServiceBuilder, Ws, eventually, http_json, token};
+use crate::{
+    ADMIN_KEY, Redis, Service, ServiceBuilder, Ws, eventually, eventually_within, http_json, token,
+};
 
 fn gateway(redis: &Redis) -> ServiceBuilder {
     ServiceBuilder::new("ws-gateway")
@@ -77,6 +79,7 @@ async fn monitor_counts_real_clients_rates_and_failures() {
             publisher
                 .send(json!({"type":"broadcast","channel":"news","message":i}))
                 .await;
+            // The pace of the traffic whose rate the monitor must see.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -109,18 +112,50 @@ async fn monitor_counts_real_clients_rates_and_failures() {
     // A killed gateway turns stale, then down.
     gw1.kill().await;
     for want in ["stale", "down"] {
-        tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
+        eventually_within(
+            &format!("the killed gateway to be {want}"),
+            Duration::from_secs(20),
+            || async {
                 let o = get(&monitor, "/api/v1/overview").await;
-                if node(&o, &gw1_id).is_some_and(|n| n["status"] == want) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("the killed gateway never became {want}"));
+                node(&o, &gw1_id)
+                    .is_some_and(|n| n["status"] == want)
+                    .then_some(())
+            },
+        )
+        .await;
     }
     let o = get(&monitor, "/api/v1/overview").await;
     assert_eq!(node(&o, &gw2_id).expect("gw2")["status"], "up");
+}
+
+/// Found by `frame_sequences`' property test: the monitor's connection list (the presence hash)
+/// must list every open connection, also one that has not subscribed to anything
+/// yet, or operators can neither see nor disconnect it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_channels_are_listed() {
+    let redis = Redis::start().await;
+    let gw = gateway(&redis).spawn().await;
+    let (_idle, ok) = Ws::auth(&gw, &token("idle", &[], &[]), &[]).await;
+    let key = format!("herald:node:{}:conns", ok["node"].as_str().expect("node"));
+    let conn_id = ok["conn_id"].as_str().expect("conn_id").to_owned();
+    let r = redis.conn().await;
+    eventually_within(
+        "the idle connection's presence record",
+        Duration::from_secs(3),
+        || {
+            let mut r = r.clone();
+            let (key, conn_id) = (key.clone(), conn_id.clone());
+            async move {
+                let json: Option<String> = redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(&conn_id)
+                    .query_async(&mut r)
+                    .await
+                    .ok()?;
+                let info: herald_proto::node::ConnInfo = serde_json::from_str(&json?).ok()?;
+                info.channels.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
 }

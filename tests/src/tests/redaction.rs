@@ -180,8 +180,19 @@ async fn no_secret_reaches_any_log_even_at_trace() {
     for ws in [by_query, json_query, by_frame, json_frame] {
         ws.close().await;
     }
-    // Let the last events (closes, heartbeats, the monitor's samples) be written.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The last events are in the logs too: the closes, the gateways' presence
+    // updates, and a monitor sample that lists no connection any more.
+    eventually("the monitor to list no connection", || async {
+        let (status, v) = http_json(
+            Method::GET,
+            &format!("{}/api/v1/connections", monitor.http()),
+            None,
+            None,
+        )
+        .await;
+        (status == 200 && v["total"] == 0).then_some(())
+    })
+    .await;
     drop((auth, gw, gw_json, bc, monitor));
 
     let mut leaks = Vec::new();

@@ -14,7 +14,10 @@ use herald_proto::monitor::{ChannelsPage, STREAM_EVENT};
 use herald_tui::fetch::{Client, ConnQuery};
 use herald_tui::model::{ConnectionsPage, LimitKind, Overview};
 
-use crate::{ADMIN_KEY, Redis, ServiceBuilder, Ws, bin_path, eventually, patience, token, within};
+use crate::{
+    ADMIN_KEY, Redis, ServiceBuilder, Ws, bin_path, eventually, eventually_within, patience, token,
+    within,
+};
 
 const GATEWAY_ID: &str = "gw-tui-e2e";
 const WIDTH: u16 = 120;
@@ -103,20 +106,15 @@ impl Tmux {
         timeout: Duration,
         check: impl Fn(&Screen) -> bool,
     ) -> Screen {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        eventually_within(what, timeout, || async {
             let screen = Screen(self.screen().await);
             if check(&screen) {
-                return screen;
+                Ok(screen)
+            } else {
+                Err(format!("the screen:\n{}", screen.0))
             }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; the screen:\n{}",
-                    screen.0
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 }
 
