@@ -164,6 +164,21 @@ pub enum Disconnect {
 }
 
 impl Disconnect {
+    /// Every reason but a handshake refusal (whose code follows the HTTP status).
+    pub const FIXED: [Self; 11] = [
+        Self::Shutdown,
+        Self::SlowConsumer,
+        Self::TokenExpired,
+        Self::TokenRevoked,
+        Self::Admin,
+        Self::RateLimited,
+        Self::TooLarge,
+        Self::HeartbeatTimeout,
+        Self::AuthTimeout,
+        Self::AuthFailed,
+        Self::BinaryFrame,
+    ];
+
     /// The WebSocket close code.
     pub fn close_code(&self) -> u16 {
         use close_code::*;
@@ -280,21 +295,9 @@ impl Disconnect {
                 retry_after_ms: None,
             }));
         }
-        [
-            Self::Shutdown,
-            Self::SlowConsumer,
-            Self::TokenExpired,
-            Self::TokenRevoked,
-            Self::Admin,
-            Self::RateLimited,
-            Self::TooLarge,
-            Self::HeartbeatTimeout,
-            Self::AuthTimeout,
-            Self::AuthFailed,
-            Self::BinaryFrame,
-        ]
-        .into_iter()
-        .find(|d| d.close_code() == close_code && d.reason() == reason)
+        Self::FIXED
+            .into_iter()
+            .find(|d| d.close_code() == close_code && d.reason() == reason)
     }
 }
 

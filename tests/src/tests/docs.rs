@@ -278,11 +278,31 @@ fn frame_types() -> BTreeMap<String, &'static str> {
     let mut out = BTreeMap::new();
     let server = read(SERVER);
     let server = non_test(&server);
-    // Struct frames set `kind: "<type>"`; hand-built ones start with `{"type":"<type>"`.
-    for (i, m) in server
-        .match_indices("kind: \"")
-        .chain(server.match_indices(r#"{"type":""#))
-    {
+    // `ServerMsg`'s variants are the frame types (serde's snake_case of each name);
+    // hand-built frames start with `{"type":"<type>"`.
+    let body = server
+        .split_once("pub enum ServerMsg")
+        .and_then(|(_, rest)| rest.split_once("\n}\n"))
+        .map(|(body, _)| body)
+        .expect("the ServerMsg enum");
+    for line in body.lines() {
+        let Some(name) = line
+            .strip_prefix("    ")
+            .and_then(|l| l.strip_suffix(" {"))
+            .filter(|n| n.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+        else {
+            continue;
+        };
+        let mut snake = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                snake.push('_');
+            }
+            snake.push(c.to_ascii_lowercase());
+        }
+        out.insert(snake, SERVER);
+    }
+    for (i, m) in server.match_indices(r#"{"type":""#) {
         let rest = &server[i + m.len() - 1..];
         let t = literal(rest).expect("a string literal");
         out.insert(t.to_owned(), SERVER);
@@ -351,39 +371,16 @@ fn error_codes() -> Vec<String> {
 /// their reasons, from `Kick::new(code, reason, close, reconnect)`,
 /// `close(socket, close, reason)` and `Some((close, reason))`.
 fn gateway_closes() -> (BTreeSet<String>, BTreeSet<(u16, String)>) {
+    // The gateway ends connections only through `Disconnect`, which owns each close
+    // code, reason and `disconnect` code.
     let mut kicks = BTreeSet::new();
     let mut closes = BTreeSet::new();
-    for (_, text) in rust_files("crates/ws-gateway/src") {
-        let src = non_test(&text);
-        for args in calls(src, "Kick::new(") {
-            if let [code, reason, close, ..] = args.as_slice()
-                && let (Some(code), Some(reason), Ok(close)) =
-                    (literal(code), literal(reason), close.parse::<u16>())
-            {
-                kicks.insert(code.to_owned());
-                closes.insert((close, reason.to_owned()));
-            }
+    for d in herald_proto::disconnect::Disconnect::FIXED {
+        if let Some(code) = d.code() {
+            kicks.insert(code.as_str().to_owned());
         }
-        for args in calls(src, "close(") {
-            if let [_, close, reason, ..] = args.as_slice()
-                && let (Ok(close), Some(reason)) = (close.parse::<u16>(), literal(reason))
-            {
-                closes.insert((close, reason.to_owned()));
-            }
-        }
-        for args in calls(src, "Some((") {
-            if let [close, reason] = args.as_slice()
-                && let (Ok(close), Some(reason)) = (close.parse::<u16>(), literal(reason))
-            {
-                closes.insert((close, reason.to_owned()));
-            }
-        }
+        closes.insert((d.close_code(), d.reason().to_owned()));
     }
-    assert!(
-        kicks.len() >= 4 && closes.len() >= 6,
-        "found only disconnect codes {kicks:?} and closes {closes:?} in crates/ws-gateway/src: \
-         has the way connections are closed changed? Update `gateway_closes` in tests/src/tests/docs.rs"
-    );
     (kicks, closes)
 }
 

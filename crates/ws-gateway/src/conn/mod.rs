@@ -239,8 +239,12 @@ impl<S: Socket> Conn<S> {
             };
             let flow = match event {
                 Event::Kicked => Flow::End(self.kick_reason()),
-                // A handler may wait (a slow socket, Redis, the batch window): a kick
-                // must still end the connection at once.
+                // Writes are not interrupted: a frame cut off mid-write would leave the
+                // socket unusable for the `disconnect` that tells a slow consumer why. A
+                // kick during the batch window cuts the window short (`write_batch`).
+                event @ Event::Delivery(_) => self.handle(event).await,
+                // Requests may wait on Redis (a subscribe's confirmation, a publish):
+                // a kick must still end the connection at once.
                 event => tokio::select! {
                     biased;
                     () = &mut cancelled => Flow::End(self.kick_reason()),

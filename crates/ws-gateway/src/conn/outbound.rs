@@ -94,7 +94,12 @@ impl<S: Socket> Conn<S> {
 
     /// `batch_messages` mode: wait a moment for more, then send them as one frame.
     async fn write_batch(&mut self, first: Arc<Delivery>) -> Flow {
-        tokio::time::sleep(self.state.settings.batch_window).await;
+        // A kick cuts the window short; what is queued is still written, then the
+        // loop ends the connection.
+        tokio::select! {
+            () = tokio::time::sleep(self.state.settings.batch_window) => {}
+            () = self.shared.cancel.cancelled() => {}
+        }
         let mut frames: Vec<Arc<Delivery>> = Vec::with_capacity(8);
         let mut next = Some(first);
         let (mut taken, mut taken_bytes) = (0u64, 0u64);
