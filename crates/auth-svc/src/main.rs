@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use auth_svc::config::{Cli, Command, Config};
 use herald_common::config::{exit_if_problems, parse_or_exit};
-use herald_common::{shutdown, store, telemetry};
+use herald_common::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,10 +33,6 @@ async fn serve(config: Config, mut problems: Vec<String>) -> ExitCode {
     let Some(listen) = settings.listen else {
         return ExitCode::FAILURE;
     };
-    if let Err(e) = store::connect(&config.common.redis_url).await {
-        eprintln!("auth-svc: {e}");
-        return ExitCode::FAILURE;
-    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -151,15 +151,14 @@ impl Ctx {
     }
 }
 
-/// Serves with an already checked Redis connection until `shutdown` resolves.
-pub async fn run_with(
+/// Connects to Redis, then serves on `listener` until `shutdown` resolves.
+pub async fn run(
     listener: TcpListener,
     config: Config,
-    client: redis::Client,
-    conn: ConnectionManager,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().context("listener has no address")?;
+    let (client, conn) = store::connect(&config.common.redis_url).await?;
     let ctx = Ctx::new(config, client, conn)?;
     if ctx.config.api_key().is_none() {
         tracing::warn!("HERALD_API_KEY is not set: the publish API refuses every request (401)");

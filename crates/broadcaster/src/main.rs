@@ -1,4 +1,4 @@
-//! The `broadcaster` binary: parse config, check Redis, bind, serve.
+//! The `broadcaster` binary: parse config, bind, serve (an unreachable Redis exits 1).
 
 use std::process::ExitCode;
 
@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use broadcaster::Config;
 use herald_common::config::{exit_if_problems, parse_or_exit};
-use herald_common::{shutdown::shutdown_signal, store, telemetry};
+use herald_common::{shutdown::shutdown_signal, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,7 +27,6 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let (client, conn) = store::connect(&config.common.redis_url).await?;
     let listen = config
         .listen_addr()
         .context("HERALD_LISTEN is not an address")?;
@@ -36,5 +35,5 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr().context("listener has no address")?;
     tracing::info!(%addr, "listening");
-    broadcaster::run_with(listener, config, client, conn, shutdown_signal()).await
+    broadcaster::run(listener, config, shutdown_signal()).await
 }

@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,14 +55,14 @@ pub const SERVICE: &str = "monitor";
 /// How long background tasks get to finish (the heartbeat deregisters) at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves with an existing Redis connection until `shutdown` resolves, then
+/// Connects to Redis, then serves on `listener` until `shutdown` resolves; then
 /// ends open streams, deregisters this node and returns.
-pub async fn run_with(
+pub async fn run(
     listener: TcpListener,
     config: Config,
-    conn: ConnectionManager,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (_client, conn) = store::connect(&config.common.redis_url).await?;
     let keys = Keys::new(config.common.redis_prefix.clone());
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry).context("cannot register metrics")?;

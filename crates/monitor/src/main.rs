@@ -1,10 +1,11 @@
-//! The `monitor` binary: configuration, Redis check, bind, then [`monitor::run_with`].
+//! The `monitor` binary: configuration, bind, then [`monitor::run`] (an unreachable
+//! Redis exits 1).
 
 use anyhow::Context as _;
 
 use herald_common::config::{exit_if_problems, parse_or_exit};
 use herald_common::shutdown::shutdown_signal;
-use herald_common::{store, telemetry};
+use herald_common::telemetry;
 use monitor::Config;
 
 #[tokio::main]
@@ -23,7 +24,6 @@ async fn main() {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let (_client, conn) = store::connect(&config.common.redis_url).await?;
     let addr = config
         .listen_addr()
         .context("HERALD_LISTEN is not an address")?;
@@ -31,5 +31,5 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "monitor listening");
-    monitor::run_with(listener, config, conn, shutdown_signal()).await
+    monitor::run(listener, config, shutdown_signal()).await
 }

@@ -22,10 +22,6 @@ async fn main() -> ExitCode {
     let Some(settings) = settings else {
         unreachable!("settings are refused only with problems, and those exit");
     };
-    if let Err(e) = herald_common::store::connect(&config.common.redis_url).await {
-        eprintln!("ws-gateway: cannot start: {e}");
-        return ExitCode::FAILURE;
-    }
     let listener = match listen(settings.listen) {
         Ok(l) => l,
         Err(e) => {
