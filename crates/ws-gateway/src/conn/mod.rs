@@ -242,13 +242,15 @@ impl<S: Socket> Conn<S> {
                 // Writes are not interrupted: a frame cut off mid-write would leave the
                 // socket unusable for the `disconnect` that tells a slow consumer why. A
                 // kick during the batch window cuts the window short (`write_batch`).
-                event @ Event::Delivery(_) => self.handle(event).await,
+                Event::Delivery(Some(d)) => self.write_deliveries(d).await,
                 // Requests may wait on Redis (a subscribe's confirmation, a publish):
-                // a kick must still end the connection at once.
+                // a kick must still end the connection at once. Boxed: a request's state
+                // is several hundred bytes, held only while it runs instead of in every
+                // idle connection's task.
                 event => tokio::select! {
                     biased;
                     () = &mut cancelled => Flow::End(self.kick_reason()),
-                    flow = self.handle(event) => flow,
+                    flow = Box::pin(self.handle(event)) => flow,
                 },
             };
             match flow {
