@@ -1,15 +1,20 @@
 //! The dashboard's state and the one function that changes it. `update` does
 //! no I/O: it returns an [`Action`] when the outside world must act (change
 //! what is polled, send a disconnect), so every transition is testable
-//! without a terminal or a monitor.
+//! without a terminal or a monitor. What each key does is in `keys`; the
+//! connections filter in `filter`.
 
 use std::collections::VecDeque;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-
 use crate::event::Event;
 use crate::fetch::ConnQuery;
-use crate::model::{ConnRow, ConnectionsPage, Overview, conn_contains};
+use crate::model::{ConnRow, ConnectionsPage, Overview};
+
+mod filter;
+mod keys;
+
+pub use filter::server_query;
+use filter::terms;
 
 /// How many overviews the sparkline remembers: about a minute at one a second.
 pub const HISTORY: usize = 60;
@@ -187,7 +192,8 @@ impl App {
             Event::Connections(mut page) => {
                 // Oldest first, so rows keep their places from one poll to the next.
                 page.connections.sort_by(|a, b| {
-                    (a.connected_ms, &a.conn_id).cmp(&(b.connected_ms, &b.conn_id))
+                    (a.info.connected_ms, &a.info.conn_id)
+                        .cmp(&(b.info.connected_ms, &b.info.conn_id))
                 });
                 self.connections.loaded(*page);
                 self.reselect();
@@ -232,141 +238,6 @@ impl App {
         self.node_offset = self.node_offset.min(rows.saturating_sub(1));
     }
 
-    // === Keys ===
-
-    fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
-        // Terminals that report releases would otherwise act twice per key.
-        if key.kind == KeyEventKind::Release {
-            return None;
-        }
-        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            self.should_quit = true;
-            return None;
-        }
-        match self.mode.clone() {
-            Mode::Normal => self.on_normal_key(key),
-            Mode::Help => {
-                match key.code {
-                    KeyCode::Char('q') => self.should_quit = true,
-                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Enter => self.mode = Mode::Normal,
-                    _ => {}
-                }
-                None
-            }
-            Mode::Confirm { conn_id, .. } => match key.code {
-                KeyCode::Char('y' | 'Y') => {
-                    self.mode = Mode::Normal;
-                    self.notice = Some(Notice {
-                        text: format!("disconnecting {conn_id}…"),
-                        error: false,
-                    });
-                    Some(Action::Disconnect { conn_id })
-                }
-                KeyCode::Char('n' | 'N' | 'q') | KeyCode::Esc => {
-                    self.mode = Mode::Normal;
-                    self.notice = Some(Notice {
-                        text: "disconnect cancelled".to_owned(),
-                        error: false,
-                    });
-                    None
-                }
-                _ => None,
-            },
-            Mode::Filter { previous } => self.on_filter_key(key, previous),
-        }
-    }
-
-    fn on_normal_key(&mut self, key: KeyEvent) -> Option<Action> {
-        match key.code {
-            KeyCode::Char('q') => {
-                self.should_quit = true;
-                None
-            }
-            KeyCode::Char('?') => {
-                self.mode = Mode::Help;
-                None
-            }
-            KeyCode::Tab | KeyCode::BackTab => self.switch_to(self.view.next()),
-            KeyCode::Char('1') => self.switch_to(View::Overview),
-            KeyCode::Char('2') => self.switch_to(View::Connections),
-            KeyCode::Down | KeyCode::Char('j') => {
-                self.scroll(1);
-                None
-            }
-            KeyCode::Up | KeyCode::Char('k') => {
-                self.scroll(-1);
-                None
-            }
-            KeyCode::PageDown => {
-                self.scroll(PAGE as isize);
-                None
-            }
-            KeyCode::PageUp => {
-                self.scroll(-(PAGE as isize));
-                None
-            }
-            KeyCode::Home | KeyCode::Char('g') => {
-                self.scroll(isize::MIN);
-                None
-            }
-            KeyCode::End | KeyCode::Char('G') => {
-                self.scroll(isize::MAX);
-                None
-            }
-            KeyCode::Char('/') => {
-                self.mode = Mode::Filter {
-                    previous: self.filter.clone(),
-                };
-                // The filter is over connections, so show them.
-                self.switch_to(View::Connections)
-            }
-            KeyCode::Char('d') => {
-                self.ask_disconnect();
-                None
-            }
-            KeyCode::Esc => {
-                if self.notice.take().is_none() && !self.filter.is_empty() {
-                    self.filter.clear();
-                    self.selected = 0;
-                    return self.requery();
-                }
-                None
-            }
-            _ => None,
-        }
-    }
-
-    fn on_filter_key(&mut self, key: KeyEvent, previous: String) -> Option<Action> {
-        match key.code {
-            KeyCode::Enter => {
-                self.mode = Mode::Normal;
-                self.requery()
-            }
-            KeyCode::Esc => {
-                self.mode = Mode::Normal;
-                self.filter = previous;
-                self.reselect();
-                self.requery()
-            }
-            KeyCode::Backspace => {
-                self.filter.pop();
-                self.reselect();
-                None
-            }
-            // Ctrl/Alt chords are commands elsewhere, not text.
-            KeyCode::Char(c)
-                if !key
-                    .modifiers
-                    .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
-            {
-                self.filter.push(c);
-                self.reselect();
-                None
-            }
-            _ => None,
-        }
-    }
-
     fn switch_to(&mut self, view: View) -> Option<Action> {
         self.view = view;
         if view == View::Connections && self.connections.data.is_none() {
@@ -409,8 +280,8 @@ impl App {
             return;
         };
         self.mode = Mode::Confirm {
-            conn_id: c.conn_id.clone(),
-            user: c.user.clone(),
+            conn_id: c.info.conn_id.clone(),
+            user: c.info.user.clone(),
         };
     }
 
@@ -423,7 +294,7 @@ impl App {
             View::Connections => {
                 let rows = self.visible_connections().len();
                 self.selected = step(self.selected, by, rows);
-                self.selected_id = self.selected_connection().map(|c| c.conn_id.clone());
+                self.selected_id = self.selected_connection().map(|c| c.info.conn_id.clone());
             }
         }
     }
@@ -434,11 +305,11 @@ impl App {
         let found = self.selected_id.as_ref().and_then(|id| {
             self.visible_connections()
                 .iter()
-                .position(|c| &c.conn_id == id)
+                .position(|c| &c.info.conn_id == id)
         });
         let rows = self.visible_connections().len();
         self.selected = found.unwrap_or(self.selected).min(rows.saturating_sub(1));
-        self.selected_id = self.selected_connection().map(|c| c.conn_id.clone());
+        self.selected_id = self.selected_connection().map(|c| c.info.conn_id.clone());
     }
 
     // === Views of the state ===
@@ -472,57 +343,6 @@ impl App {
 fn step(at: usize, by: isize, rows: usize) -> usize {
     let max = rows.saturating_sub(1);
     at.saturating_add_signed(by).min(max)
-}
-
-/// One word of a filter: `user:`, `channel:` (`ch:`) and `node:` terms look at
-/// that field; any other word at every field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Term {
-    User(String),
-    Channel(String),
-    Node(String),
-    Any(String),
-}
-
-impl Term {
-    fn parse(word: &str) -> Self {
-        match word.split_once(':') {
-            Some(("user" | "u", v)) if !v.is_empty() => Term::User(v.to_owned()),
-            Some(("channel" | "ch", v)) if !v.is_empty() => Term::Channel(v.to_owned()),
-            Some(("node" | "n", v)) if !v.is_empty() => Term::Node(v.to_owned()),
-            _ => Term::Any(word.to_lowercase()),
-        }
-    }
-
-    /// Matching here is by substring, so the list narrows while the user types;
-    /// the monitor's exact match (applied on enter) only removes more.
-    fn matches(&self, c: &ConnRow) -> bool {
-        let has = |s: &str, v: &str| s.to_lowercase().contains(&v.to_lowercase());
-        match self {
-            Term::User(v) => has(&c.user, v),
-            Term::Channel(v) => c.channels.iter().any(|ch| has(ch, v)),
-            Term::Node(v) => has(&c.node, v),
-            Term::Any(v) => conn_contains(c, v),
-        }
-    }
-}
-
-fn terms(filter: &str) -> Vec<Term> {
-    filter.split_whitespace().map(Term::parse).collect()
-}
-
-/// The terms of a filter that the monitor can apply itself (exact values).
-pub fn server_query(filter: &str) -> ConnQuery {
-    let mut q = ConnQuery::default();
-    for term in terms(filter) {
-        match term {
-            Term::User(v) => q.user = Some(v),
-            Term::Channel(v) => q.channel = Some(v),
-            Term::Node(v) => q.node = Some(v),
-            Term::Any(_) => {}
-        }
-    }
-    q
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! Talking to the monitor: one task polls the overview, one polls the
 //! connections the user is looking at, and disconnects go out on demand. Each
-//! sends its result into the same channel as an [`Event`].
+//! sends its result into the same channel as an [`Event`]; the caller runs them
+//! as tasks it owns, so they stop when the dashboard does.
 
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::event::Event;
@@ -183,77 +183,74 @@ fn ticker(every: Duration) -> tokio::time::Interval {
 }
 
 /// Polls the overview every `every` until the receiving side is gone.
-pub fn spawn_overview(client: Client, every: Duration, tx: mpsc::Sender<Event>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = ticker(every);
-        loop {
-            tick.tick().await;
-            let event = match client.overview().await {
-                Ok(o) => Event::Snapshot(Box::new(o)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "overview fetch failed");
-                    Event::FetchError(e.to_string())
-                }
-            };
-            if tx.send(event).await.is_err() {
-                return;
-            }
+pub async fn poll_overview(client: Client, every: Duration, tx: mpsc::Sender<Event>) {
+    let mut tick = ticker(every);
+    loop {
+        tick.tick().await;
+        let answer = client.overview().await;
+        if !report(&tx, "overview", answer, Event::Snapshot, Event::FetchError).await {
+            return;
         }
-    })
+    }
 }
 
 /// Polls the connections matching the latest query while it is active, and at
 /// once whenever the query changes.
-pub fn spawn_connections(
+pub async fn poll_connections(
     client: Client,
     every: Duration,
     mut query: watch::Receiver<ConnQuery>,
     tx: mpsc::Sender<Event>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = ticker(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = query.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    tick.reset();
+) {
+    let mut tick = ticker(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = query.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-            }
-            let q = query.borrow_and_update().clone();
-            if !q.active {
-                continue;
-            }
-            let event = match client.connections(&q).await {
-                Ok(page) => Event::Connections(Box::new(page)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "connections fetch failed");
-                    Event::ConnectionsError(e.to_string())
-                }
-            };
-            if tx.send(event).await.is_err() {
-                return;
+                tick.reset();
             }
         }
-    })
+        let q = query.borrow_and_update().clone();
+        if !q.active {
+            continue;
+        }
+        let answer = client.connections(&q).await;
+        let (ok, failed) = (Event::Connections, Event::ConnectionsError);
+        if !report(&tx, "connections", answer, ok, failed).await {
+            return;
+        }
+    }
+}
+
+/// Sends one poll's answer as an event; false once the dashboard is gone.
+async fn report<T>(
+    tx: &mpsc::Sender<Event>,
+    what: &str,
+    answer: Result<T, FetchError>,
+    ok: fn(Box<T>) -> Event,
+    failed: fn(String) -> Event,
+) -> bool {
+    let event = match answer {
+        Ok(v) => ok(Box::new(v)),
+        Err(e) => {
+            tracing::debug!(error = %e, "{what} fetch failed");
+            failed(e.to_string())
+        }
+    };
+    tx.send(event).await.is_ok()
 }
 
 /// Sends one disconnect request and reports its outcome as an event.
-pub fn spawn_disconnect(
-    client: Client,
-    conn_id: String,
-    tx: mpsc::Sender<Event>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = client.disconnect(&conn_id).await.map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::warn!(%conn_id, error = %e, "disconnect failed");
-        }
-        // The dashboard may have quit meanwhile; nobody is left to tell.
-        let _ = tx.send(Event::Disconnected { conn_id, result }).await;
-    })
+pub async fn disconnect(client: Client, conn_id: String, tx: mpsc::Sender<Event>) {
+    let result = client.disconnect(&conn_id).await.map_err(|e| e.to_string());
+    if let Err(e) = &result {
+        tracing::warn!(%conn_id, error = %e, "disconnect failed");
+    }
+    // The dashboard may have quit meanwhile; nobody is left to tell.
+    let _ = tx.send(Event::Disconnected { conn_id, result }).await;
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::{
-    ChannelRow, ConnRow, ConnectionsPage, LimitKind, NodeRow, Overview, RateLimitView, RecentHit,
-    Status, Totals,
+    ChannelRow, ConnInfo, ConnRow, ConnectionsPage, LimitKind, NodeRow, Overview, RateLimitView,
+    RecentHit, Status, Totals,
 };
 
 pub(crate) const T0: &str = "2026-01-01T12:00:05.000Z";
@@ -145,15 +145,17 @@ pub(crate) fn empty() -> Overview {
 
 pub(crate) fn conn(id: &str, user: &str, node: &str, channels: &[&str]) -> ConnRow {
     ConnRow {
-        conn_id: id.to_owned(),
-        user: user.to_owned(),
-        ip: "127.0.0.1".to_owned(),
-        node: node.to_owned(),
-        channels: channels.iter().map(|c| (*c).to_owned()).collect(),
-        connected_ms: T0_MS - 125_000,
+        info: ConnInfo {
+            conn_id: id.to_owned(),
+            user: user.to_owned(),
+            ip: "127.0.0.1".to_owned(),
+            node: node.to_owned(),
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+            connected_ms: T0_MS - 125_000,
+            messages_in: 3,
+            messages_out: 1_500,
+        },
         connected_at: "2026-01-01T11:58:00.000Z".to_owned(),
-        messages_in: 3,
-        messages_out: 1_500,
     }
 }
 

@@ -27,6 +27,7 @@ use anyhow::Context;
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::app::{Action, App};
@@ -50,10 +51,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let (query_tx, query_rx) = watch::channel(ConnQuery::default());
-    let tasks = [
-        fetch::spawn_overview(client.clone(), every, tx.clone()),
-        fetch::spawn_connections(client.clone(), every, query_rx, tx.clone()),
-    ];
+    // Every fetch runs in this set: aborted, and waited for, when the dashboard ends.
+    let mut tasks = JoinSet::new();
+    tasks.spawn(fetch::poll_overview(client.clone(), every, tx.clone()));
+    tasks.spawn(fetch::poll_connections(
+        client.clone(),
+        every,
+        query_rx,
+        tx.clone(),
+    ));
 
     let mut guard = TerminalGuard::init().context("cannot set up the terminal")?;
     let mut app = App::new(config.monitor.clone(), can_disconnect);
@@ -88,18 +94,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 query_tx.send_replace(q);
             }
             Some(Action::Disconnect { conn_id }) => {
-                fetch::spawn_disconnect(client.clone(), conn_id, tx.clone());
+                tasks.spawn(fetch::disconnect(client.clone(), conn_id, tx.clone()));
             }
             None => {}
         }
+        // Forget the disconnects that are done.
+        while tasks.try_join_next().is_some() {}
         if app.should_quit {
             break Ok(());
         }
     };
 
-    for t in tasks {
-        t.abort();
-    }
+    tasks.shutdown().await;
     drop(guard);
     result
 }

@@ -6,11 +6,12 @@ pub use herald_proto::monitor::{
     ChannelRow, ConnRow, ConnectionsPage, NodeRow, Overview, RateLimitView, RecentHit, Status,
     Totals,
 };
-pub use herald_proto::node::LimitKind;
+pub use herald_proto::node::{ConnInfo, LimitKind};
 
 /// Whether `needle` (already lowercase) occurs in any field of a connection a
 /// person would search.
 pub fn conn_contains(c: &ConnRow, needle: &str) -> bool {
+    let c = &c.info;
     let hit = |s: &str| s.to_lowercase().contains(needle);
     hit(&c.conn_id)
         || hit(&c.user)
@@ -38,11 +39,14 @@ mod tests {
     #[test]
     fn connection_search_covers_every_field() {
         let c = ConnRow {
-            conn_id: "c-42".to_owned(),
-            user: "Alice".to_owned(),
-            ip: "10.0.0.7".to_owned(),
-            node: "gw-2".to_owned(),
-            channels: vec!["chat:lobby".to_owned()],
+            info: ConnInfo {
+                conn_id: "c-42".to_owned(),
+                user: "Alice".to_owned(),
+                ip: "10.0.0.7".to_owned(),
+                node: "gw-2".to_owned(),
+                channels: vec!["chat:lobby".to_owned()],
+                ..ConnInfo::default()
+            },
             ..ConnRow::default()
         };
         for needle in ["c-42", "alice", "10.0.0", "gw-2", "lobby"] {

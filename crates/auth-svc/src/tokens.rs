@@ -40,21 +40,24 @@ pub fn new_jti() -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-    use herald_common::jwt::Verifier;
+    use herald_common::jwt::{DEFAULT_JWKS_URL, DEFAULT_LEEWAY_S, Verifier};
+    use herald_proto::claims::{DEFAULT_AUDIENCE, DEFAULT_ISSUER};
 
     use super::*;
     use crate::signing::Signer;
 
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        jwt: JwtConfig,
-    }
-
     #[tokio::test]
     async fn issued_tokens_pass_the_gateway_checks() {
-        let jwt = T::try_parse_from(["t"]).unwrap().jwt;
+        // The defaults, spelled out: parsing them would also read HERALD_* from the
+        // environment.
+        let jwt = JwtConfig {
+            jwt_alg: "HS256".to_owned(),
+            jwt_secret: None,
+            jwks_url: DEFAULT_JWKS_URL.to_owned(),
+            jwt_issuer: DEFAULT_ISSUER.to_owned(),
+            jwt_audience: DEFAULT_AUDIENCE.to_owned(),
+            jwt_leeway_s: DEFAULT_LEEWAY_S,
+        };
         let secret = "0123456789abcdef-secret";
         let claims = access_claims(&jwt, "u1", &["news".into()], &["chat:*".into()], 60);
         let token = Signer::secret(secret).sign(&claims).unwrap();

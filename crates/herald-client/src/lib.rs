@@ -57,6 +57,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub mod backoff;
 mod driver;
@@ -85,6 +86,9 @@ use queue::EventQueue;
 /// Client-level errors kept for [`Client::errors`] receivers that lag behind; older
 /// ones are dropped for them.
 const ERROR_BACKLOG: usize = 64;
+
+/// Numbers the clients of this process, for their tracing span.
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
 
 /// A connection to a Herald cluster. Cheap to clone: clones share the connection.
 ///
@@ -156,7 +160,13 @@ impl Client {
                 room: room.clone(),
             },
         );
-        let task = tokio::spawn(driver.run());
+        // Every log line of this client's task says which client and which gateway.
+        let span = tracing::info_span!(
+            "herald_client",
+            client = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            url = tracing::field::Empty,
+        );
+        let task = tokio::spawn(driver.run().instrument(span));
         Self {
             shared: Arc::new(Shared {
                 commands: commands_tx,

@@ -61,6 +61,29 @@ fn claim(token: &str, name: &str) -> Value {
     serde_json::from_slice::<Value>(&bytes).expect("JSON claims")[name].clone()
 }
 
+/// A token source that counts its fetches and makes the `n`th token with `make(n)`.
+fn counting_source(
+    make: impl Fn(usize) -> String + Send + Sync + 'static,
+) -> (Arc<AtomicUsize>, TokenSource) {
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let fetched = fetched.clone();
+        let make = Arc::new(make);
+        TokenSource::fetch(move || {
+            let token = make(fetched.fetch_add(1, Ordering::SeqCst));
+            async move { Ok::<_, String>(token) }
+        })
+    };
+    (fetched, source)
+}
+
+/// The gateway's `auth_success` answering the request `id`.
+fn auth_success(id: &Value, heartbeat_ms: u64) -> Value {
+    json!({"type": "auth_success", "message": "authenticated", "user_id": "u",
+           "conn_id": "c", "node": "fake", "channels": [],
+           "heartbeat_interval_ms": heartbeat_ms, "id": id})
+}
+
 fn message(offset: u64, epoch: &str) -> Value {
     json!({"type": "message", "channel": "news", "offset": offset, "epoch": epoch,
            "message": {"n": offset}, "timestamp": "2026-01-05T14:47:57.123Z"})
@@ -149,12 +172,7 @@ impl Peer {
     async fn hello(&mut self, heartbeat_ms: u64) -> Value {
         let auth = self.recv().await;
         assert_eq!(auth["type"], "auth", "{auth}");
-        self.send(
-            json!({"type": "auth_success", "message": "authenticated", "user_id": "u",
-                         "conn_id": "c", "node": "fake", "channels": [],
-                         "heartbeat_interval_ms": heartbeat_ms, "id": auth["id"]}),
-        )
-        .await;
+        self.send(auth_success(&auth["id"], heartbeat_ms)).await;
         auth
     }
 
@@ -193,6 +211,12 @@ impl Peer {
         req.get("since").cloned().unwrap_or(Value::Null)
     }
 
+    /// Asserts the client sends nothing for a while.
+    async fn assert_silent(&mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(300), self.recv()).await;
+        assert!(next.is_err(), "expected nothing, got {next:?}");
+    }
+
     async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -200,6 +224,16 @@ impl Peer {
         };
         let _ = within("a close", self.ws.close(Some(frame))).await;
     }
+}
+
+/// Publishes `message` on `channel` from a task of its own.
+fn spawn_publish(
+    client: &Client,
+    channel: &'static str,
+    message: Value,
+) -> tokio::task::JoinHandle<Result<crate::Ack, PublishError>> {
+    let client = client.clone();
+    tokio::spawn(async move { client.publish(channel, &message).await })
 }
 
 async fn next_event(sub: &mut Subscription) -> Event {
@@ -227,6 +261,15 @@ async fn until(client: &Client, what: &str, check: impl Fn(&ConnState) -> bool) 
         .await
         .expect("the client is gone")
         .clone()
+}
+
+/// Waits for the client to stop for good, and checks why.
+async fn assert_stops_with(client: &Client, code: DisconnectCode) {
+    let state = until(client, "the stop", stopped).await;
+    assert!(
+        matches!(&state, ConnState::Disconnected { code: Some(c), .. } if *c == code),
+        "{state:?}"
+    );
 }
 
 fn stopped(s: &ConnState) -> bool {
@@ -335,17 +378,7 @@ async fn a_full_gateway_is_backed_off_from_and_a_refusal_stops() {
     );
     // On to the next gateway, which refuses the token: final.
     refusing.refuse(401, None).await;
-    let state = until(&client, "the stop", stopped).await;
-    assert!(
-        matches!(
-            &state,
-            ConnState::Disconnected {
-                code: Some(DisconnectCode::AuthenticationFailed),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_stops_with(&client, DisconnectCode::AuthenticationFailed).await;
 }
 
 #[tokio::test]
@@ -371,14 +404,7 @@ async fn a_silent_gateway_is_left_for_another_connection() {
 #[tokio::test]
 async fn an_expired_token_is_replaced_when_the_source_can_fetch() {
     let fake = Fake::start().await;
-    let fetched = Arc::new(AtomicUsize::new(0));
-    let source = {
-        let fetched = fetched.clone();
-        TokenSource::fetch(move || {
-            let n = fetched.fetch_add(1, Ordering::SeqCst);
-            async move { Ok::<_, String>(format!("token-{n}")) }
-        })
-    };
+    let (_, source) = counting_source(|n| format!("token-{n}"));
     let client = Client::connect([fake.url.clone()], source, options());
     let mut sub = client.subscribe("news", None);
     let mut gw = fake.accept().await;
@@ -403,30 +429,13 @@ async fn an_expired_token_is_replaced_when_the_source_can_fetch() {
     gw.hello(25_000).await;
     gw.send(json!({"type": "disconnect", "code": "token_expired", "reason": "token expired", "reconnect": false}))
         .await;
-    let state = until(&client, "the stop", stopped).await;
-    assert!(
-        matches!(
-            &state,
-            ConnState::Disconnected {
-                code: Some(DisconnectCode::TokenExpired),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_stops_with(&client, DisconnectCode::TokenExpired).await;
 }
 
 #[tokio::test]
 async fn a_refused_first_frame_is_retried_once_with_a_fresh_token() {
     let fake = Fake::start().await;
-    let fetched = Arc::new(AtomicUsize::new(0));
-    let source = {
-        let fetched = fetched.clone();
-        TokenSource::fetch(move || {
-            fetched.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, String>("t".to_owned()) }
-        })
-    };
+    let (fetched, source) = counting_source(|_| "t".to_owned());
     let client = Client::connect([fake.url.clone()], source, options());
     let mut gw = fake.accept().await;
     gw.recv().await;
@@ -443,32 +452,15 @@ async fn a_refused_first_frame_is_retried_once_with_a_fresh_token() {
     let mut gw = fake.accept().await;
     gw.recv().await;
     gw.close(1008, "authentication failed").await;
-    let state = until(&client, "the stop", stopped).await;
-    assert!(
-        matches!(
-            &state,
-            ConnState::Disconnected {
-                code: Some(DisconnectCode::AuthenticationFailed),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_stops_with(&client, DisconnectCode::AuthenticationFailed).await;
     assert_eq!(fetched.load(Ordering::SeqCst), 4, "a token per attempt");
 }
 
 #[tokio::test]
 async fn tokens_are_refreshed_on_the_live_connection() {
     let fake = Fake::start().await;
-    let fetched = Arc::new(AtomicUsize::new(0));
-    let source = {
-        let fetched = fetched.clone();
-        TokenSource::fetch(move || {
-            let n = fetched.fetch_add(1, Ordering::SeqCst);
-            // Two seconds of life: refreshed after one (half its lifetime).
-            async move { Ok::<_, String>(jwt(&n.to_string(), 2)) }
-        })
-    };
+    // Two seconds of life: refreshed after one (half its lifetime).
+    let (_, source) = counting_source(|n| jwt(&n.to_string(), 2));
     let client = Client::connect([fake.url.clone()], source, options());
     let mut errors = client.errors();
     let mut gw = fake.accept().await;
@@ -488,12 +480,7 @@ async fn tokens_are_refreshed_on_the_live_connection() {
     );
     let again = gw.recv().await;
     assert_eq!(claim(again["token"].as_str().expect("token"), "tag"), "2");
-    gw.send(
-        json!({"type": "auth_success", "message": "authenticated", "user_id": "u",
-                   "conn_id": "c", "node": "fake", "channels": [],
-                   "heartbeat_interval_ms": 25_000, "id": again["id"]}),
-    )
-    .await;
+    gw.send(auth_success(&again["id"], 25_000)).await;
     // Accepted: the next refresh follows that token's own schedule.
     let next = gw.recv().await;
     assert_eq!(claim(next["token"].as_str().expect("token"), "tag"), "3");
@@ -509,10 +496,7 @@ async fn publishes_are_acknowledged_refused_or_lost_with_the_connection() {
     gw.hello(25_000).await;
     until(&client, "the connection", ConnState::is_connected).await;
 
-    let publish = tokio::spawn({
-        let c = client.clone();
-        async move { c.publish("chat:a", &json!({"b": [1, 2]})).await }
-    });
+    let publish = spawn_publish(&client, "chat:a", json!({"b": [1, 2]}));
     let frame = gw.recv().await;
     assert_eq!(frame["type"], "broadcast");
     assert_eq!(
@@ -532,10 +516,7 @@ async fn publishes_are_acknowledged_refused_or_lost_with_the_connection() {
         ("chat:a", 9, "e")
     );
 
-    let publish = tokio::spawn({
-        let c = client.clone();
-        async move { c.publish("chat:a", &1).await }
-    });
+    let publish = spawn_publish(&client, "chat:a", json!(1));
     let frame = gw.recv().await;
     gw.send(json!({"type": "error", "code": "unavailable", "message": "retry", "id": frame["id"], "channel": "chat:a"}))
         .await;
@@ -547,10 +528,7 @@ async fn publishes_are_acknowledged_refused_or_lost_with_the_connection() {
         })
     );
 
-    let publish = tokio::spawn({
-        let c = client.clone();
-        async move { c.publish("chat:a", &2).await }
-    });
+    let publish = spawn_publish(&client, "chat:a", json!(2));
     gw.recv().await;
     drop(gw);
     assert_eq!(
@@ -560,12 +538,7 @@ async fn publishes_are_acknowledged_refused_or_lost_with_the_connection() {
     // Reconnected, nothing is sent again.
     let mut gw = fake.accept().await;
     gw.hello(25_000).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), gw.recv())
-            .await
-            .is_err(),
-        "nothing resent"
-    );
+    gw.assert_silent().await;
     client.close().await;
 }
 
@@ -631,11 +604,7 @@ async fn a_forbidden_subscription_ends_and_a_temporary_refusal_is_retried() {
     gw.close(1001, "going away").await;
     let mut gw = fake.accept().await;
     gw.hello(25_000).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), gw.recv())
-            .await
-            .is_err()
-    );
+    gw.assert_silent().await;
     client.close().await;
 }
 
@@ -645,10 +614,7 @@ async fn close_settles_everything_and_dropping_the_last_handle_stops_the_task() 
     let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
     let mut sub = client.subscribe("news", None);
     // Never connected: the publish waits in the queue until the close.
-    let publish = tokio::spawn({
-        let c = client.clone();
-        async move { c.publish("chat:a", &1).await }
-    });
+    let publish = spawn_publish(&client, "chat:a", json!(1));
     let _tcp = fake.tcp().await;
     client.close().await;
     assert_eq!(

@@ -140,31 +140,19 @@ pub struct ConnectionsPage {
 }
 
 /// One connection as a gateway reported it ([`ConnInfo`]), with its start as a timestamp.
+/// The JSON is the record's fields and `connected_at` side by side.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConnRow {
-    pub conn_id: String,
-    pub user: String,
-    pub ip: String,
-    pub node: String,
-    pub channels: Vec<String>,
-    pub connected_ms: u64,
+    #[serde(flatten)]
+    pub info: ConnInfo,
     pub connected_at: String,
-    pub messages_in: u64,
-    pub messages_out: u64,
 }
 
 impl From<ConnInfo> for ConnRow {
-    fn from(c: ConnInfo) -> Self {
+    fn from(info: ConnInfo) -> Self {
         Self {
-            connected_at: ms_to_rfc3339(c.connected_ms),
-            conn_id: c.conn_id,
-            user: c.user,
-            ip: c.ip,
-            node: c.node,
-            channels: c.channels,
-            connected_ms: c.connected_ms,
-            messages_in: c.messages_in,
-            messages_out: c.messages_out,
+            connected_at: ms_to_rfc3339(info.connected_ms),
+            info,
         }
     }
 }
@@ -309,5 +297,7 @@ mod tests {
         };
         fields.remove("connected_at");
         assert_eq!(v, serde_json::to_value(&info).unwrap());
+        let back: ConnRow = serde_json::from_str(&serde_json::to_string(&row).unwrap()).unwrap();
+        assert_eq!(back, row);
     }
 }

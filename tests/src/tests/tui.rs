@@ -472,7 +472,7 @@ async fn the_dashboard_reads_the_monitors_own_answers() {
         .await
         .expect("the dashboard reads the connections");
     assert_eq!(page.connections.len(), 1);
-    let mut channels = page.connections[0].channels.clone();
+    let mut channels = page.connections[0].info.channels.clone();
     channels.sort();
     assert_eq!(channels, ["chat:lobby", "news"]);
     drop(clients);

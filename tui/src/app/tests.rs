@@ -135,7 +135,7 @@ fn scrolling_is_clamped() {
     assert_eq!(a.selected, 2);
     a.update(key(KeyCode::Up));
     assert_eq!(
-        a.selected_connection().map(|c| c.user.as_str()),
+        a.selected_connection().map(|c| c.info.user.as_str()),
         Some("bob")
     );
     a.update(ch('g'));
@@ -160,7 +160,7 @@ fn selection_follows_the_connection_across_refreshes() {
     let mut a = with_connections();
     a.update(ch('j'));
     assert_eq!(
-        a.selected_connection().map(|c| c.conn_id.as_str()),
+        a.selected_connection().map(|c| c.info.conn_id.as_str()),
         Some("c-2")
     );
     // Rows are listed oldest first whatever order they arrive in.
@@ -170,11 +170,11 @@ fn selection_follows_the_connection_across_refreshes() {
     let ids: Vec<_> = a
         .visible_connections()
         .iter()
-        .map(|c| c.conn_id.clone())
+        .map(|c| c.info.conn_id.clone())
         .collect();
     assert_eq!(ids, ["c-1", "c-2", "c-3"]);
     assert_eq!(
-        a.selected_connection().map(|c| c.conn_id.as_str()),
+        a.selected_connection().map(|c| c.info.conn_id.as_str()),
         Some("c-2")
     );
     // c-1 went away: c-2 moves up a row and stays selected.
@@ -183,7 +183,7 @@ fn selection_follows_the_connection_across_refreshes() {
     a.update(Event::Connections(Box::new(page)));
     assert_eq!(a.selected, 0);
     assert_eq!(
-        a.selected_connection().map(|c| c.conn_id.as_str()),
+        a.selected_connection().map(|c| c.info.conn_id.as_str()),
         Some("c-2")
     );
     // Everything went away: nothing selected, no panic.
@@ -203,11 +203,11 @@ fn filter_narrows_as_you_type_and_esc_restores() {
     let users: Vec<_> = a
         .visible_connections()
         .iter()
-        .map(|c| c.user.clone())
+        .map(|c| c.info.user.clone())
         .collect();
     assert_eq!(users, ["bob"]);
     assert_eq!(
-        a.selected_connection().map(|c| c.user.as_str()),
+        a.selected_connection().map(|c| c.info.user.as_str()),
         Some("bob")
     );
     a.update(key(KeyCode::Backspace));

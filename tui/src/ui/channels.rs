@@ -2,9 +2,9 @@
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, Table, Widget};
+use ratatui::widgets::{Row, Widget};
 
+use super::table::{Columns, render_note};
 use super::{Palette, count, rate};
 use crate::model::ChannelRow;
 
@@ -25,12 +25,7 @@ impl Widget for ChannelsPanel<'_> {
             count(self.total)
         ));
         if self.channels.is_empty() {
-            Paragraph::new(Line::from(Span::styled(
-                "no channels with subscribers",
-                p.dim(),
-            )))
-            .block(block)
-            .render(area, buf);
+            render_note(block, "no channels with subscribers", p, area, buf);
             return;
         }
         let rows = self.channels.iter().map(|c| {
@@ -41,16 +36,14 @@ impl Widget for ChannelsPanel<'_> {
             ])
             .style(p.text())
         });
-        Table::new(
-            rows,
-            [
-                Constraint::Min(10),
-                Constraint::Length(7),
-                Constraint::Length(8),
-            ],
-        )
-        .header(Row::new(["CHANNEL", "SUBS", "MSG/s"]).style(p.header()))
-        .block(block)
-        .render(area, buf);
+        Columns::new(true)
+            .add([
+                ("CHANNEL", Constraint::Min(10)),
+                ("SUBS", Constraint::Length(7)),
+                ("MSG/s", Constraint::Length(8)),
+            ])
+            .table(rows, p)
+            .block(block)
+            .render(area, buf);
     }
 }

@@ -4,9 +4,9 @@
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, StatefulWidget, Table, TableState, Widget};
+use ratatui::widgets::{Row, StatefulWidget, TableState, Widget};
 
+use super::table::{Columns, render_note};
 use super::{Palette, count};
 use crate::app::{App, LoadingState};
 use crate::model::clock;
@@ -48,37 +48,35 @@ impl Widget for ConnectionsPanel<'_> {
                 }
                 (_, true) => "no live connections".to_owned(),
             };
-            Paragraph::new(Line::from(Span::styled(text, p.dim())))
-                .block(block)
-                .render(area, buf);
+            render_note(block, text, p, area, buf);
             return;
         }
 
         let wide = area.width >= WIDE;
-        let mut header = vec!["CONN", "USER"];
-        let mut widths = vec![Constraint::Length(17), Constraint::Length(12)];
-        if wide {
-            header.push("IP");
-            widths.push(Constraint::Length(15));
-        }
-        header.extend(["NODE", "SINCE", "CHANNELS"]);
-        widths.extend([
-            Constraint::Length(14),
-            Constraint::Length(8),
-            Constraint::Fill(1),
-        ]);
-        if wide {
-            header.extend(["IN", "OUT"]);
-            widths.extend([Constraint::Length(6), Constraint::Length(7)]);
-        }
+        let columns = Columns::new(wide)
+            .add([
+                ("CONN", Constraint::Length(17)),
+                ("USER", Constraint::Length(12)),
+            ])
+            .wide_only([("IP", Constraint::Length(15))])
+            .add([
+                ("NODE", Constraint::Length(14)),
+                ("SINCE", Constraint::Length(8)),
+                ("CHANNELS", Constraint::Fill(1)),
+            ])
+            .wide_only([
+                ("IN", Constraint::Length(6)),
+                ("OUT", Constraint::Length(7)),
+            ]);
         let rows = visible.iter().map(|c| {
+            let (c, connected_at) = (&c.info, &c.connected_at);
             let mut cells = vec![c.conn_id.clone(), c.user.clone()];
             if wide {
                 cells.push(c.ip.clone());
             }
             cells.extend([
                 c.node.clone(),
-                clock(&c.connected_at).to_owned(),
+                clock(connected_at).to_owned(),
                 c.channels.join(","),
             ]);
             if wide {
@@ -86,10 +84,9 @@ impl Widget for ConnectionsPanel<'_> {
             }
             Row::new(cells).style(p.text())
         });
-        let table = Table::new(rows, widths)
-            .header(Row::new(header).style(p.header()))
+        let table = columns
+            .table(rows, p)
             .block(block)
-            .column_spacing(1)
             .highlight_symbol("▶ ")
             .row_highlight_style(
                 Style::new()

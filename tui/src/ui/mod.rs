@@ -7,6 +7,7 @@ mod connections;
 mod nodes;
 mod popup;
 mod ratelimit;
+mod table;
 
 use ratatui::Frame;
 use ratatui::buffer::Buffer;

@@ -3,9 +3,10 @@
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table, Widget};
+use ratatui::text::Span;
+use ratatui::widgets::{Cell, Row, Widget};
 
+use super::table::{Columns, render_note};
 use super::{Palette, age, count, rate};
 use crate::model::NodeRow;
 
@@ -26,37 +27,26 @@ impl Widget for NodesPanel<'_> {
         let p = self.palette;
         let block = p.block(format!("Nodes ({})", self.nodes.len()));
         if self.nodes.is_empty() {
-            Paragraph::new(Line::from(Span::styled(
-                "no nodes registered — is anything running against this Redis?",
-                p.dim(),
-            )))
-            .block(block)
-            .render(area, buf);
+            let note = "no nodes registered — is anything running against this Redis?";
+            render_note(block, note, p, area, buf);
             return;
         }
         let wide = area.width >= WIDE;
-        let mut header = vec!["STATUS", "SERVICE", "NODE"];
-        let mut widths = vec![
-            Constraint::Length(7),
-            Constraint::Length(11),
-            Constraint::Min(12),
-        ];
-        if wide {
-            header.push("ADDRESS");
-            widths.push(Constraint::Length(18));
-        }
-        header.extend(["BEAT", "CONNS", "SUBS", "IN/s", "OUT/s"]);
-        widths.extend([
-            Constraint::Length(6),
-            Constraint::Length(7),
-            Constraint::Length(6),
-            Constraint::Length(7),
-            Constraint::Length(8),
-        ]);
-        if wide {
-            header.push("PROBE");
-            widths.push(Constraint::Length(8));
-        }
+        let columns = Columns::new(wide)
+            .add([
+                ("STATUS", Constraint::Length(7)),
+                ("SERVICE", Constraint::Length(11)),
+                ("NODE", Constraint::Min(12)),
+            ])
+            .wide_only([("ADDRESS", Constraint::Length(18))])
+            .add([
+                ("BEAT", Constraint::Length(6)),
+                ("CONNS", Constraint::Length(7)),
+                ("SUBS", Constraint::Length(6)),
+                ("IN/s", Constraint::Length(7)),
+                ("OUT/s", Constraint::Length(8)),
+            ])
+            .wide_only([("PROBE", Constraint::Length(8))]);
         let rows = self.nodes.iter().skip(self.offset).map(|n| {
             let mut cells = vec![
                 Cell::from(Span::styled(
@@ -81,11 +71,7 @@ impl Widget for NodesPanel<'_> {
             }
             Row::new(cells).style(p.text())
         });
-        Table::new(rows, widths)
-            .header(Row::new(header).style(p.header()))
-            .column_spacing(1)
-            .block(block)
-            .render(area, buf);
+        columns.table(rows, p).block(block).render(area, buf);
     }
 }
 

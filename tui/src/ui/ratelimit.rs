@@ -4,8 +4,9 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, Table, Widget};
+use ratatui::widgets::{Paragraph, Row, Widget};
 
+use super::table::Columns;
 use super::{Palette, count};
 use crate::model::{RateLimitView, clock};
 
@@ -66,16 +67,14 @@ impl Widget for RateLimitPanel<'_> {
             ])
             .style(p.text())
         });
-        Table::new(
-            rows,
-            [
-                Constraint::Length(8),
-                Constraint::Fill(2),
-                Constraint::Length(kind_width),
-                Constraint::Fill(1),
-            ],
-        )
-        .header(Row::new(["AT", "WHO", "KIND", "NODE"]).style(p.header()))
-        .render(list, buf);
+        Columns::new(true)
+            .add([
+                ("AT", Constraint::Length(8)),
+                ("WHO", Constraint::Fill(2)),
+                ("KIND", Constraint::Length(kind_width)),
+                ("NODE", Constraint::Fill(1)),
+            ])
+            .table(rows, p)
+            .render(list, buf);
     }
 }
