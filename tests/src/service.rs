@@ -515,7 +515,8 @@ impl Drop for InProcess {
 // === Process ===
 
 /// A Herald binary, killed on drop; its stderr is read line by line (for the address
-/// it bound, and to copy to a log file or, with `HERALD_E2E_LOGS`, to the test's output).
+/// it bound, or, when its log filter hides that line, its only listening socket in
+/// `/proc`; and to copy to a log file or, with `HERALD_E2E_LOGS`, to the test's output).
 #[derive(Debug)]
 struct Process {
     child: Child,
@@ -552,11 +553,19 @@ impl Process {
         tokio::spawn(read_log(stderr, builder.log_file.clone(), logged.clone()));
 
         let seen = logged.clone();
-        let what = format!("{name} to log the address it listens on (at info level)");
+        let what = format!("{name} to log the address it listens on");
+        let pid = child.id();
         let addr = tokio::select! {
             addr = eventually(&what, || {
                 let seen = seen.clone();
-                async move { seen.lock().expect("log state").addr }
+                async move {
+                    // A log filter may hide the line: then its only listener is the one.
+                    let logged = seen.lock().expect("log state").addr;
+                    logged.or_else(|| match pid.map(crate::listening_addrs).as_deref() {
+                        Some([only]) => Some(*only),
+                        _ => None,
+                    })
+                }
             }) => addr,
             status = child.wait() => panic!(
                 "{name} exited ({status:?}) before listening:\n{}",

@@ -251,8 +251,7 @@ async fn request_spans_name_the_path_not_the_query() {
     let dir = tempfile::tempdir().expect("temp dir");
     let gw = ServiceBuilder::new("ws-gateway")
         .redis(&redis)
-        // ws_gateway at info too: the harness reads the address from its `listening` line.
-        .env("HERALD_LOG", "tower_http=debug,ws_gateway=info")
+        .env("HERALD_LOG", "tower_http=debug")
         .log_to(&dir.path().join("gw.log"))
         .process()
         .spawn()
