@@ -141,6 +141,27 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// sees that a running service has read what it was sent, or that a stopped one has
 /// been sent something.
 pub fn unread_bytes(server: SocketAddr) -> u64 {
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.state == ESTABLISHED && s.local == server)
+        .map(|s| s.unread)
+        .sum()
+}
+
+/// `/proc/net/tcp`'s state of an established connection, and of a listening socket.
+const ESTABLISHED: u8 = 0x01;
+const LISTEN: u8 = 0x0A;
+
+/// One IPv4 TCP socket of this network namespace, from `/proc/net/tcp`.
+struct TcpSocketEntry {
+    local: SocketAddr,
+    state: u8,
+    /// Bytes received and not yet read by the owning process.
+    unread: u64,
+    inode: String,
+}
+
+fn tcp_sockets() -> Vec<TcpSocketEntry> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     table
         .lines()
@@ -152,23 +173,23 @@ pub fn unread_bytes(server: SocketAddr) -> u64 {
             // The kernel prints the address as the host-order view of its network bytes.
             let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
             let port = u16::from_str_radix(port, 16).ok()?;
-            let established = *state == "01";
-            let unread = u64::from_str_radix(queues.split_once(':')?.1, 16).ok()?;
-            (established && SocketAddr::from((ip, port)) == server).then_some(unread)
+            Some(TcpSocketEntry {
+                local: SocketAddr::from((ip, port)),
+                state: u8::from_str_radix(state, 16).ok()?,
+                unread: u64::from_str_radix(queues.split_once(':')?.1, 16).ok()?,
+                inode: (*fields.get(9)?).to_owned(),
+            })
         })
-        .sum()
+        .collect()
 }
 
-/// An address where nothing listens, and nothing else can start listening while the
-/// returned socket lives (it is bound, not listening): a connection to it is refused.
+/// An address where nothing listens (a [`reserve_port`] no program is told about):
+/// a connection to it is refused while the returned socket lives.
 pub fn dead_addr() -> (tokio::net::TcpSocket, SocketAddr) {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    (socket, addr)
+    let (socket, port) = reserve_port();
+    (socket, SocketAddr::from(([127, 0, 0, 1], port)))
 }
+
 /// A port held for a program that must be told its port before it starts (`just dev`,
 /// a compose stack): the returned socket is bound to it with `SO_REUSEADDR` but not
 /// listening, so no other bind to port 0 is given it while the socket lives, yet the
@@ -203,20 +224,10 @@ pub fn listening_addrs(pid: u32) -> Vec<SocketAddr> {
             Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
         })
         .collect();
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
-            if *state != "0A" || !inodes.iter().any(|i| i == inode) {
-                return None;
-            }
-            let (ip, port) = local.split_once(':')?;
-            let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
-            Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
-        })
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.state == LISTEN && inodes.contains(&s.inode))
+        .map(|s| s.local)
         .collect()
 }
 
