@@ -425,12 +425,21 @@ fn raise_nofile_limit() {
     });
 }
 
+/// The accept queue of an in-process service's listener: ws-gateway's binary asks for
+/// as much, so that thousands of clients connecting at once are not dropped.
+const LISTEN_BACKLOG: u32 = 8192;
+
 /// Binds `addr`: port 0, or on a restart the address the previous run just released.
 async fn bind(name: &str, addr: SocketAddr) -> std::net::TcpListener {
-    eventually(&format!("{name} to bind {addr}"), || async move {
-        std::net::TcpListener::bind(addr)
+    let listener = eventually(&format!("{name} to bind {addr}"), || async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
     })
-    .await
+    .await;
+    // Handed over to the service's own runtime.
+    listener.into_std().expect("std listener")
 }
 
 impl InProcess {
