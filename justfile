@@ -42,20 +42,20 @@ clippy:
 # Formatting and lints.
 lint: check-fmt clippy
 
-# Build every binary (the end-to-end tests run them).
+# Build every binary.
 build:
     cargo build --workspace --bins
 
-# Run every test: unit, property and end-to-end (checks first for the tools they need).
-test: _test-tools build
+# Run every test: unit, property and end-to-end (checks first for the tools they need; the end-to-end harness builds the binaries it runs).
+test: _test-tools
     cargo nextest run --workspace
 
 # Run one crate's tests.
-test-crate crate: _test-tools build
+test-crate crate: _test-tools
     cargo nextest run -p {{crate}}
 
 # Run only the end-to-end scenarios.
-e2e: _test-tools build
+e2e: _test-tools
     cargo nextest run -p e2e
 
 # What the tests need besides Rust and `just`: one line per missing tool saying how to

@@ -1,19 +1,21 @@
-//! The end-to-end harness: starts a private `redis-server` and the real Herald
-//! binaries on free loopback ports, and drives them with real clients.
+//! The end-to-end harness: starts a private `redis-server` (on a unix socket) and the
+//! real Herald services, and drives them with real clients.
 //!
-//! Every wait has a timeout ([`patience`]); every process is killed when its handle
-//! drops, so a failing test leaves nothing running.
+//! Services run in this process by default: each service crate's `run` on a listener
+//! the harness bound to `127.0.0.1:0` ([`ServiceBuilder`]). Tests of what only a
+//! process has (signals, exit codes, crashes, pids, logs) run the binaries instead
+//! ([`ServiceBuilder::process`], [`run_bin`]), which the harness builds first
+//! ([`bin_path`]), so nothing needs building beforehand and no binary is stale.
 //!
-//! The binaries are found in the workspace's target directory (`debug` unless
-//! `HERALD_E2E_PROFILE=release`); build them first (`cargo build --workspace --bins`,
-//! which `just test` does).
+//! Every wait has a timeout ([`patience`]); every service and process is stopped when
+//! its handle drops, so a failing test leaves nothing running.
 
 #![allow(
     unreachable_pub,
     reason = "the harness is used by this crate's tests only"
 )]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -29,8 +31,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod browser;
 pub mod load_client;
+mod service;
 #[cfg(test)]
 mod tests;
+
+pub use service::{Service, ServiceBuilder, bin_path, listening_addr};
 
 /// The HS256 secret every test cluster shares.
 pub const TEST_SECRET: &str = "e2e-test-secret-0123456789";
@@ -136,6 +141,27 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// sees that a running service has read what it was sent, or that a stopped one has
 /// been sent something.
 pub fn unread_bytes(server: SocketAddr) -> u64 {
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.state == ESTABLISHED && s.local == server)
+        .map(|s| s.unread)
+        .sum()
+}
+
+/// `/proc/net/tcp`'s state of an established connection, and of a listening socket.
+const ESTABLISHED: u8 = 0x01;
+const LISTEN: u8 = 0x0A;
+
+/// One IPv4 TCP socket of this network namespace, from `/proc/net/tcp`.
+struct TcpSocketEntry {
+    local: SocketAddr,
+    state: u8,
+    /// Bytes received and not yet read by the owning process.
+    unread: u64,
+    inode: String,
+}
+
+fn tcp_sockets() -> Vec<TcpSocketEntry> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     table
         .lines()
@@ -147,53 +173,181 @@ pub fn unread_bytes(server: SocketAddr) -> u64 {
             // The kernel prints the address as the host-order view of its network bytes.
             let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
             let port = u16::from_str_radix(port, 16).ok()?;
-            let established = *state == "01";
-            let unread = u64::from_str_radix(queues.split_once(':')?.1, 16).ok()?;
-            (established && SocketAddr::from((ip, port)) == server).then_some(unread)
+            Some(TcpSocketEntry {
+                local: SocketAddr::from((ip, port)),
+                state: u8::from_str_radix(state, 16).ok()?,
+                unread: u64::from_str_radix(queues.split_once(':')?.1, 16).ok()?,
+                inode: (*fields.get(9)?).to_owned(),
+            })
         })
-        .sum()
+        .collect()
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot find a free port")
+/// An address where nothing listens (a [`reserve_port`] no program is told about):
+/// a connection to it is refused while the returned socket lives.
+pub fn dead_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let (socket, port) = reserve_port();
+    (socket, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A port held for a program that must be told its port before it starts (`just dev`,
+/// a compose stack): the returned socket is bound to it with `SO_REUSEADDR` but not
+/// listening, so no other bind to port 0 is given it while the socket lives, yet the
+/// program, binding with `SO_REUSEADDR` as Herald's services, redis-server and Go
+/// programs do, can listen on it. Nothing listens on it until then.
+pub fn reserve_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    (socket, port)
+}
+
+/// A Redis URL where nothing listens (see [`dead_addr`]; keep the socket while it is used).
+pub fn dead_redis() -> (tokio::net::TcpSocket, String) {
+    let (socket, addr) = dead_addr();
+    (socket, format!("redis://{addr}"))
+}
+
+/// The TCP addresses process `pid` listens on (IPv4), from `/proc`: how a test learns
+/// the port a program given port 0 bound when the program does not print it.
+pub fn listening_addrs(pid: u32) -> Vec<SocketAddr> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.state == LISTEN && inodes.contains(&s.inode))
+        .map(|s| s.local)
+        .collect()
 }
 
 // === Redis ===
 
-/// A private `redis-server` on a free port, killed on drop.
+/// A private `redis-server`, killed on drop: on a unix socket in a directory of its
+/// own (no port to race for), or on TCP for the few tests that need a port
+/// ([`Redis::start_tcp`]).
 #[derive(Debug)]
 pub struct Redis {
-    pub port: u16,
+    listen: RedisListen,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum RedisListen {
+    Unix,
+    Tcp(u16),
+}
+
+/// A byte stream both ways (a unix or TCP connection).
+pub trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Duplex for T {}
+
+/// Where a [`Redis`] listens.
+#[derive(Debug, Clone)]
+pub enum RedisEndpoint {
+    Unix(PathBuf),
+    Tcp(u16),
+}
+
+impl RedisEndpoint {
+    /// A raw connection to the server.
+    pub async fn connect(&self) -> std::io::Result<Box<dyn Duplex>> {
+        Ok(match self {
+            Self::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+            Self::Tcp(port) => Box::new(TcpStream::connect(("127.0.0.1", *port)).await?),
+        })
+    }
+}
+
+/// Ports [`Redis::start_tcp`] tries: below Linux's ephemeral range (32768-60999), so
+/// no port-0 bind in this or another test is handed one of them.
+const REDIS_TCP_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 impl Redis {
-    /// Starts `redis-server` (no persistence) and waits until it answers.
+    /// Starts `redis-server` (no persistence) on a unix socket and waits until it answers.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut r = Self {
-            port,
+            listen: RedisListen::Unix,
             child: None,
-            dir,
+            dir: tempfile::tempdir().expect("temp dir"),
         };
-        r.spawn().await;
+        assert!(r.spawn().await, "redis-server did not start");
         r
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// Starts `redis-server` on a TCP port of its own: a random one, another if that
+    /// one is taken (the server exits when it cannot bind).
+    pub async fn start_tcp() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut r = Self {
+            listen: RedisListen::Unix,
+            child: None,
+            dir,
+        };
+        for _ in 0..20 {
+            r.listen = RedisListen::Tcp(rand::random_range(REDIS_TCP_PORTS));
+            if r.spawn().await {
+                return r;
+            }
+        }
+        panic!("redis-server found no free port in 20 tries");
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    /// The server's TCP port (a [`Redis::start_tcp`] server only).
+    pub fn port(&self) -> u16 {
+        match self.listen {
+            RedisListen::Tcp(port) => port,
+            RedisListen::Unix => {
+                panic!("this Redis listens on a unix socket: use Redis::start_tcp")
+            }
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    pub fn url(&self) -> String {
+        match self.listen {
+            RedisListen::Unix => format!("redis+unix://{}", self.socket().display()),
+            RedisListen::Tcp(port) => format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Where the server listens, for proxies in front of it.
+    pub fn endpoint(&self) -> RedisEndpoint {
+        match self.listen {
+            RedisListen::Unix => RedisEndpoint::Unix(self.socket()),
+            RedisListen::Tcp(port) => RedisEndpoint::Tcp(port),
+        }
+    }
+
+    /// Starts the server and waits until it answers; false if it exited first (its
+    /// TCP port was taken).
+    async fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new("redis-server");
+        match self.listen {
+            RedisListen::Unix => cmd
+                .args(["--port", "0", "--unixsocket"])
+                .arg(self.socket())
+                .args(["--unixsocketperm", "700"]),
+            RedisListen::Tcp(port) => cmd
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"]),
+        };
+        let child = cmd
+            .args(["--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "no"])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
@@ -203,17 +357,24 @@ impl Redis {
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}): install it, e.g. `apt-get install -y redis-server`")
             });
-        self.child = Some(child);
         let url = self.url();
-        eventually("redis-server to answer PING", || {
+        let child = self.child.insert(child);
+        let answers = eventually("redis-server to answer PING", || {
             let url = url.clone();
             async move {
                 let client = redis::Client::open(url).ok()?;
                 let mut c = client.get_multiplexed_async_connection().await.ok()?;
                 redis::cmd("PING").query_async::<String>(&mut c).await.ok()
             }
-        })
-        .await;
+        });
+        let answered = tokio::select! {
+            _ = answers => true,
+            _ = child.wait() => false,
+        };
+        if !answered {
+            self.child = None;
+        }
+        answered
     }
 
     /// The server's process id (to stop and continue it with [`signal`]).
@@ -228,14 +389,14 @@ impl Redis {
         }
     }
 
-    /// Kills and starts again on the same port, empty.
+    /// Kills and starts again on the same socket or port, empty.
     pub async fn restart(&mut self) {
         self.kill().await;
-        self.spawn().await;
+        assert!(self.spawn().await, "redis-server did not restart");
     }
 
     /// Stops the server the way an operator restarts it (`SHUTDOWN SAVE`: the data is
-    /// written to disk first) and starts it again on the same port with that data, as a
+    /// written to disk first) and starts it again on the same socket or port with that data, as a
     /// persistent Redis comes back from an upgrade or a host reboot.
     pub async fn restart_keeping_data(&mut self) {
         let mut c = self.conn().await;
@@ -253,7 +414,7 @@ impl Redis {
             self.dir.path().join("dump.rdb").exists(),
             "SHUTDOWN SAVE wrote no dump.rdb"
         );
-        self.spawn().await;
+        assert!(self.spawn().await, "redis-server did not restart");
     }
 
     /// A plain connection for assertions on Redis state.
@@ -268,180 +429,7 @@ impl Redis {
     }
 }
 
-// === Services ===
-
-/// The path of a built Herald binary.
-pub fn bin_path(name: &str) -> PathBuf {
-    let profile = std::env::var("HERALD_E2E_PROFILE").unwrap_or_else(|_| "debug".to_owned());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join(profile).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`)",
-        path.display()
-    );
-    path
-}
-
-/// How to start one Herald service.
-#[derive(Debug, Clone)]
-pub struct ServiceBuilder {
-    name: String,
-    env: Vec<(String, String)>,
-    args: Vec<String>,
-    port: Option<u16>,
-    /// Where stderr goes (appended, restarts included); see [`ServiceBuilder::log_to`].
-    log_file: Option<PathBuf>,
-}
-
-/// A running Herald binary, killed (SIGKILL) on drop.
-#[derive(Debug)]
-pub struct Service {
-    pub name: String,
-    pub addr: SocketAddr,
-    child: Option<Child>,
-    builder: ServiceBuilder,
-}
-
-impl ServiceBuilder {
-    /// A service with the test secrets and keys already set.
-    pub fn new(name: &str) -> Self {
-        let env = [
-            ("HERALD_JWT_SECRET", TEST_SECRET),
-            ("HERALD_ADMIN_KEY", ADMIN_KEY),
-            ("HERALD_API_KEY", API_KEY),
-            ("HERALD_LOG", "info"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        Self {
-            name: name.to_owned(),
-            env,
-            args: Vec::new(),
-            port: None,
-            log_file: None,
-        }
-    }
-
-    pub fn redis(self, redis: &Redis) -> Self {
-        self.env("HERALD_REDIS_URL", &redis.url())
-    }
-
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    pub fn arg(mut self, arg: &str) -> Self {
-        self.args.push(arg.to_owned());
-        self
-    }
-
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = Some(port);
-        self
-    }
-
-    /// Appends the service's stderr (its logs) to `path`, for tests that read them.
-    pub fn log_to(mut self, path: &std::path::Path) -> Self {
-        self.log_file = Some(path.to_owned());
-        self
-    }
-
-    /// Starts the binary on a free port and waits for `/healthz`.
-    pub async fn spawn(self) -> Service {
-        let port = self.port.unwrap_or_else(free_port);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let mut svc = Service {
-            name: self.name.clone(),
-            addr,
-            child: None,
-            builder: ServiceBuilder {
-                port: Some(port),
-                ..self
-            },
-        };
-        svc.start().await;
-        svc
-    }
-}
-
-impl Service {
-    async fn start(&mut self) {
-        let mut cmd = Command::new(bin_path(&self.builder.name));
-        cmd.args(&self.builder.args)
-            .env("HERALD_LISTEN", self.addr.to_string())
-            .envs(self.builder.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
-        if let Some(path) = &self.builder.log_file {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-            cmd.stderr(file);
-        } else if std::env::var("HERALD_E2E_LOGS").is_err() {
-            cmd.stderr(Stdio::null());
-        }
-        self.child = Some(cmd.spawn().expect("spawn service"));
-        let url = format!("{}/healthz", self.http());
-        let name = self.name.clone();
-        eventually(&format!("{name} /healthz"), || {
-            let url = url.clone();
-            async move {
-                let r = reqwest::get(url).await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
-        .await;
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn http(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `ws://127.0.0.1:<port>/ws`.
-    pub fn ws(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-
-    /// SIGKILL, as in a crash.
-    pub async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    /// SIGTERM, then waits for the exit; returns the exit status code.
-    pub async fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        if let Some(pid) = child.id() {
-            let pid = i32::try_from(pid).ok()?;
-            signal(pid, 15);
-        }
-        within("the service to exit after SIGTERM", child.wait())
-            .await
-            .ok()
-            .and_then(|s| s.code())
-    }
-
-    /// Starts the same binary again, same port and settings.
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        self.start().await;
-    }
-}
+// === Processes ===
 
 /// Sends a signal by number (15 = SIGTERM, 9 = SIGKILL, 19 = SIGSTOP, 18 = SIGCONT).
 pub fn signal(pid: i32, sig: i32) {
@@ -750,7 +738,8 @@ struct ProxyConn {
 }
 
 impl WedgeProxy {
-    pub async fn start(upstream_port: u16) -> Self {
+    /// A proxy on a port of its own in front of `redis`.
+    pub async fn start(redis: &Redis) -> Self {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -760,15 +749,16 @@ impl WedgeProxy {
         let conns: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<ProxyConn>>>> =
             std::sync::Arc::default();
         let registry = conns.clone();
+        let upstream = redis.endpoint();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                let Ok(server) = upstream.connect().await else {
                     continue;
                 };
                 let state = std::sync::Arc::new(ProxyConn::default());
                 registry.lock().expect("registry").push(state.clone());
                 let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
+                let (mut sr, mut sw) = tokio::io::split(server);
                 let up = state.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];

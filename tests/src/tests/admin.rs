@@ -1,20 +1,22 @@
 //! Admin endpoints bound to their own listener (`HERALD_ADMIN_LISTEN`): absent from
-//! the public one, working (with the key) on the private one.
+//! the public one, working (with the key) on the private one. The services run as
+//! binaries: given port 0, the address they bound for admin is in their log.
 
 use reqwest::Method;
 use serde_json::json;
 
-use crate::{ADMIN_KEY, Redis, ServiceBuilder, free_port, http_json};
+use crate::{ADMIN_KEY, Redis, ServiceBuilder, eventually, http_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_can_live_on_a_separate_listener() {
     let redis = Redis::start().await;
-    let auth_admin = format!("127.0.0.1:{}", free_port());
     let auth = ServiceBuilder::new("auth-svc")
         .redis(&redis)
-        .env("HERALD_ADMIN_LISTEN", &auth_admin)
+        .env("HERALD_ADMIN_LISTEN", "127.0.0.1:0")
+        .process()
         .spawn()
         .await;
+    let auth_admin = eventually("auth-svc's admin address", || async { auth.admin_addr() }).await;
     let user = json!({"username":"adm","password":"long enough pw","channels":[],"publish":[]});
     let (status, _) = http_json(
         Method::POST,
@@ -53,12 +55,13 @@ async fn admin_routes_can_live_on_a_separate_listener() {
     .await;
     assert_eq!(status, 200);
 
-    let mon_admin = format!("127.0.0.1:{}", free_port());
     let monitor = ServiceBuilder::new("monitor")
         .redis(&redis)
-        .env("HERALD_ADMIN_LISTEN", &mon_admin)
+        .env("HERALD_ADMIN_LISTEN", "127.0.0.1:0")
+        .process()
         .spawn()
         .await;
+    let mon_admin = eventually("monitor's admin address", || async { monitor.admin_addr() }).await;
     let (status, _) = http_json(
         Method::POST,
         &format!("{}/api/v1/users/adm/disconnect", monitor.http()),

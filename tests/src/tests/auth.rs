@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::{
-    ADMIN_KEY, Redis, Service, ServiceBuilder, TEST_SECRET, eventually, free_port, http_json,
+    ADMIN_KEY, Redis, Service, ServiceBuilder, TEST_SECRET, dead_redis, eventually, http_json,
     run_bin, within,
 };
 
@@ -315,7 +315,7 @@ async fn the_node_beats_as_auth_svc_and_hs256_publishes_no_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_fails_fast() {
     // No secret: exit 64 with one line naming the variable.
-    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let (_nobody, dead) = dead_redis();
     let (code, _, err) = run_bin(
         "auth-svc",
         &[],

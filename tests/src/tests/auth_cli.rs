@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::auth::{add_user, auth_svc, decode, login};
-use crate::{ADMIN_KEY, Redis, ServiceBuilder, TEST_SECRET, free_port, http_json, run_bin};
+use crate::{ADMIN_KEY, Redis, ServiceBuilder, TEST_SECRET, dead_redis, http_json, run_bin};
 
 /// Runs an `auth-svc` subcommand against `redis`; (exit code, stdout, stderr).
 async fn cli(redis: &Redis, args: &[&str]) -> (i32, String, String) {
@@ -192,7 +192,7 @@ async fn password_minimum_api_and_cli() {
     assert_eq!(out, "kai\nkim\nzed\n");
 
     // A minimum of 0 is a configuration error, named.
-    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let (_nobody, dead) = dead_redis();
     let (code, _, err) = run_bin(
         "auth-svc",
         &[],

@@ -5,7 +5,10 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::{API_KEY, Redis, ServiceBuilder, TEST_SECRET, bin_path, free_port, run_bin, within};
+use crate::{
+    API_KEY, Redis, ServiceBuilder, TEST_SECRET, bin_path, dead_addr, eventually, listening_addrs,
+    run_bin, within,
+};
 
 fn gateway(redis: &Redis) -> ServiceBuilder {
     ServiceBuilder::new("ws-gateway")
@@ -40,7 +43,7 @@ fn assert_exact(r: &Value, subscribers: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_over_websocket_and_http_counts_every_delivery() {
     let redis = Redis::start().await;
-    let gw = gateway(&redis).spawn().await;
+    let gw = gateway(&redis).process().spawn().await;
     let bc = ServiceBuilder::new("broadcaster")
         .redis(&redis)
         .spawn()
@@ -115,7 +118,7 @@ async fn fanout_over_websocket_and_http_counts_every_delivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_report_setup_and_memory() {
     let redis = Redis::start().await;
-    let gw = gateway(&redis).spawn().await;
+    let gw = gateway(&redis).process().spawn().await;
     let pid = gw.pid().expect("pid").to_string();
     let r = bench(&[
         "connections",
@@ -160,12 +163,11 @@ async fn raw_direct_writes_deliver_everything() {
 /// A raw-server run with `extra` flags: every frame it sent reaches every client.
 async fn raw_baseline(extra: &[&str]) {
     use tokio::io::AsyncBufReadExt;
-    let listen = format!("127.0.0.1:{}", free_port());
     let mut server = tokio::process::Command::new(bin_path("herald-bench"))
         .args([
             "raw-server",
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--subscribers",
             "20",
             "--rate",
@@ -188,6 +190,12 @@ async fn raw_baseline(extra: &[&str]) {
             }
         }
         panic!("raw-server exited before listening");
+    })
+    .await;
+    // It names the address it was given, not the port it got: that comes from /proc.
+    let pid = server.id().expect("raw-server pid");
+    let listen = eventually("raw-server's listening socket", || async {
+        listening_addrs(pid).first().copied()
     })
     .await;
     let r = bench(&[
@@ -218,7 +226,8 @@ async fn raw_baseline(extra: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_target_and_refused_tokens_fail_clearly() {
-    let nobody = format!("ws://127.0.0.1:{}/ws", free_port());
+    let (_nobody, dead) = dead_addr();
+    let nobody = format!("ws://{dead}/ws");
     let (code, _, err) = run_bin(
         "herald-bench",
         &[

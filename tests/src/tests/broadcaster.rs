@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::{
-    API_KEY, Redis, Service, ServiceBuilder, eventually, eventually_within, free_port, http_json,
+    API_KEY, Redis, Service, ServiceBuilder, dead_redis, eventually, eventually_within, http_json,
     run_bin, within,
 };
 
@@ -414,7 +414,7 @@ async fn without_an_api_key_it_starts_but_refuses_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_failures_are_one_clear_line() {
-    let dead = format!("redis://127.0.0.1:{}", free_port());
+    let (_nobody, dead) = dead_redis();
     let (code, _, stderr) = run_bin(
         "broadcaster",
         &[],
@@ -463,6 +463,7 @@ async fn heartbeat_metrics_and_graceful_stop() {
     let mut bc = ServiceBuilder::new("broadcaster")
         .redis(&redis)
         .env("HERALD_NODE_ID", "bc-beat")
+        .process()
         .spawn()
         .await;
     post(&bc, "/v1/publish", json!({"channel":"m","message":1})).await;

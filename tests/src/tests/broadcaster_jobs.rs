@@ -95,7 +95,7 @@ async fn a_job_whose_worker_dies_is_taken_over_and_published_once() {
             .env("HERALD_JOB_CLAIM_IDLE_MS", "1000")
             .env("HERALD_NODE_ID", node)
     };
-    let mut a = builder("bc-a").spawn().await;
+    let mut a = builder("bc-a").process().spawn().await;
     let mut sub = Sub::new(&redis, &["work"]).await;
 
     let id = submit(&a, "sleep", json!({"ms": 3000}), "work").await;

@@ -203,7 +203,7 @@ async fn page_imports_herald_js_and_receives_publishes() {
 /// Returns the client's state changes, in order.
 async fn survives(disrupt: impl AsyncFnOnce(&mut Redis, &mut Service)) -> Value {
     let mut redis = Redis::start().await;
-    let mut gw1 = gateway(&redis).spawn().await;
+    let mut gw1 = gateway(&redis).process().spawn().await;
     let gw2 = gateway(&redis).spawn().await;
     let bc = ServiceBuilder::new("broadcaster")
         .redis(&redis)
@@ -351,6 +351,7 @@ async fn history_trimmed_during_a_disconnect_is_reported_as_a_gap() {
     let redis = Redis::start().await;
     let mut gw = gateway(&redis)
         .env("HERALD_HISTORY_SIZE", "10")
+        .process()
         .spawn()
         .await;
     let bc = ServiceBuilder::new("broadcaster")
@@ -395,16 +396,15 @@ async fn an_origin_allow_list_admits_the_page_and_refuses_another() {
     let redis = Redis::start().await;
     let browser = Browser::start().await;
     // The allowed page's origin is known only once its server is bound, so the pages
-    // are served first and the gateway started after them, on a port chosen ahead.
-    let port = crate::free_port();
-    let gw_http = format!("http://127.0.0.1:{port}");
+    // are served first and the gateway started after them, on a listener bound ahead.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gw_http = format!("http://{}", listener.local_addr().expect("addr"));
     let (origin_ok, _s1) = serve_test_page(&gw_http).await;
     let (origin_no, _s2) = serve_test_page(&gw_http).await;
     let gw = ServiceBuilder::new("ws-gateway")
         .redis(&redis)
-        .port(port)
         .env("HERALD_ALLOWED_ORIGINS", &origin_ok)
-        .spawn()
+        .spawn_on(listener)
         .await;
     let page_ok = open_test_page(&browser, &origin_ok).await;
     let page_no = open_test_page(&browser, &origin_no).await;
@@ -569,6 +569,7 @@ async fn a_silent_gateway_is_noticed_by_its_missing_heartbeats() {
     let redis = Redis::start().await;
     let gw1 = gateway(&redis)
         .env("HERALD_HEARTBEAT_INTERVAL_MS", "1000")
+        .process()
         .spawn()
         .await;
     let gw2 = gateway(&redis)

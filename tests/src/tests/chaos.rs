@@ -67,7 +67,7 @@ async fn monitor_status(monitor: &Service, node: &str) -> Option<String> {
 async fn sigkill_gateway_under_load_leaves_no_state_behind() {
     let redis = Redis::start().await;
     let per_ip = |b: ServiceBuilder| b.env("HERALD_MAX_CONNECTIONS_PER_IP", "4");
-    let mut victim = per_ip(gateway(&redis)).spawn().await;
+    let mut victim = per_ip(gateway(&redis)).process().spawn().await;
     let other = per_ip(gateway(&redis)).spawn().await;
     let monitor = ServiceBuilder::new("monitor")
         .redis(&redis)
@@ -208,7 +208,7 @@ async fn stalled_consumers_under_fanout_keep_memory_bounded() {
     const PAYLOAD: usize = 16 * 1024;
     const RSS_BOUND_KIB: u64 = 300 * 1024;
     let redis = Redis::start().await;
-    let gw = gateway(&redis).spawn().await;
+    let gw = gateway(&redis).process().spawn().await;
     let pid = gw.pid().expect("gateway pid");
     let t = token("f", &["flood"], &["flood"]);
     let mut stalled = Vec::new();

@@ -434,7 +434,7 @@ async fn a_refused_token_is_retried_once_with_a_fresh_one_then_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_wait_for_a_connection_and_fail_honestly() {
     let redis = Redis::start().await;
-    let mut gw = gateway(&redis).spawn().await;
+    let mut gw = gateway(&redis).process().spawn().await;
     let opts = Options {
         publish_queue: 2,
         publish_timeout: Duration::from_secs(3),

@@ -16,7 +16,7 @@ use crate::{Redis, Service, ServiceBuilder, token, within};
 /// the client was connected to before and after.
 async fn survives(disrupt: impl AsyncFnOnce(&mut Redis, &mut Service)) -> (String, String) {
     let mut redis = Redis::start().await;
-    let mut gw1 = gateway(&redis).spawn().await;
+    let mut gw1 = gateway(&redis).process().spawn().await;
     let gw2 = gateway(&redis).spawn().await;
     let bc = ServiceBuilder::new("broadcaster")
         .redis(&redis)
@@ -156,6 +156,7 @@ async fn history_trimmed_during_a_disconnect_is_reported_as_a_gap() {
     let redis = Redis::start().await;
     let mut gw = gateway(&redis)
         .env("HERALD_HISTORY_SIZE", "10")
+        .process()
         .spawn()
         .await;
     let bc = ServiceBuilder::new("broadcaster")

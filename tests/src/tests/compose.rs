@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{ADMIN_KEY, API_KEY, TEST_SECRET, Ws, eventually_within, free_port, token};
+use crate::{ADMIN_KEY, API_KEY, TEST_SECRET, Ws, eventually_within, reserve_port, token};
 
 /// The channel every client of the scenario follows.
 const CHANNEL: &str = "news";
@@ -162,7 +162,7 @@ async fn compose_stack_survives_a_gateway_kill_and_a_redis_restart() {
 
 // === the stack ===
 
-/// The host ports the stack publishes, all picked free for this run.
+/// The host ports the stack publishes, held for this run ([`reserve_port`]).
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     gw1: u16,
@@ -182,6 +182,8 @@ struct Stack {
     files: Vec<PathBuf>,
     env: Vec<(String, String)>,
     ports: Ports,
+    /// Holds the ports until the stack is down.
+    _held: Vec<tokio::net::TcpSocket>,
     down: bool,
     /// Holds the env file with the test's secrets; dropped after `down`.
     _dir: tempfile::TempDir,
@@ -213,13 +215,19 @@ impl Stack {
             ),
         )
         .expect("write env file");
+        let mut held = Vec::new();
+        let mut port = || {
+            let (socket, port) = reserve_port();
+            held.push(socket);
+            port
+        };
         let ports = Ports {
-            gw1: free_port(),
-            gw2: free_port(),
-            auth: free_port(),
-            broadcaster: free_port(),
-            monitor: free_port(),
-            prometheus: free_port(),
+            gw1: port(),
+            gw2: port(),
+            auth: port(),
+            broadcaster: port(),
+            monitor: port(),
+            prometheus: port(),
         };
         let env = [
             ("HERALD_ENV_FILE", env_file.display().to_string()),
@@ -240,6 +248,7 @@ impl Stack {
             files,
             env,
             ports,
+            _held: held,
             down: false,
             _dir: dir,
         };

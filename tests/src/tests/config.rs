@@ -8,7 +8,8 @@ use herald_common::keys::Keys;
 use tokio::process::Command;
 
 use crate::{
-    Redis, ServiceBuilder, bin_path, eventually, free_port, run_bin_clean, signal, within,
+    Redis, ServiceBuilder, bin_path, dead_redis, eventually, listening_addr, run_bin_clean, signal,
+    within,
 };
 
 /// The four services.
@@ -17,11 +18,6 @@ const SERVICES: [&str; 4] = ["ws-gateway", "auth-svc", "broadcaster", "monitor"]
 /// The non-blank lines of `text`.
 fn lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| !l.trim().is_empty()).collect()
-}
-
-/// A Redis URL nothing listens on: configuration errors must come before Redis.
-fn dead_redis() -> String {
-    format!("redis://127.0.0.1:{}", free_port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +29,8 @@ async fn two_bad_variables_are_both_reported_by_name() {
         ("broadcaster", "HERALD_JOB_WORKERS"),
         ("monitor", "HERALD_PROBE_INTERVAL_MS"),
     ];
-    let dead = dead_redis();
+    // Nothing listens there: configuration errors must come before Redis.
+    let (_nobody, dead) = dead_redis();
     for (service, var) in numeric {
         let (code, _, err) = run_bin_clean(
             service,
@@ -63,7 +60,8 @@ async fn two_bad_variables_are_both_reported_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_number_and_a_missing_secret_are_reported_together() {
-    let dead = dead_redis();
+    // Nothing listens there: configuration errors must come before Redis.
+    let (_nobody, dead) = dead_redis();
     for service in ["ws-gateway", "auth-svc"] {
         let (code, _, err) = run_bin_clean(
             service,
@@ -96,13 +94,11 @@ async fn a_bad_number_and_a_missing_secret_are_reported_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flag_overrides_a_bad_variable() {
     // The flag wins, so the variable's value does not matter.
+    let (_nobody, dead) = dead_redis();
     let (code, _, err) = run_bin_clean(
         "broadcaster",
         &["--job-workers", "3", "--listen", "nowhere"],
-        &[
-            ("HERALD_REDIS_URL", &dead_redis()),
-            ("HERALD_JOB_WORKERS", "abc"),
-        ],
+        &[("HERALD_REDIS_URL", &dead), ("HERALD_JOB_WORKERS", "abc")],
     )
     .await;
     assert_eq!(code, 64, "{err}");
@@ -236,14 +232,13 @@ async fn dev_log(service: &str, redis: &Redis) -> Vec<u8> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(format!("{service}.log"));
     let file = std::fs::File::create(&path).expect("log file");
-    let port = free_port();
     let node = format!("{service}-log");
     let mut child = Command::new(bin_path(service))
         .env_clear()
         .env("HERALD_DEV", "1")
         .env("HERALD_NODE_ID", &node)
         .env("HERALD_REDIS_URL", redis.url())
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_LISTEN", "127.0.0.1:0")
         .env("HERALD_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -251,7 +246,12 @@ async fn dev_log(service: &str, redis: &Redis) -> Vec<u8> {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let url = format!("http://127.0.0.1:{port}/healthz");
+    let addr = eventually(&format!("{service} to log its address"), || async {
+        let log = std::fs::read_to_string(&path).ok()?;
+        log.lines().find_map(listening_addr)
+    })
+    .await;
+    let url = format!("http://{addr}/healthz");
     eventually(&format!("{service} /healthz"), || {
         let url = url.clone();
         async move {

@@ -1,10 +1,10 @@
 //! `just dev`, run as a newcomer runs it: it comes up with every service ready, or it
 //! fails loudly, saying why, and leaves nothing running.
 //!
-//! Each test gives the recipe free ports and a log directory of its own
-//! (`HERALD_DEV_*_PORT`, `HERALD_DEV_LOG_DIR`), so it never meets another test or a
-//! developer's own `just dev`, and runs it with `--no-deps`: the binaries are the ones the
-//! rest of the suite runs, already built (`just test` builds them first). The recipe and
+//! Each test gives the recipe ports it holds for it ([`reserve_port`]) and a log
+//! directory of its own (`HERALD_DEV_*_PORT`, `HERALD_DEV_LOG_DIR`), so it never meets
+//! another test or a developer's own `just dev`, and runs it with `--no-deps`: the
+//! binaries are the ones the harness builds ([`crate::bin_path`]). The recipe and
 //! every process it starts run in a process group of their own, which each test checks
 //! is empty at the end and kills (SIGKILL) in any case.
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
-use crate::{Redis, free_port};
+use crate::{Redis, reserve_port};
 
 /// Longest a whole `just dev` run may take to come up or to fail (the recipe itself
 /// gives each service 30 s to become ready).
@@ -47,20 +47,20 @@ async fn dev_names_a_taken_service_port_and_starts_nothing() {
 async fn dev_refuses_a_redis_port_already_taken_by_another_redis() {
     // Another redis-server (Debian's package starts one on 6379) holds the port: dev must
     // not quietly use it.
-    let other = Redis::start().await;
+    let other = Redis::start_tcp().await;
     let mut ports = Ports::free();
-    ports.redis = other.port;
+    ports.redis = other.port();
     let run = Dev::start(&ports, &[]).await;
     let (code, stdout, stderr) = run.finish().await;
 
     assert_ne!(code, 0, "just dev must fail; it said:\n{stdout}{stderr}");
     assert!(
-        stderr.contains(&format!("port {} (Redis) is already in use", other.port))
+        stderr.contains(&format!("port {} (Redis) is already in use", other.port()))
             && stderr.contains("HERALD_DEV_REDIS_PORT="),
         "the error must name the port and HERALD_DEV_REDIS_PORT:\n{stderr}"
     );
     assert!(!stdout.contains("is up"), "claimed to be up:\n{stdout}");
-    assert_nothing_listens(&ports.all_but(other.port)).await;
+    assert_nothing_listens(&ports.all_but(other.port())).await;
     // The other Redis is left alone.
     let _ = other.conn().await;
 }
@@ -132,24 +132,32 @@ async fn dev_comes_up_ready_keeps_the_previous_logs_and_stops_on_ctrl_c() {
 
 // === the recipe's ports ===
 
-/// The ports `just dev` is told to use, all free when picked.
-#[derive(Debug, Clone, Copy)]
+/// The ports `just dev` is told to use, held for it while this lives.
+#[derive(Debug)]
 struct Ports {
     redis: u16,
     auth: u16,
     gateway: u16,
     broadcaster: u16,
     monitor: u16,
+    _held: Vec<tokio::net::TcpSocket>,
 }
 
 impl Ports {
     fn free() -> Self {
+        let mut held = Vec::new();
+        let mut port = || {
+            let (socket, port) = reserve_port();
+            held.push(socket);
+            port
+        };
         Self {
-            redis: free_port(),
-            auth: free_port(),
-            gateway: free_port(),
-            broadcaster: free_port(),
-            monitor: free_port(),
+            redis: port(),
+            auth: port(),
+            gateway: port(),
+            broadcaster: port(),
+            monitor: port(),
+            _held: held,
         }
     }
 
@@ -208,6 +216,8 @@ struct Dev {
 
 impl Dev {
     async fn start(ports: &Ports, extra: &[(&str, &str)]) -> Self {
+        // `--no-deps` skips the recipe's build: the harness builds the binaries.
+        crate::bin_path("ws-gateway");
         let logs = tempfile::tempdir().expect("temp dir");
         let mut child = Command::new("just")
             .args(["--no-deps", "dev"])

@@ -297,7 +297,7 @@ async fn redis_restart_mid_stream_loses_nothing_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_says_goodbye_and_deregisters() {
     let redis = Redis::start().await;
-    let mut gw = gateway(&redis).spawn().await;
+    let mut gw = gateway(&redis).process().spawn().await;
     let (mut ws, ok) = Ws::auth(&gw, &token("g", &[], &[]), &[]).await;
     let node = ok["node"].as_str().expect("node").to_owned();
     let mut r = redis.conn().await;
@@ -366,7 +366,7 @@ async fn bad_config_fails_fast_with_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedged_pubsub_is_detected_and_nothing_is_lost() {
     let redis = Redis::start().await;
-    let proxy = crate::WedgeProxy::start(redis.port).await;
+    let proxy = crate::WedgeProxy::start(&redis).await;
     let gw = gateway(&redis)
         .env("HERALD_REDIS_URL", &proxy.url())
         .spawn()

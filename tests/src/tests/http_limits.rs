@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     ADMIN_KEY, API_KEY, Redis, Service, ServiceBuilder, TEST_SECRET, Ws, bin_path, eventually,
-    free_port, run_bin, signal, token, token_with, unread_bytes, within,
+    listening_addr, run_bin, signal, token, token_with, unread_bytes, within,
 };
 
 const SERVICES: [&str; 4] = ["auth-svc", "broadcaster", "monitor", "ws-gateway"];
@@ -345,7 +345,7 @@ async fn a_body_over_the_limit_gets_413_on_every_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_request_in_flight_finish() {
     let redis = Redis::start().await;
-    let mut bc = service("broadcaster", &redis).spawn().await;
+    let mut bc = service("broadcaster", &redis).process().spawn().await;
     let body = json!({"channel": "drain", "message": "x".repeat(1000)}).to_string();
     let (first, rest) = body.split_at(body.len() / 2);
     let mut s = connect(&bc).await;
@@ -515,13 +515,12 @@ fn plain(line: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_websocket_login_is_logged_with_reason_and_address_but_no_token() {
     let redis = Redis::start().await;
-    let port = free_port();
     // Started here rather than through the harness, to read its stderr at the
     // default log level.
     let mut child = tokio::process::Command::new(bin_path("ws-gateway"))
         .env_remove("HERALD_LOG")
         .env_remove("RUST_LOG")
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_LISTEN", "127.0.0.1:0")
         .env("HERALD_REDIS_URL", redis.url())
         .env("HERALD_JWT_SECRET", TEST_SECRET)
         .stdin(Stdio::null())
@@ -538,13 +537,21 @@ async fn a_failed_websocket_login_is_logged_with_reason_and_address_but_no_token
             sink.lock().expect("lines").push(plain(&l));
         }
     });
-    let http = format!("http://127.0.0.1:{port}");
+    let addr = eventually("ws-gateway to log its address", || async {
+        lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .find_map(|l| listening_addr(l))
+    })
+    .await;
+    let http = format!("http://{addr}");
     eventually("ws-gateway /healthz", || async {
         let r = reqwest::get(format!("{http}/healthz")).await.ok()?;
         r.status().is_success().then_some(())
     })
     .await;
-    let ws = format!("ws://127.0.0.1:{port}/ws");
+    let ws = format!("ws://{addr}/ws");
 
     let expired = token_with(json!({
         "sub": "eve", "channels": ["*"], "exp": 1_000_000_000u64, "iat": 999_999_000u64,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::{Redis, ServiceBuilder, Ws, eventually, free_port, token, within};
+use crate::{Redis, ServiceBuilder, Ws, eventually, listening_addrs, token, within};
 
 fn gateway(redis: &Redis) -> ServiceBuilder {
     ServiceBuilder::new("ws-gateway")
@@ -104,13 +104,12 @@ async fn a_real_prometheus_ingests_gateway_metrics() {
     let redis = Redis::start().await;
     let gw = gateway(&redis).spawn().await;
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: herald\n    static_configs:\n      - targets: ['{}']\n",
         gw.addr
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
-    let _prom = Command::new("prometheus")
+    let prom = Command::new("prometheus")
         .arg(format!(
             "--config.file={}",
             dir.path().join("prometheus.yml").display()
@@ -119,12 +118,18 @@ async fn a_real_prometheus_ingests_gateway_metrics() {
             "--storage.tsdb.path={}",
             dir.path().join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("prometheus is missing: install Debian's `prometheus` package");
+    // Given port 0, it binds one of the system's choosing; /proc says which.
+    let pid = prom.id().expect("prometheus pid");
+    let prom_addr = eventually("prometheus to listen", || async {
+        listening_addrs(pid).first().copied()
+    })
+    .await;
 
     let t = token("p", &["news"], &["news"]);
     let mut subs = Vec::new();
@@ -144,7 +149,7 @@ async fn a_real_prometheus_ingests_gateway_metrics() {
         }
     }
     let query = |q: &'static str| {
-        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        let url = format!("http://{prom_addr}/api/v1/query");
         async move {
             let resp = reqwest::Client::new()
                 .get(url)

@@ -21,6 +21,7 @@ mod frame_sequences;
 mod gateway;
 mod gateway_auth;
 mod handshake;
+mod harness;
 mod http_limits;
 mod js;
 mod limits;

@@ -513,6 +513,7 @@ async fn sigterm_deregisters_the_monitor() {
     let mut m = ServiceBuilder::new("monitor")
         .redis(&redis)
         .env("HERALD_NODE_ID", "mon-e2e")
+        .process()
         .spawn()
         .await;
     let mut c = redis.conn().await;
@@ -568,13 +569,13 @@ async fn bad_config_and_unreachable_redis_fail_fast() {
         "{err}"
     );
 
-    let port = crate::free_port();
+    let (_nobody, dead) = crate::dead_redis();
     let (code, _, err) = run_bin(
         "monitor",
         &[],
         &[
             ("HERALD_LISTEN", "127.0.0.1:0"),
-            ("HERALD_REDIS_URL", &format!("redis://127.0.0.1:{port}")),
+            ("HERALD_REDIS_URL", &dead),
         ],
     )
     .await;

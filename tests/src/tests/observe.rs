@@ -31,7 +31,7 @@ fn node<'a>(o: &'a Value, id: &str) -> Option<&'a Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_counts_real_clients_rates_and_failures() {
     let redis = Redis::start().await;
-    let mut gw1 = gateway(&redis).spawn().await;
+    let mut gw1 = gateway(&redis).process().spawn().await;
     let gw2 = gateway(&redis).spawn().await;
     let monitor = ServiceBuilder::new("monitor").redis(&redis).spawn().await;
     let t = token("obs", &["news", "chat:*"], &["news"]);

@@ -23,7 +23,7 @@ async fn traced(name: &str, redis: &Redis, dir: &Path, log: &str, json_format: b
     if json_format {
         b = b.env("HERALD_LOG_FORMAT", "json");
     }
-    b.spawn().await
+    b.process().spawn().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,6 +253,7 @@ async fn request_spans_name_the_path_not_the_query() {
         .redis(&redis)
         .env("HERALD_LOG", "tower_http=debug")
         .log_to(&dir.path().join("gw.log"))
+        .process()
         .spawn()
         .await;
     let t = token_with(json!({

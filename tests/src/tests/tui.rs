@@ -180,7 +180,11 @@ impl Screen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_live_cluster_and_quits_cleanly() {
     let redis = Redis::start().await;
-    let mut monitor = ServiceBuilder::new("monitor").redis(&redis).spawn().await;
+    let mut monitor = ServiceBuilder::new("monitor")
+        .redis(&redis)
+        .process()
+        .spawn()
+        .await;
     let mut gw = ServiceBuilder::new("ws-gateway")
         .redis(&redis)
         .env("HERALD_NODE_ID", GATEWAY_ID)
@@ -188,6 +192,7 @@ async fn dashboard_shows_the_live_cluster_and_quits_cleanly() {
         .env("HERALD_CONNECT_RATE_PER_IP", "1000")
         // Low enough that one client trips it with a few pings.
         .env("HERALD_RATE_LIMIT_MESSAGES", "3")
+        .process()
         .spawn()
         .await;
 

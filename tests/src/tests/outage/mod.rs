@@ -42,6 +42,7 @@ impl Cluster {
         let auth = ServiceBuilder::new("auth-svc")
             .redis(&redis)
             .env("HERALD_NODE_ID", AUTH_NODE)
+            .process()
             .spawn()
             .await;
         let gw = gateway(&redis).spawn().await;

@@ -31,8 +31,8 @@ async fn soak() {
     let secs = env_u64("HERALD_SOAK_SECS", 600);
     let restart_every = Duration::from_secs(env_u64("HERALD_SOAK_REDIS_RESTART_SECS", 60).max(10));
     let mut redis = Redis::start().await;
-    let gw1 = gateway(&redis).spawn().await;
-    let gw2 = gateway(&redis).spawn().await;
+    let gw1 = gateway(&redis).process().spawn().await;
+    let gw2 = gateway(&redis).process().spawn().await;
     let bc = ServiceBuilder::new("broadcaster")
         .redis(&redis)
         .spawn()
