@@ -48,10 +48,102 @@ pub fn parse_bool_flag(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Every problem a configuration has, one line each naming the setting: what
+/// each service's `Config::validate` returns instead of its settings. Checks push
+/// into one of these, so that every problem is reported at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<String>);
+
+impl ConfigErrors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The problems, in the order they were found.
+    pub fn lines(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `value` when no problem was found, these problems otherwise.
+    pub fn or<T>(self, value: impl FnOnce() -> T) -> Result<T, Self> {
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// Prints one line per problem and exits with [`EXIT_CONFIG`], before anything
+    /// is bound.
+    pub fn exit(&self, service: &str) -> ! {
+        for p in &self.0 {
+            eprintln!("{service}: configuration error: {p}");
+        }
+        std::process::exit(EXIT_CONFIG);
+    }
+}
+
+impl From<Vec<String>> for ConfigErrors {
+    fn from(problems: Vec<String>) -> Self {
+        Self(problems)
+    }
+}
+
+impl Extend<String> for ConfigErrors {
+    fn extend<I: IntoIterator<Item = String>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+impl IntoIterator for ConfigErrors {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}", self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses flags and environment into `C` and validates it: with any problem (a
+/// variable that does not parse, or one `validate` finds), prints every one and
+/// exits with [`EXIT_CONFIG`]. What every binary's `main` starts with.
+pub fn load<C: Parser, S>(
+    service: &str,
+    validate: impl FnOnce(&C) -> Result<S, ConfigErrors>,
+) -> (C, S) {
+    let (config, unparsed) = parse_or_exit::<C>();
+    let mut errors = ConfigErrors::from(unparsed);
+    match validate(&config) {
+        Ok(settings) if errors.is_empty() => return (config, settings),
+        Ok(_) => {}
+        Err(e) => errors.extend(e),
+    }
+    errors.exit(service)
+}
+
 impl CommonConfig {
-    /// Problems a service cannot start with; empty when all is well.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Adds the problems of these settings to `out`.
+    pub fn check(&self, out: &mut ConfigErrors) {
         if !self.redis_url.contains("://") {
             out.push(format!(
                 "HERALD_REDIS_URL {:?} has no scheme: write it as {} (redis://[:password@]host:port[/db])",
@@ -65,9 +157,8 @@ impl CommonConfig {
             ));
         }
         if self.redis_prefix.contains(['{', '}', ' ']) {
-            out.push("HERALD_REDIS_PREFIX must not contain braces or spaces".to_owned());
+            out.push("HERALD_REDIS_PREFIX must not contain braces or spaces");
         }
-        out
     }
 
     /// This node's id: the configured one, or hostname + random suffix.
@@ -279,31 +370,21 @@ fn describe_bad_value(var: &str, value: &str, err: &clap::Error) -> String {
     }
 }
 
-/// Exits with one clear line per problem, before anything is bound.
-pub fn exit_if_problems(service: &str, problems: &[String]) {
-    if problems.is_empty() {
-        return;
-    }
-    for p in problems {
-        eprintln!("{service}: configuration error: {p}");
-    }
-    std::process::exit(EXIT_CONFIG);
-}
-
 /// The address a service listens on: `value` when given (`var`, e.g. `HERALD_LISTEN`),
 /// otherwise `default_port` on every interface, or on loopback only in development
 /// mode, whose fixed secrets and public keys must not be reachable from the network.
+/// A value that is not an address is a problem (and the default stands in for it,
+/// so checking can go on).
 pub fn resolve_listen(
     var: &str,
     value: Option<&str>,
     default_port: u16,
     dev: bool,
-    problems: &mut Vec<String>,
-) -> Option<SocketAddr> {
-    match value {
-        Some(v) => parse_listen(var, v, problems),
-        None => Some(default_listen(default_port, dev)),
-    }
+    problems: &mut ConfigErrors,
+) -> SocketAddr {
+    value
+        .and_then(|v| parse_listen(var, v, problems))
+        .unwrap_or_else(|| default_listen(default_port, dev))
 }
 
 /// The listen address used when none is set: see [`resolve_listen`].
@@ -317,7 +398,7 @@ pub fn default_listen(port: u16, dev: bool) -> SocketAddr {
 }
 
 /// Parses a listen address, naming the variable in the error.
-pub fn parse_listen(var: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+pub fn parse_listen(var: &str, value: &str, problems: &mut ConfigErrors) -> Option<SocketAddr> {
     match value.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -341,14 +422,20 @@ mod tests {
         common: CommonConfig,
     }
 
+    fn problems(t: &T) -> Vec<String> {
+        let mut out = ConfigErrors::new();
+        t.common.check(&mut out);
+        out.into_iter().collect()
+    }
+
     #[test]
     fn defaults_and_problems() {
         let t = T::try_parse_from(["t"]).unwrap();
         assert_eq!(t.common.redis_url, DEFAULT_REDIS_URL);
-        assert!(t.common.problems().is_empty());
+        assert!(problems(&t).is_empty());
         let t = T::try_parse_from(["t", "--redis-url", "http://nope", "--dev", "1"]).unwrap();
         assert!(t.common.dev);
-        assert_eq!(t.common.problems().len(), 1);
+        assert_eq!(problems(&t).len(), 1);
         assert!(t.common.node_id("gw").starts_with("gw-"));
     }
 
@@ -357,7 +444,7 @@ mod tests {
         #[track_caller]
         fn check(url: &str, hint: &str) {
             let t = T::try_parse_from(["t", "--redis-url", url]).unwrap();
-            let problems = t.common.problems();
+            let problems = problems(&t);
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert!(
                 problems[0].contains(&format!("write it as {hint} ")),
@@ -370,9 +457,9 @@ mod tests {
         // A password in a malformed URL is not repeated in the error.
         check(":hunter22@cache:6379", "redis://***@cache:6379");
         let t = T::try_parse_from(["t", "--redis-url", "ftp://:hunter22@cache"]).unwrap();
-        assert!(!t.common.problems()[0].contains("hunter22"));
+        assert!(!problems(&t)[0].contains("hunter22"));
         let t = T::try_parse_from(["t", "--redis-url", "redis://10.0.0.5:6380/2"]).unwrap();
-        assert!(t.common.problems().is_empty());
+        assert!(problems(&t).is_empty());
     }
 
     /// The arg clap derives for a field of type `$ty`, with its value parser.
@@ -472,20 +559,17 @@ mod tests {
     fn development_mode_listens_on_loopback_unless_told_otherwise() {
         #[track_caller]
         fn check(value: Option<&str>, dev: bool, expected: &str) {
-            let mut problems = Vec::new();
+            let mut problems = ConfigErrors::new();
             let got = resolve_listen("HERALD_LISTEN", value, 8081, dev, &mut problems);
             assert!(problems.is_empty(), "{problems:?}");
-            assert_eq!(got, Some(expected.parse().unwrap()));
+            assert_eq!(got, expected.parse::<SocketAddr>().unwrap());
         }
         check(None, false, "0.0.0.0:8081");
         check(None, true, "127.0.0.1:8081");
         check(Some("0.0.0.0:9000"), true, "0.0.0.0:9000");
         check(Some("10.1.2.3:8081"), false, "10.1.2.3:8081");
-        let mut problems = Vec::new();
-        assert_eq!(
-            resolve_listen("HERALD_LISTEN", Some("nope"), 8081, true, &mut problems),
-            None
-        );
+        let mut problems = ConfigErrors::new();
+        resolve_listen("HERALD_LISTEN", Some("nope"), 8081, true, &mut problems);
         assert_eq!(problems.len(), 1);
     }
 }

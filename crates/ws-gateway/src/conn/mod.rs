@@ -36,10 +36,10 @@ use herald_proto::claims::Claims;
 use herald_proto::client::Id;
 use herald_proto::disconnect::Disconnect;
 
-use crate::State;
 use crate::hub::{ConnShared, Delivery};
 use crate::limits::IpSlot;
 use crate::presence;
+use crate::state::State;
 
 /// What a connection task reads and writes: a WebSocket, or in tests two channels.
 pub(crate) trait Socket:
