@@ -281,6 +281,9 @@ impl Runtime {
         limits: Limits,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(service = self.service, node = %self.node_id, %addr, "listening");
+        }
         let draining = self.draining.clone();
         let stop = async move {
             tokio::select! {
@@ -320,11 +323,9 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         socket.bind(addr)?;
         socket.listen(LISTEN_BACKLOG)
     })();
-    let listener = bound.with_context(|| format!("cannot listen on {addr}"))?;
-    if let Ok(local) = listener.local_addr() {
-        tracing::info!(addr = %local, "listening");
-    }
-    Ok(listener)
+    // Logged by `Runtime::serve` once the service is up: a service that cannot
+    // start (Redis unreachable) says only why.
+    bound.with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// The exit code of a binary whose service returned `result`: failures print one

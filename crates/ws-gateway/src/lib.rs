@@ -133,7 +133,6 @@ pub async fn run(
         max_header_bytes: settings.max_header_bytes,
         max_connections: settings.max_connections,
     };
-    tracing::info!(addr = %settings.listen, node = %rt.node_id(), "ws-gateway listening");
     rt.serve(listener, herald_common::http::layers(app), limits, shutdown)
         .await;
 
