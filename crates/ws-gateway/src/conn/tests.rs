@@ -186,7 +186,13 @@ impl Harness {
             channels: Vec::new(),
             batch,
         };
-        let mut conn = Conn::open(socket, self.state.clone(), [127, 0, 0, 1].into(), pre);
+        let mut conn = Conn::open(
+            "test-conn".to_owned(),
+            socket,
+            self.state.clone(),
+            [127, 0, 0, 1].into(),
+            pre,
+        );
         setup(&mut conn);
         let shared = conn.shared.clone();
         let key = conn.key;
