@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use herald_common::config::{CommonConfig, ConfigErrors, parse_listen, resolve_listen};
+use herald_common::config::{CommonConfig, ConfigErrors, parse_listen};
 use herald_common::jwt::{Alg, JwtConfig};
 use herald_common::serve::Limits;
 
@@ -207,13 +207,9 @@ impl Config {
         let mut problems = ConfigErrors::new();
         self.common.check(&mut problems);
         self.http.check(&mut problems);
-        let listen = resolve_listen(
-            ENV_LISTEN,
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            &mut problems,
-        );
+        let listen = self
+            .common
+            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut problems);
         let admin_listen = self
             .admin_listen
             .as_deref()
@@ -322,17 +318,10 @@ mod tests {
         let s = c.validate().unwrap();
         assert_eq!(s.alg, Alg::Hs256);
         assert_eq!(s.listen, "0.0.0.0:8081".parse().unwrap());
+        // Development mode listens on loopback unless told otherwise.
+        let dev = parse(&["--dev"]).config.validate().unwrap();
+        assert_eq!(dev.listen, "127.0.0.1:8081".parse().unwrap());
         assert!(cli.command.is_none());
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| parse(args).config.validate().unwrap().listen;
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8081".parse().unwrap());
-        assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8081"]),
-            "0.0.0.0:8081".parse().unwrap()
-        );
     }
 
     #[test]

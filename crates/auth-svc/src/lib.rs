@@ -27,7 +27,6 @@ use herald_common::http::{KeyKind, RequiredKey};
 use herald_common::jwt::Alg;
 use herald_common::keys::Keys;
 use herald_common::runtime::Runtime;
-use herald_common::store;
 
 use crate::metrics::Metrics;
 
@@ -57,23 +56,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
-    let (_client, mut conn) = store::connect(&config.common.redis_url).await?;
-    let keys = Keys::new(config.common.redis_prefix.clone());
-    let (signer, key_store) = signer(&config, &settings, &mut conn, &keys).await?;
     let metrics = Metrics::new().context("cannot register metrics")?;
+    let registry = metrics.registry.clone();
+    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE).await?;
+    let (mut conn, keys) = (rt.conn().clone(), rt.keys().clone());
+    // The signing keys are loaded before serving, so no readiness gate: Redis decides.
+    let (signer, key_store) = signer(&config, &settings, &mut conn, &keys).await?;
     if let Some(ring) = signer.current_ring() {
         metrics
             .signing_keys
             .set(i64::try_from(ring.keys.len()).unwrap_or(i64::MAX));
         tracing::info!(kid = %ring.current.kid, keys = ring.keys.len(), "signing with EdDSA");
     }
-    // The signing keys are loaded by now, so no readiness gate: Redis decides the rest.
-    let rt = Runtime::new(
-        SERVICE,
-        &config.common,
-        metrics.registry.clone(),
-        SHUTDOWN_GRACE,
-    );
     config
         .jwt
         .warn_if_dev_secret(settings.alg, config.common.dev);
@@ -108,7 +102,7 @@ pub async fn run(
     }));
 
     let address = config.common.advertise(listener.local_addr()?);
-    rt.heartbeat(conn, keys, address, |_| {});
+    rt.heartbeat(address, |_| {});
     rt.spawn(api::reload_keys(state.clone(), rt.token()));
     let origins = if settings.allowed_origins.is_empty() && config.common.dev {
         api::Origins::Any

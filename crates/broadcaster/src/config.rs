@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, ConfigErrors, resolve_listen};
+use herald_common::config::{CommonConfig, ConfigErrors};
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
 use herald_common::serve::Limits;
 
@@ -71,13 +71,9 @@ impl Config {
         let mut out = ConfigErrors::new();
         self.common.check(&mut out);
         self.http.check(&mut out);
-        let listen = resolve_listen(
-            "HERALD_LISTEN",
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            &mut out,
-        );
+        let listen = self
+            .common
+            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut out);
         if self.history_ttl_ms == 0 {
             out.push("HERALD_HISTORY_TTL_MS must be greater than 0");
         }
@@ -120,23 +116,11 @@ mod tests {
         assert_eq!(c.idempotency_ttl_ms, 300_000);
         assert_eq!(s.history.size, DEFAULT_HISTORY_SIZE);
         assert!(s.api_key.is_none());
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| {
-            let mut all = vec!["broadcaster"];
-            all.extend_from_slice(args);
-            Config::try_parse_from(all)
-                .unwrap()
-                .validate()
-                .unwrap()
-                .listen
-        };
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8082".parse().unwrap());
+        // Development mode listens on loopback unless told otherwise.
+        let dev = Config::try_parse_from(["broadcaster", "--dev"]).unwrap();
         assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8082"]),
-            "0.0.0.0:8082".parse().unwrap()
+            dev.validate().unwrap().listen,
+            "127.0.0.1:8082".parse().unwrap()
         );
     }
 

@@ -83,20 +83,12 @@ pub struct CtxInner {
 
 impl Ctx {
     /// The shared state of a broadcaster with these settings, on `rt`'s node.
-    pub fn new(
-        config: Config,
-        settings: &Settings,
-        rt: &Runtime,
-        client: redis::Client,
-        conn: ConnectionManager,
-        metrics: Metrics,
-    ) -> Self {
-        let keys = Keys::new(config.common.redis_prefix.clone());
+    pub fn new(config: Config, settings: &Settings, rt: &Runtime, metrics: Metrics) -> Self {
         Self(Arc::new(CtxInner {
-            conn,
-            client,
-            publisher: Publisher::new(keys.clone(), settings.history),
-            keys,
+            conn: rt.conn().clone(),
+            client: rt.client().clone(),
+            publisher: Publisher::new(rt.keys().clone(), settings.history),
+            keys: rt.keys().clone(),
             metrics,
             node_id: rt.node_id().to_owned(),
             api_key: RequiredKey::new(KeyKind::Api, settings.api_key.as_deref()),
@@ -165,31 +157,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
-    let (client, conn) = store::connect(&config.common.redis_url).await?;
     let metrics = Metrics::new().context("cannot register metrics")?;
     // Nothing but Redis decides whether the broadcaster can serve: no readiness gate.
-    let rt = Runtime::new(
-        SERVICE,
-        &config.common,
-        metrics.registry.clone(),
-        SHUTDOWN_GRACE,
-    );
+    let registry = metrics.registry.clone();
+    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE).await?;
     let address = config.common.advertise(listener.local_addr()?);
-    let ctx = Ctx::new(config, &settings, &rt, client, conn, metrics);
+    let ctx = Ctx::new(config, &settings, &rt, metrics);
     if !ctx.api_key.is_set() {
         tracing::warn!("HERALD_API_KEY is not set: the publish API refuses every request (401)");
     }
 
     let (published, received) = (ctx.published.clone(), ctx.received.clone());
-    rt.heartbeat(
-        ctx.conn.clone(),
-        ctx.keys.clone(),
-        address,
-        move |info: &mut NodeInfo| {
-            info.messages_in = received.load(Ordering::Relaxed);
-            info.messages_out = published.load(Ordering::Relaxed);
-        },
-    );
+    rt.heartbeat(address, move |info: &mut NodeInfo| {
+        info.messages_in = received.load(Ordering::Relaxed);
+        info.messages_out = published.load(Ordering::Relaxed);
+    });
     jobs::worker::spawn(&ctx, &rt);
     bridge::spawn(&ctx, &rt);
 

@@ -12,6 +12,8 @@ use clap::{Arg, Args, Command, Parser};
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_REDIS_PREFIX: &str = "herald:";
 pub const DEFAULT_LOG: &str = "info";
+/// The variable of every service's listen address.
+pub const ENV_LISTEN: &str = "HERALD_LISTEN";
 /// `EX_USAGE`: the exit code for a configuration the service cannot start with.
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -159,6 +161,16 @@ impl CommonConfig {
         if self.redis_prefix.contains(['{', '}', ' ']) {
             out.push("HERALD_REDIS_PREFIX must not contain braces or spaces");
         }
+    }
+
+    /// The service's listen address from `value` (`HERALD_LISTEN`), see [`resolve_listen`].
+    pub fn listen(
+        &self,
+        value: Option<&str>,
+        default_port: u16,
+        problems: &mut ConfigErrors,
+    ) -> SocketAddr {
+        resolve_listen(ENV_LISTEN, value, default_port, self.dev, problems)
     }
 
     /// This node's id: the configured one, or hostname + random suffix.

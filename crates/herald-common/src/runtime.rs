@@ -33,7 +33,7 @@ use crate::http::{Ops, ops_routes};
 use crate::keys::Keys;
 use crate::node;
 use crate::serve::{Limits, serve};
-use crate::store::Health;
+use crate::store::{self, Health};
 
 /// Pending connections the kernel queues for `accept`. tokio's default (1024)
 /// overflows when thousands of clients reconnect at once (a gateway restart, a
@@ -122,6 +122,11 @@ impl Gate {
 pub struct Runtime {
     service: &'static str,
     node_id: String,
+    /// For connections that must not be shared (Pub/Sub, blocking reads).
+    client: redis::Client,
+    /// The shared multiplexed connection for short requests.
+    conn: ConnectionManager,
+    keys: Keys,
     registry: prometheus::Registry,
     readiness: Readiness,
     health: Health,
@@ -134,17 +139,35 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// The skeleton of `service`, with its node id chosen once, here.
+    /// Connects to Redis (failing fast when it is unreachable), then builds the
+    /// skeleton of `service` on it.
+    pub async fn start(
+        service: &'static str,
+        common: &CommonConfig,
+        registry: prometheus::Registry,
+        grace: Duration,
+    ) -> Result<Self, store::StoreError> {
+        let (client, conn) = store::connect(&common.redis_url).await?;
+        Ok(Self::new(service, common, registry, grace, client, conn))
+    }
+
+    /// The skeleton of `service` on an existing Redis connection (tests use a lazy
+    /// one), with its node id chosen once, here.
     pub fn new(
         service: &'static str,
         common: &CommonConfig,
         registry: prometheus::Registry,
         grace: Duration,
+        client: redis::Client,
+        conn: ConnectionManager,
     ) -> Self {
         let token = CancellationToken::new();
         Self {
             service,
             node_id: common.node_id(service),
+            client,
+            conn,
+            keys: Keys::new(common.redis_prefix.clone()),
             registry,
             readiness: Readiness::new(),
             health: Health::new(),
@@ -153,6 +176,21 @@ impl Runtime {
             tracker: TaskTracker::new(),
             grace,
         }
+    }
+
+    /// A Redis client, for connections of their own.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The shared Redis connection (cheap to clone).
+    pub fn conn(&self) -> &ConnectionManager {
+        &self.conn
+    }
+
+    /// The cluster's Redis key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     pub fn service(&self) -> &'static str {
@@ -209,8 +247,6 @@ impl Runtime {
     /// readiness and Redis health; `stats` fills in the service's own numbers.
     pub fn heartbeat(
         &self,
-        conn: ConnectionManager,
-        keys: Keys,
         address: String,
         stats: impl Fn(&mut NodeInfo) + Send + Sync + 'static,
     ) {
@@ -229,8 +265,8 @@ impl Runtime {
             stats(info);
         });
         self.spawn(node::run_heartbeat(
-            conn,
-            keys,
+            self.conn.clone(),
+            self.keys.clone(),
             base,
             stats,
             self.health.clone(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, ConfigErrors, parse_listen, resolve_listen};
+use herald_common::config::{CommonConfig, ConfigErrors, parse_listen};
 
 pub const ENV_LISTEN: &str = "HERALD_LISTEN";
 /// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
@@ -62,13 +62,9 @@ impl Config {
         let mut out = ConfigErrors::new();
         self.common.check(&mut out);
         self.http.check(&mut out);
-        let listen = resolve_listen(
-            ENV_LISTEN,
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            &mut out,
-        );
+        let listen = self
+            .common
+            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut out);
         let admin_listen = self
             .admin_listen
             .as_deref()
@@ -101,23 +97,11 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:8083".parse().unwrap());
         assert_eq!(s.probe_interval, Duration::from_secs(1));
         assert_eq!(s.admin_key, None);
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| {
-            let mut all = vec!["monitor"];
-            all.extend_from_slice(args);
-            Config::try_parse_from(all)
-                .unwrap()
-                .validate()
-                .unwrap()
-                .listen
-        };
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8083".parse().unwrap());
+        // Development mode listens on loopback unless told otherwise.
+        let dev = Config::try_parse_from(["monitor", "--dev"]).unwrap();
         assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8083"]),
-            "0.0.0.0:8083".parse().unwrap()
+            dev.validate().unwrap().listen,
+            "127.0.0.1:8083".parse().unwrap()
         );
     }
 

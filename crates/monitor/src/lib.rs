@@ -32,9 +32,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use herald_common::http::{ApiError, KeyKind, RequiredKey, layers};
-use herald_common::keys::Keys;
 use herald_common::runtime::Runtime;
-use herald_common::store;
 use herald_proto::node::NodeInfo;
 
 mod api;
@@ -58,11 +56,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
-    let (_client, conn) = store::connect(&config.common.redis_url).await?;
-    let keys = Keys::new(config.common.redis_prefix.clone());
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry).context("cannot register metrics")?;
-    let rt = Runtime::new(SERVICE, &config.common, registry, SHUTDOWN_GRACE);
+    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE).await?;
+    let (conn, keys) = (rt.conn().clone(), rt.keys().clone());
     let admin = RequiredKey::new(KeyKind::Admin, settings.admin_key.as_deref());
     if !admin.is_set() {
         tracing::warn!("HERALD_ADMIN_KEY is not set: admin actions refuse every request");
@@ -94,14 +91,9 @@ pub async fn run(
     ));
     let clients = metrics.stream_clients.clone();
     let address = config.common.advertise(listener.local_addr()?);
-    rt.heartbeat(
-        conn.clone(),
-        keys.clone(),
-        address,
-        move |info: &mut NodeInfo| {
-            info.connections = u64::try_from(clients.get()).unwrap_or(0);
-        },
-    );
+    rt.heartbeat(address, move |info: &mut NodeInfo| {
+        info.connections = u64::try_from(clients.get()).unwrap_or(0);
+    });
 
     let state = api::AppState {
         shared,

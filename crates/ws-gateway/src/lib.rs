@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use herald_common::jwt::{Alg, Verifier};
 use herald_common::runtime::{Gate, Runtime};
 use herald_common::serve::Limits;
-use herald_common::store;
 use herald_proto::node::NodeInfo;
 
 pub use config::{Config, Settings};
@@ -58,17 +57,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut settings = config.validate()?;
-    let (client, redis) = store::connect(&config.common.redis_url).await?;
     settings.listen = listener
         .local_addr()
         .context("cannot read the listen address")?;
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let rt = Runtime::new(
-        SERVICE,
-        &config.common,
-        metrics.registry.clone(),
-        BACKGROUND_GRACE,
-    );
+    let registry = metrics.registry.clone();
+    let rt = Runtime::start(SERVICE, &config.common, registry, BACKGROUND_GRACE).await?;
+    let redis = rt.conn().clone();
     config.jwt.warn_if_dev_secret(settings.alg, settings.dev);
     let (state, queues) = State::new(
         &config,
@@ -91,7 +86,7 @@ pub async fn run(
     }
     let driver = driver::Driver {
         hub: state.hub.clone(),
-        client,
+        client: rt.client().clone(),
         conn: redis.clone(),
         publisher: state.publisher.clone(),
         keys: state.keys.clone(),
@@ -115,9 +110,7 @@ pub async fn run(
         rt.token(),
     ));
     let address = config.common.advertise(settings.listen);
-    rt.heartbeat(redis, state.keys.clone(), address, move |info| {
-        node_stats(&metrics, info)
-    });
+    rt.heartbeat(address, move |info| node_stats(&metrics, info));
 
     let app = Router::new()
         .route("/ws", get(handshake::ws_handler))

@@ -34,8 +34,10 @@ fn app(api_key: Option<&str>) -> Router {
         &config.common,
         metrics.registry.clone(),
         crate::SHUTDOWN_GRACE,
+        client,
+        conn,
     );
-    let ctx = Ctx::new(config, &settings, &rt, client, conn, metrics);
+    let ctx = Ctx::new(config, &settings, &rt, metrics);
     router(ctx, rt.ops_routes())
 }
 

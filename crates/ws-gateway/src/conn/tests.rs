@@ -140,7 +140,7 @@ fn harness(args: &[&str]) -> Harness {
     // Nothing listens on port 1: a path that touched Redis would fail, not pass.
     let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
     let redis = redis::aio::ConnectionManager::new_lazy_with_config(
-        client,
+        client.clone(),
         redis::aio::ConnectionManagerConfig::new(),
     )
     .unwrap();
@@ -150,6 +150,8 @@ fn harness(args: &[&str]) -> Harness {
         &config.common,
         metrics.registry.clone(),
         Duration::from_secs(1),
+        client,
+        redis.clone(),
     );
     let (state, queues) = State::new(&config, settings, &rt, redis, metrics);
     Harness {
