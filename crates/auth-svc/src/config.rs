@@ -204,12 +204,9 @@ impl Config {
     /// Checks every setting that serving or signing needs, reporting all
     /// problems at once.
     pub fn validate(&self) -> Result<Settings, ConfigErrors> {
-        let mut problems = ConfigErrors::new();
-        self.common.check(&mut problems);
-        self.http.check(&mut problems);
-        let listen = self
-            .common
-            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut problems);
+        let (mut problems, listen) =
+            self.common
+                .check_http(&self.http, self.listen.as_deref(), DEFAULT_PORT);
         let admin_listen = self
             .admin_listen
             .as_deref()

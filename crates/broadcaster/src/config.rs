@@ -68,12 +68,9 @@ pub struct Settings {
 impl Config {
     /// Checks every setting, reporting all problems at once.
     pub fn validate(&self) -> Result<Settings, ConfigErrors> {
-        let mut out = ConfigErrors::new();
-        self.common.check(&mut out);
-        self.http.check(&mut out);
-        let listen = self
-            .common
-            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut out);
+        let (mut out, listen) =
+            self.common
+                .check_http(&self.http, self.listen.as_deref(), DEFAULT_PORT);
         if self.history_ttl_ms == 0 {
             out.push("HERALD_HISTORY_TTL_MS must be greater than 0");
         }

@@ -173,6 +173,22 @@ impl CommonConfig {
         resolve_listen(ENV_LISTEN, value, default_port, self.dev, problems)
     }
 
+    /// The checks every plain HTTP service (auth-svc, broadcaster, monitor) starts
+    /// with: these settings, the `HERALD_HTTP_*` limits and the listen address. The
+    /// service adds its own problems to the errors returned.
+    pub fn check_http(
+        &self,
+        http: &crate::serve::HttpArgs,
+        listen: Option<&str>,
+        default_port: u16,
+    ) -> (ConfigErrors, SocketAddr) {
+        let mut problems = ConfigErrors::new();
+        self.check(&mut problems);
+        http.check(&mut problems);
+        let listen = self.listen(listen, default_port, &mut problems);
+        (problems, listen)
+    }
+
     /// This node's id: the configured one, or hostname + random suffix.
     pub fn node_id(&self, service: &str) -> String {
         if let Some(id) = &self.node_id {

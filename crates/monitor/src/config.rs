@@ -59,12 +59,9 @@ pub struct Settings {
 impl Config {
     /// Checks every setting, reporting all problems at once.
     pub fn validate(&self) -> Result<Settings, ConfigErrors> {
-        let mut out = ConfigErrors::new();
-        self.common.check(&mut out);
-        self.http.check(&mut out);
-        let listen = self
-            .common
-            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut out);
+        let (mut out, listen) =
+            self.common
+                .check_http(&self.http, self.listen.as_deref(), DEFAULT_PORT);
         let admin_listen = self
             .admin_listen
             .as_deref()
