@@ -80,7 +80,7 @@ pub(crate) async fn serve<S: Socket>(
     // known, so every log line of the connection says which one it is.
     let conn_id = format!("{:016x}", rand::random::<u64>());
     let span = tracing::Span::current();
-    span.record("conn_id", conn_id.as_str());
+    span.record("conn_id", tracing::field::display(&conn_id));
     let (pre, auth_id) = match pre {
         Some(p) => (p, None),
         // Boxed (here and for the other rare, deep requests) so their state is
@@ -97,7 +97,10 @@ pub(crate) async fn serve<S: Socket>(
             }
         },
     };
-    span.record("user", pre.claims.user().unwrap_or_default());
+    span.record(
+        "user",
+        tracing::field::display(pre.claims.user().unwrap_or_default()),
+    );
     let channels = pre.channels.clone();
     let mut conn = Conn::open(conn_id, socket, state.clone(), ip, pre);
     tracing::debug!("connected");
