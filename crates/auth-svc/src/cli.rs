@@ -44,11 +44,12 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
     }
 }
 
+/// Configuration problems, as one usage error.
+fn usage(e: herald_common::config::ConfigErrors) -> CliError {
+    CliError::Usage(e.lines().join("; "))
+}
+
 async fn execute(command: Command, config: Config) -> Result<(), CliError> {
-    let problems = config.common.problems();
-    if !problems.is_empty() {
-        return Err(CliError::Usage(problems.join("; ")));
-    }
     let keys = Keys::new(config.common.redis_prefix.clone());
     match command {
         Command::Serve => Err(CliError::Usage(
@@ -146,11 +147,7 @@ fn read_password() -> Result<String, CliError> {
 }
 
 async fn token(args: TokenArgs, config: &Config, keys: Keys) -> Result<(), CliError> {
-    let mut problems = Vec::new();
-    let settings = config.settings(&mut problems);
-    if !problems.is_empty() {
-        return Err(CliError::Usage(problems.join("; ")));
-    }
+    let settings = config.validate().map_err(usage)?;
     let channels = split_list(&args.channels);
     let publish = split_list(&args.publish);
     if !users::valid_username(&args.user) {
@@ -192,11 +189,7 @@ async fn token(args: TokenArgs, config: &Config, keys: Keys) -> Result<(), CliEr
 }
 
 async fn rotate(config: &Config, keys: Keys) -> Result<(), CliError> {
-    let mut problems = Vec::new();
-    let settings = config.settings(&mut problems);
-    if !problems.is_empty() {
-        return Err(CliError::Usage(problems.join("; ")));
-    }
+    let settings = config.validate().map_err(usage)?;
     if settings.alg != Alg::EdDsa {
         return Err(CliError::Usage(
             "keys rotate needs HERALD_JWT_ALG=EdDSA".to_owned(),

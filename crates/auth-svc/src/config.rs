@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use herald_common::config::{CommonConfig, parse_listen, resolve_listen};
+use herald_common::config::{CommonConfig, ConfigErrors, parse_listen};
 use herald_common::jwt::{Alg, JwtConfig};
+use herald_common::serve::Limits;
 
 use crate::signing::Ed25519Key;
 use crate::users::MAX_PASSWORD_LEN;
@@ -162,37 +163,61 @@ pub enum KeysCommand {
 /// The checked parts of [`Config`].
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub listen: Option<SocketAddr>,
+    pub listen: SocketAddr,
+    /// Where the admin endpoints are served, when not on the main listener.
+    pub admin_listen: Option<SocketAddr>,
     pub alg: Alg,
     /// The HS256 secret (HS256 only).
     pub secret: Option<String>,
     /// The key of `HERALD_JWT_PRIVATE_KEY_FILE`, parsed.
     pub key_file: Option<Arc<Ed25519Key>>,
+    /// Exact origins allowed to log in from a browser (trimmed, no trailing `/`).
+    pub allowed_origins: Vec<String>,
+    pub limits: Limits,
+}
+
+/// What the command line asks for, checked.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Serve, with these settings.
+    Serve(Box<Settings>),
+    /// Run one operator subcommand.
+    Command(Command),
+}
+
+impl Cli {
+    /// Checks what the command needs: every setting to serve, only the shared ones
+    /// for an operator subcommand (which checks the rest it uses itself).
+    pub fn validate(&self) -> Result<Mode, ConfigErrors> {
+        match &self.command {
+            None | Some(Command::Serve) => self.config.validate().map(|s| Mode::Serve(Box::new(s))),
+            Some(command) => {
+                let mut out = ConfigErrors::new();
+                self.config.common.check(&mut out);
+                out.or(|| Mode::Command(command.clone()))
+            }
+        }
+    }
 }
 
 impl Config {
-    /// Checks every setting that serving or signing needs; `problems` collects
-    /// one line per bad setting.
-    pub fn settings(&self, problems: &mut Vec<String>) -> Settings {
-        problems.extend(self.common.problems());
-        problems.extend(self.http.problems());
-        let listen = resolve_listen(
-            ENV_LISTEN,
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            problems,
-        );
-        if let Some(a) = &self.admin_listen {
-            parse_listen("HERALD_ADMIN_LISTEN", a, problems);
-        }
-        let (alg, secret) = self.jwt.resolve(self.common.dev, problems);
+    /// Checks every setting that serving or signing needs, reporting all
+    /// problems at once.
+    pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        let (mut problems, listen) =
+            self.common
+                .check_http(&self.http, self.listen.as_deref(), DEFAULT_PORT);
+        let admin_listen = self
+            .admin_listen
+            .as_deref()
+            .and_then(|a| parse_listen("HERALD_ADMIN_LISTEN", a, &mut problems));
+        let (alg, secret) = self.jwt.resolve(self.common.dev, &mut problems);
         if alg == Alg::Rs256 {
-            problems.push(RS256_REFUSED.to_owned());
+            problems.push(RS256_REFUSED);
         }
         let key_file = match &self.jwt_private_key_file {
             Some(_) if alg != Alg::EdDsa => {
-                problems.push("HERALD_JWT_PRIVATE_KEY_FILE needs HERALD_JWT_ALG=EdDSA".to_owned());
+                problems.push("HERALD_JWT_PRIVATE_KEY_FILE needs HERALD_JWT_ALG=EdDSA");
                 None
             }
             Some(path) => match std::fs::read_to_string(path)
@@ -211,17 +236,16 @@ impl Config {
             None => None,
         };
         if self.access_token_ttl_s == 0 {
-            problems.push("HERALD_ACCESS_TOKEN_TTL_S must be at least 1".to_owned());
+            problems.push("HERALD_ACCESS_TOKEN_TTL_S must be at least 1");
         }
         if self.refresh_token_ttl_s == 0 {
-            problems.push("HERALD_REFRESH_TOKEN_TTL_S must be at least 1".to_owned());
+            problems.push("HERALD_REFRESH_TOKEN_TTL_S must be at least 1");
         }
         if self.login_max_failures_per_user == 0 || self.login_max_failures_per_ip == 0 {
-            problems
-                .push("HERALD_LOGIN_MAX_FAILURES_PER_USER/_PER_IP must be at least 1".to_owned());
+            problems.push("HERALD_LOGIN_MAX_FAILURES_PER_USER/_PER_IP must be at least 1");
         }
         if self.login_window_s == 0 {
-            problems.push("HERALD_LOGIN_WINDOW_S must be at least 1".to_owned());
+            problems.push("HERALD_LOGIN_WINDOW_S must be at least 1");
         }
         if self.min_password_length == 0 || self.min_password_length > MAX_PASSWORD_LEN {
             problems.push(format!(
@@ -231,14 +255,22 @@ impl Config {
         if let Some(k) = &self.admin_key
             && k.is_empty()
         {
-            problems.push("HERALD_ADMIN_KEY is set but empty".to_owned());
+            problems.push("HERALD_ADMIN_KEY is set but empty");
         }
-        Settings {
+        problems.or(|| Settings {
             listen,
+            admin_listen,
             alg,
             secret,
             key_file,
-        }
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            limits: self.http.limits(),
+        })
     }
 
     /// The least time a rotated-out signing key stays published: every access
@@ -280,34 +312,19 @@ mod tests {
         assert_eq!(c.login_max_failures_per_ip, 50);
         assert_eq!(c.login_window_s, 900);
         assert_eq!(c.min_password_length, 8);
-        let mut problems = Vec::new();
-        let s = c.settings(&mut problems);
-        assert!(problems.is_empty(), "{problems:?}");
+        let s = c.validate().unwrap();
         assert_eq!(s.alg, Alg::Hs256);
-        assert_eq!(s.listen, Some("0.0.0.0:8081".parse().unwrap()));
+        assert_eq!(s.listen, "0.0.0.0:8081".parse().unwrap());
+        // Development mode listens on loopback unless told otherwise.
+        let dev = parse(&["--dev"]).config.validate().unwrap();
+        assert_eq!(dev.listen, "127.0.0.1:8081".parse().unwrap());
         assert!(cli.command.is_none());
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| {
-            let mut problems = Vec::new();
-            let s = parse(args).config.settings(&mut problems);
-            assert!(problems.is_empty(), "{problems:?}");
-            s.listen.unwrap()
-        };
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8081".parse().unwrap());
-        assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8081"]),
-            "0.0.0.0:8081".parse().unwrap()
-        );
     }
 
     #[test]
     fn problems_are_all_reported() {
         let cli = parse(&["--listen", "nope", "--access-token-ttl-s", "0"]);
-        let mut problems = Vec::new();
-        cli.config.settings(&mut problems);
+        let problems = cli.config.validate().unwrap_err();
         // Bad listen, no secret, zero TTL.
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
@@ -315,8 +332,8 @@ mod tests {
     #[test]
     fn rs256_and_password_length_are_checked() {
         let cli = parse(&["--jwt-alg", "RS256", "--min-password-length", "0"]);
-        let mut problems = Vec::new();
-        cli.config.settings(&mut problems);
+        let problems = cli.config.validate().unwrap_err();
+        let problems = problems.lines();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(problems[0], RS256_REFUSED);
         assert!(problems[0].contains("EdDSA") && problems[0].contains("HERALD_JWKS_URL"));

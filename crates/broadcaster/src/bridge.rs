@@ -21,9 +21,10 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use herald_common::backoff::Backoff;
 use herald_common::keys::{LEGACY_SYSTEM_NOTIFICATIONS, LEGACY_USER_MESSAGES};
+use herald_common::runtime::Runtime;
 use herald_common::store;
 use herald_proto::channel;
 use herald_proto::envelope::{self, FrameTemplate};
@@ -31,7 +32,6 @@ use herald_proto::legacy::{LegacySystemNotification, LegacyUserMessage};
 use herald_proto::time::{ms_to_rfc3339, now_rfc3339};
 
 use crate::Ctx;
-use crate::backoff::Backoff;
 use crate::jobs::kinds::hex;
 
 /// How long a bridged payload's dedupe marker lives.
@@ -47,8 +47,6 @@ pub const PUBLISH_ATTEMPTS: u32 = 3;
 pub enum BridgeError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("timed out talking to Redis")]
-    Timeout,
     #[error("the subscription connection closed")]
     Closed,
 }
@@ -75,8 +73,8 @@ pub struct Bridged {
 }
 
 /// Starts the bridge task.
-pub fn spawn(ctx: &Ctx, tracker: &TaskTracker, token: &CancellationToken) {
-    tracker.spawn(run(ctx.clone(), token.clone()));
+pub fn spawn(ctx: &Ctx, rt: &Runtime) {
+    rt.spawn(run(ctx.clone(), rt.token()));
 }
 
 async fn run(ctx: Ctx, token: CancellationToken) {
@@ -91,10 +89,8 @@ async fn run(ctx: Ctx, token: CancellationToken) {
                 } else {
                     tracing::debug!(cause = %e, "legacy bridge still cannot subscribe");
                 }
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = token.cancelled() => break,
+                if !backoff.sleep(&token).await {
+                    break;
                 }
             }
         }
@@ -103,9 +99,7 @@ async fn run(ctx: Ctx, token: CancellationToken) {
 }
 
 async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, BridgeError> {
-    Ok(tokio::time::timeout(store::RESPONSE_TIMEOUT, fut)
-        .await
-        .map_err(|_| BridgeError::Timeout)??)
+    Ok(store::within(store::RESPONSE_TIMEOUT, "legacy bridge", fut).await?)
 }
 
 /// One subscription: returns `Ok` when cancelled, `Err` when the connection fails.

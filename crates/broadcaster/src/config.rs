@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, resolve_listen};
+use herald_common::config::{CommonConfig, ConfigErrors};
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
+use herald_common::serve::Limits;
 
 /// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
 /// only in development mode.
@@ -54,14 +55,24 @@ pub struct Config {
     pub idempotency_ttl_ms: u64,
 }
 
+/// The broadcaster's settings, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// The API key; an empty value counts as none.
+    pub api_key: Option<String>,
+    pub history: HistoryConfig,
+    pub limits: Limits,
+}
+
 impl Config {
-    /// Every problem the broadcaster cannot start with; empty when all is well.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = self.common.problems();
-        out.extend(self.http.problems());
-        self.resolve_listen(&mut out);
+    /// Checks every setting, reporting all problems at once.
+    pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        let (mut out, listen) =
+            self.common
+                .check_http(&self.http, self.listen.as_deref(), DEFAULT_PORT);
         if self.history_ttl_ms == 0 {
-            out.push("HERALD_HISTORY_TTL_MS must be greater than 0".to_owned());
+            out.push("HERALD_HISTORY_TTL_MS must be greater than 0");
         }
         if self.job_claim_idle_ms < MIN_JOB_CLAIM_IDLE_MS {
             out.push(format!(
@@ -74,36 +85,17 @@ impl Config {
             ));
         }
         if self.idempotency_ttl_ms == 0 {
-            out.push("HERALD_IDEMPOTENCY_TTL_MS must be greater than 0".to_owned());
+            out.push("HERALD_IDEMPOTENCY_TTL_MS must be greater than 0");
         }
-        out
-    }
-
-    /// The address to listen on (checked by [`Self::problems`]).
-    pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.resolve_listen(&mut Vec::new())
-    }
-
-    fn resolve_listen(&self, problems: &mut Vec<String>) -> Option<SocketAddr> {
-        resolve_listen(
-            "HERALD_LISTEN",
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            problems,
-        )
-    }
-
-    /// The API key, with an empty value counting as none.
-    pub fn api_key(&self) -> Option<&str> {
-        self.api_key.as_deref().filter(|k| !k.is_empty())
-    }
-
-    pub fn history(&self) -> HistoryConfig {
-        HistoryConfig {
-            size: self.history_size,
-            ttl_ms: self.history_ttl_ms,
-        }
+        out.or(|| Settings {
+            listen,
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            history: HistoryConfig {
+                size: self.history_size,
+                ttl_ms: self.history_ttl_ms,
+            },
+            limits: self.http.limits(),
+        })
     }
 }
 
@@ -114,26 +106,18 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::try_parse_from(["broadcaster"]).unwrap();
-        assert_eq!(c.listen_addr(), Some("0.0.0.0:8082".parse().unwrap()));
+        let s = c.validate().unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8082".parse().unwrap());
         assert_eq!(c.job_claim_idle_ms, 30_000);
         assert_eq!(c.job_workers, 2);
         assert_eq!(c.idempotency_ttl_ms, 300_000);
-        assert_eq!(c.history_size, DEFAULT_HISTORY_SIZE);
-        assert!(c.api_key().is_none());
-        assert!(c.problems().is_empty());
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| {
-            let mut all = vec!["broadcaster"];
-            all.extend_from_slice(args);
-            Config::try_parse_from(all).unwrap().listen_addr().unwrap()
-        };
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8082".parse().unwrap());
+        assert_eq!(s.history.size, DEFAULT_HISTORY_SIZE);
+        assert!(s.api_key.is_none());
+        // Development mode listens on loopback unless told otherwise.
+        let dev = Config::try_parse_from(["broadcaster", "--dev"]).unwrap();
         assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8082"]),
-            "0.0.0.0:8082".parse().unwrap()
+            dev.validate().unwrap().listen,
+            "127.0.0.1:8082".parse().unwrap()
         );
     }
 
@@ -151,7 +135,9 @@ mod tests {
             "",
         ])
         .unwrap();
-        assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
-        assert!(c.api_key().is_none());
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let c = Config::try_parse_from(["broadcaster", "--api-key", ""]).unwrap();
+        assert!(c.validate().unwrap().api_key.is_none());
     }
 }

@@ -9,10 +9,8 @@
 //! - [`jobs`]: job types (pure), their Redis state and the stream workers.
 //! - [`bridge`]: the legacy `system_notifications` / `user_messages` subscribers.
 //! - [`metrics`]: the Prometheus registry and metric handles.
-//! - [`backoff`]: the reconnect delay schedule.
 
 pub mod api;
-pub mod backoff;
 pub mod bridge;
 pub mod config;
 pub mod jobs;
@@ -20,25 +18,24 @@ pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::FromRef;
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use herald_common::http::Ops;
+use herald_common::http::{KeyKind, RequiredKey};
 use herald_common::keys::Keys;
-use herald_common::node;
 use herald_common::publish::Publisher;
+use herald_common::runtime::Runtime;
 use herald_common::store;
 use herald_proto::envelope::FrameTemplate;
 use herald_proto::node::NodeInfo;
 use herald_proto::time::now_ms;
 
-pub use config::Config;
+pub use config::{Config, Settings};
 use metrics::Metrics;
 
 /// The service name in heartbeats.
@@ -74,6 +71,8 @@ pub struct CtxInner {
     pub metrics: Metrics,
     pub node_id: String,
     pub config: Arc<Config>,
+    /// What the publish API requires: `HERALD_API_KEY`.
+    pub api_key: RequiredKey,
     /// Whether Redis answered the last request; `/readyz` follows it.
     pub health: store::Health,
     /// Frames this node published (any source), for the heartbeat's `messages_out`.
@@ -83,27 +82,21 @@ pub struct CtxInner {
 }
 
 impl Ctx {
-    pub fn new(
-        config: Config,
-        client: redis::Client,
-        conn: ConnectionManager,
-    ) -> anyhow::Result<Self> {
-        let keys = Keys::new(config.common.redis_prefix.clone());
-        let publisher = Publisher::new(keys.clone(), config.history());
-        let metrics = Metrics::new().context("cannot register metrics")?;
-        let node_id = config.common.node_id(SERVICE);
-        Ok(Self(Arc::new(CtxInner {
-            conn,
-            client,
-            keys,
-            publisher,
+    /// The shared state of a broadcaster with these settings, on `rt`'s node.
+    pub fn new(config: Config, settings: &Settings, rt: &Runtime, metrics: Metrics) -> Self {
+        Self(Arc::new(CtxInner {
+            conn: rt.conn().clone(),
+            client: rt.client().clone(),
+            publisher: Publisher::new(rt.keys().clone(), settings.history),
+            keys: rt.keys().clone(),
             metrics,
-            node_id,
+            node_id: rt.node_id().to_owned(),
+            api_key: RequiredKey::new(KeyKind::Api, settings.api_key.as_deref()),
             config: Arc::new(config),
-            health: store::Health::new(),
+            health: rt.health().clone(),
             published: Arc::default(),
             received: Arc::default(),
-        })))
+        }))
     }
 
     /// Publishes `frame` to `channel`, at most once per `once` id `(id, ttl_ms)` when
@@ -151,62 +144,39 @@ impl Ctx {
     }
 }
 
+impl FromRef<Ctx> for RequiredKey {
+    fn from_ref(ctx: &Ctx) -> Self {
+        ctx.api_key.clone()
+    }
+}
+
 /// Connects to Redis, then serves on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let local = listener.local_addr().context("listener has no address")?;
-    let (client, conn) = store::connect(&config.common.redis_url).await?;
-    let ctx = Ctx::new(config, client, conn)?;
-    if ctx.config.api_key().is_none() {
+    let settings = config.validate()?;
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    // Nothing but Redis decides whether the broadcaster can serve: no readiness gate.
+    let registry = metrics.registry.clone();
+    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE).await?;
+    let address = config.common.advertise(listener.local_addr()?);
+    let ctx = Ctx::new(config, &settings, &rt, metrics);
+    if !ctx.api_key.is_set() {
         tracing::warn!("HERALD_API_KEY is not set: the publish API refuses every request (401)");
     }
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
 
-    let base = NodeInfo {
-        id: ctx.node_id.clone(),
-        service: SERVICE.to_owned(),
-        address: ctx.config.common.advertise(local),
-        version: herald_common::VERSION.to_owned(),
-        started_ms: now_ms(),
-        ..NodeInfo::default()
-    };
-    let stats: node::StatsFn = {
-        let health = ctx.health.clone();
-        let published = ctx.published.clone();
-        let received = ctx.received.clone();
-        Arc::new(move |info: &mut NodeInfo| {
-            info.ready = health.is_up();
-            info.messages_in = received.load(Ordering::Relaxed);
-            info.messages_out = published.load(Ordering::Relaxed);
-        })
-    };
-    tracker.spawn(node::run_heartbeat(
-        ctx.conn.clone(),
-        ctx.keys.clone(),
-        base,
-        stats,
-        ctx.health.clone(),
-        token.clone(),
-    ));
-    jobs::worker::spawn(&ctx, &tracker, &token);
-    bridge::spawn(&ctx, &tracker, &token);
+    let (published, received) = (ctx.published.clone(), ctx.received.clone());
+    rt.heartbeat(address, move |info: &mut NodeInfo| {
+        info.messages_in = received.load(Ordering::Relaxed);
+        info.messages_out = published.load(Ordering::Relaxed);
+    });
+    jobs::worker::spawn(&ctx, &rt);
+    bridge::spawn(&ctx, &rt);
 
-    let ops = Ops {
-        registry: ctx.metrics.registry.clone(),
-        // Nothing but Redis decides whether the broadcaster can serve.
-        ready: Arc::new(AtomicBool::new(true)),
-        redis: ctx.health.clone(),
-    };
-    let app = api::router(ctx.clone(), ops);
-    tracing::info!(node = %ctx.node_id, addr = %local, "broadcaster serving");
-    let limits = ctx.config.http.limits();
-    herald_common::serve::serve(listener, app, limits, shutdown).await;
-
-    herald_common::shutdown::stop_tasks(&token, &tracker, SHUTDOWN_GRACE).await;
-    tracing::info!("broadcaster stopped");
+    let app = api::router(ctx, rt.ops_routes());
+    rt.serve(listener, app, settings.limits, shutdown).await;
+    rt.stop().await;
     Ok(())
 }

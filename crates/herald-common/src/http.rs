@@ -4,17 +4,18 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
+use crate::runtime::Readiness;
 use crate::store::Health;
 
 /// Largest HTTP body any service accepts.
@@ -213,14 +214,72 @@ pub fn require_key(
     }
 }
 
+/// The key a router's endpoints require, held in its state and reached through
+/// `FromRef`; [`AdminKey`] checks requests against it.
+#[derive(Debug, Clone)]
+pub struct RequiredKey {
+    kind: KeyKind,
+    /// `None` (or empty) refuses every request.
+    expected: Option<Arc<str>>,
+    /// Counted on every refusal, where the service has such a metric.
+    refusals: Option<prometheus::IntCounter>,
+}
+
+impl RequiredKey {
+    pub fn new(kind: KeyKind, expected: Option<&str>) -> Self {
+        Self {
+            kind,
+            expected: expected.filter(|k| !k.is_empty()).map(Arc::from),
+            refusals: None,
+        }
+    }
+
+    /// Counts every refused request in `counter`.
+    #[must_use]
+    pub fn counting(mut self, counter: prometheus::IntCounter) -> Self {
+        self.refusals = Some(counter);
+        self
+    }
+
+    /// Whether a key is configured at all (without one, every request is refused).
+    pub fn is_set(&self) -> bool {
+        self.expected.is_some()
+    }
+}
+
+/// Proof that a request carried the key its router requires (see [`require_key`]
+/// for the checks and their 401s). It reads only the headers, so used as a handler
+/// argument or as `middleware::from_extractor_with_state`, the key is checked before
+/// the body: a caller without it learns nothing about the body rules.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminKey;
+
+impl<S> FromRequestParts<S> for AdminKey
+where
+    RequiredKey: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let key = RequiredKey::from_ref(state);
+        require_key(&parts.headers, key.expected.as_deref(), key.kind).inspect_err(|_| {
+            if let Some(c) = &key.refusals {
+                c.inc();
+            }
+        })?;
+        Ok(Self)
+    }
+}
+
 /// What the ops endpoints need. `/readyz` answers 200 when both `ready` and
 /// `redis` say so.
 #[derive(Debug, Clone)]
 pub struct Ops {
     pub registry: prometheus::Registry,
-    /// Set by the service when its own dependencies (signing keys, the Pub/Sub
+    /// Met when the service's own dependencies (signing keys, the Pub/Sub
     /// connection, a first sample) are usable.
-    pub ready: Arc<AtomicBool>,
+    pub ready: Readiness,
     /// Whether Redis answered the service's last request (see [`Health`]).
     pub redis: Health,
 }
@@ -238,7 +297,7 @@ pub fn ops_routes<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
 }
 
 async fn readyz(State(ops): State<Ops>) -> Response {
-    if ops.ready.load(Ordering::Relaxed) && ops.redis.is_up() {
+    if ops.ready.is_ready() && ops.redis.is_up() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(

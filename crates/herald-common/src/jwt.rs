@@ -85,7 +85,11 @@ impl Alg {
 
 impl JwtConfig {
     /// Checks the settings; returns the algorithm and, for HS256, the secret to use.
-    pub fn resolve(&self, dev: bool, problems: &mut Vec<String>) -> (Alg, Option<String>) {
+    pub fn resolve(
+        &self,
+        dev: bool,
+        problems: &mut crate::config::ConfigErrors,
+    ) -> (Alg, Option<String>) {
         let alg = match self.jwt_alg.parse::<Alg>() {
             Ok(a) => a,
             Err(e) => {
@@ -94,32 +98,33 @@ impl JwtConfig {
             }
         };
         if self.jwt_leeway_s > 300 {
-            problems.push("HERALD_JWT_LEEWAY_S must be at most 300".to_owned());
+            problems.push("HERALD_JWT_LEEWAY_S must be at most 300");
         }
         let secret = match (&self.jwt_secret, alg) {
             (Some(s), Alg::Hs256) if s.len() < 16 => {
-                problems.push("HERALD_JWT_SECRET must be at least 16 bytes".to_owned());
+                problems.push("HERALD_JWT_SECRET must be at least 16 bytes");
                 None
             }
             (Some(s), Alg::Hs256) => Some(s.clone()),
-            (None, Alg::Hs256) if dev => {
-                // A service checks its settings in `main` and again in `run`: warn once.
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!("HERALD_DEV=1: using the fixed development JWT secret");
-                });
-                Some(DEV_SECRET.to_owned())
-            }
+            // Validation is pure: the service warns about this once, when it starts.
+            (None, Alg::Hs256) if dev => Some(DEV_SECRET.to_owned()),
             (None, Alg::Hs256) => {
                 problems.push(
-                    "HERALD_JWT_SECRET is not set (HS256 needs a shared secret; HERALD_DEV=1 uses a development one)"
-                        .to_owned(),
+                    "HERALD_JWT_SECRET is not set (HS256 needs a shared secret; HERALD_DEV=1 uses a development one)",
                 );
                 None
             }
             (_, _) => None,
         };
         (alg, secret)
+    }
+
+    /// Warns when the service runs on the development secret; called once, at start
+    /// (validation itself is pure, and may run more than once).
+    pub fn warn_if_dev_secret(&self, alg: Alg, dev: bool) {
+        if dev && alg == Alg::Hs256 && self.jwt_secret.is_none() {
+            tracing::warn!("HERALD_DEV=1: using the fixed development JWT secret");
+        }
     }
 
     /// The validation rules for `alg`.
@@ -461,11 +466,11 @@ mod tests {
 
     #[test]
     fn config_problems() {
-        let mut problems = Vec::new();
+        let mut problems = crate::config::ConfigErrors::new();
         let (_, secret) = config().resolve(false, &mut problems);
         assert!(secret.is_none());
         assert_eq!(problems.len(), 1, "{problems:?}");
-        let mut problems = Vec::new();
+        let mut problems = crate::config::ConfigErrors::new();
         let (_, secret) = config().resolve(true, &mut problems);
         assert_eq!(secret.as_deref(), Some(DEV_SECRET));
         assert!(problems.is_empty());

@@ -2,6 +2,9 @@
 //! does I/O: it talks to Redis, serves HTTP and reads the environment.
 //!
 //! # Layout
+//! - [`runtime`]: the service skeleton: node id, heartbeat, readiness, ops routes,
+//!   listeners, and one cancellation tree and task tracker for background tasks.
+//! - [`backoff`]: the reconnect delay schedule of every server-side reconnect loop.
 //! - [`config`]: the `HERALD_*` settings every service has, and fail-fast startup errors.
 //! - [`telemetry`]: tracing setup, once per process.
 //! - [`shutdown`]: the one SIGINT/SIGTERM future.
@@ -9,16 +12,19 @@
 //! - [`store`]: Redis connections with a fail-fast startup check.
 //! - [`publish`]: the atomic publish script (offset + history + fan-out) and history reads.
 //! - [`node`]: the per-second node heartbeat every service writes for the monitor.
-//! - [`http`]: the JSON error shape, body extractor, key checks and `/healthz` `/readyz` `/metrics`.
+//! - [`http`]: the JSON error shape, body extractor, the `AdminKey` extractor and
+//!   `/healthz` `/readyz` `/metrics`.
 //! - [`serve`]: the HTTP accept loop with header timeout, header cap and connection cap.
 //! - [`jwt`]: access-token verification (HS256 secret or JWKS) with the protocol's checks.
 
+pub mod backoff;
 pub mod config;
 pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod node;
 pub mod publish;
+pub mod runtime;
 pub mod serve;
 pub mod shutdown;
 pub mod store;

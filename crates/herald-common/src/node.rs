@@ -86,8 +86,9 @@ async fn beat(
 
 /// Removes a node from the registry (graceful stop).
 pub async fn deregister(conn: &mut ConnectionManager, keys: &Keys, id: &str) {
-    let res: redis::RedisResult<()> = tokio::time::timeout(
+    let res: redis::RedisResult<()> = store::within(
         store::RESPONSE_TIMEOUT,
+        "deregistration",
         redis::pipe()
             .cmd("ZREM")
             .arg(keys.nodes())
@@ -100,8 +101,7 @@ pub async fn deregister(conn: &mut ConnectionManager, keys: &Keys, id: &str) {
             .ignore()
             .query_async(conn),
     )
-    .await
-    .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))));
+    .await;
     match res {
         Ok(()) => tracing::info!(node = %id, "deregistered"),
         Err(e) => tracing::warn!(node = %id, cause = %e, "could not deregister"),

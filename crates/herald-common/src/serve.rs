@@ -81,19 +81,17 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    /// Problems these settings have; empty when all is well.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Adds the problems of these settings to `out`.
+    pub fn check(&self, out: &mut crate::config::ConfigErrors) {
         if self.http_header_timeout_ms == 0 {
-            out.push("HERALD_HTTP_HEADER_TIMEOUT_MS must be greater than 0".to_owned());
+            out.push("HERALD_HTTP_HEADER_TIMEOUT_MS must be greater than 0");
         }
         if self.http_max_header_bytes < 1024 {
-            out.push("HERALD_HTTP_MAX_HEADER_BYTES must be at least 1024".to_owned());
+            out.push("HERALD_HTTP_MAX_HEADER_BYTES must be at least 1024");
         }
         if self.http_max_connections == 0 {
-            out.push("HERALD_HTTP_MAX_CONNECTIONS must be greater than 0".to_owned());
+            out.push("HERALD_HTTP_MAX_CONNECTIONS must be greater than 0");
         }
-        out
     }
 
     pub fn limits(&self) -> Limits {
@@ -235,7 +233,12 @@ mod tests {
     #[test]
     fn defaults_and_problems() {
         let t = T::try_parse_from(["t"]).unwrap();
-        assert!(t.http.problems().is_empty());
+        let problems = |t: &T| {
+            let mut out = crate::config::ConfigErrors::new();
+            t.http.check(&mut out);
+            out.len()
+        };
+        assert_eq!(problems(&t), 0);
         assert_eq!(t.http.limits(), Limits::default());
         let t = T::try_parse_from([
             "t",
@@ -247,7 +250,7 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert_eq!(t.http.problems().len(), 3);
+        assert_eq!(problems(&t), 3);
     }
 
     #[test]

@@ -138,6 +138,47 @@ pub fn is_outage(e: &redis::RedisError) -> bool {
         )
 }
 
+/// `fut` bounded by `limit`: a Redis that hangs fails like one that is gone, with
+/// an I/O error (so [`is_outage`] counts it) naming what timed out.
+pub async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "timed out",
+            what.to_owned(),
+        )))
+    })
+}
+
+/// Appends a limit hit to the `herald:ratelimit` stream the monitor reads (capped
+/// at [`RATELIMIT_STREAM_MAXLEN`] entries). Best effort: the caller counts failures.
+pub async fn record_ratelimit(
+    conn: &mut ConnectionManager,
+    keys: &crate::keys::Keys,
+    event: &herald_proto::node::RateLimitEvent,
+) -> redis::RedisResult<()> {
+    within(
+        RESPONSE_TIMEOUT,
+        "rate-limit event",
+        redis::cmd("XADD")
+            .arg(keys.ratelimit_events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(RATELIMIT_STREAM_MAXLEN)
+            .arg("*")
+            .arg(&event.fields()[..])
+            .query_async(conn),
+    )
+    .await
+}
+
+/// Entries the rate-limit stream keeps (approximately: `MAXLEN ~`).
+pub const RATELIMIT_STREAM_MAXLEN: u64 = 1000;
+
 /// Whether Redis answers `PING` within the response timeout.
 pub async fn ping(conn: &mut ConnectionManager) -> bool {
     matches!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use herald_common::http::{ApiError, KeyKind, require_key};
+use herald_common::http::{AdminKey, ApiError, RequiredKey};
 use herald_common::keys::Keys;
 use herald_proto::control::Control;
 use herald_proto::monitor::{ChannelsPage, ConnRow, ConnectionsPage, STREAM_EVENT};
@@ -44,10 +44,17 @@ pub(crate) struct AppState {
     pub(crate) shared: Arc<Shared>,
     pub(crate) conn: ConnectionManager,
     pub(crate) keys: Keys,
-    pub(crate) admin_key: Option<Arc<str>>,
+    /// What the admin actions require.
+    pub(crate) admin: RequiredKey,
     pub(crate) metrics: Metrics,
     /// Cancelled at shutdown, so open streams end and the server can drain.
     pub(crate) token: CancellationToken,
+}
+
+impl FromRef<AppState> for RequiredKey {
+    fn from_ref(s: &AppState) -> Self {
+        s.admin.clone()
+    }
 }
 
 /// The read API.
@@ -278,11 +285,10 @@ impl Drop for StreamGuard {
 // === Admin actions ===
 
 async fn disconnect_conn(
+    _admin: AdminKey,
     State(mut s): State<AppState>,
-    headers: HeaderMap,
     Path(conn_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_key(&headers, s.admin_key.as_deref(), KeyKind::Admin)?;
     check_id("conn_id", &conn_id)?;
     send_control(
         &mut s,
@@ -293,11 +299,10 @@ async fn disconnect_conn(
 }
 
 async fn disconnect_user(
+    _admin: AdminKey,
     State(mut s): State<AppState>,
-    headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_key(&headers, s.admin_key.as_deref(), KeyKind::Admin)?;
     check_id("user", &user_id)?;
     send_control(
         &mut s,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, parse_listen, resolve_listen};
+use herald_common::config::{CommonConfig, ConfigErrors, parse_listen};
 
 pub const ENV_LISTEN: &str = "HERALD_LISTEN";
 /// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
@@ -44,15 +44,28 @@ pub struct Config {
     pub probe_interval_ms: u64,
 }
 
+/// The monitor's settings, checked, in the units the code uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Where the admin actions are served, when not on the main listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// The admin key; an empty value counts as none, so that `HERALD_ADMIN_KEY=`
+    /// cannot open the admin endpoints to an empty bearer.
+    pub admin_key: Option<String>,
+    pub probe_interval: Duration,
+}
+
 impl Config {
-    /// Every problem the monitor cannot start with; empty when all is well.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = self.common.problems();
-        out.extend(self.http.problems());
-        self.resolve_listen(&mut out);
-        if let Some(a) = &self.admin_listen {
-            parse_listen("HERALD_ADMIN_LISTEN", a, &mut out);
-        }
+    /// Checks every setting, reporting all problems at once.
+    pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        let (mut out, listen) =
+            self.common
+                .check_http(&self.http, self.listen.as_deref(), DEFAULT_PORT);
+        let admin_listen = self
+            .admin_listen
+            .as_deref()
+            .and_then(|a| parse_listen("HERALD_ADMIN_LISTEN", a, &mut out));
         if !PROBE_INTERVAL_RANGE_MS.contains(&self.probe_interval_ms) {
             out.push(format!(
                 "HERALD_PROBE_INTERVAL_MS must be between {} and {}, got {}",
@@ -61,32 +74,12 @@ impl Config {
                 self.probe_interval_ms
             ));
         }
-        out
-    }
-
-    /// The listen address (checked by [`Self::problems`]).
-    pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.resolve_listen(&mut Vec::new())
-    }
-
-    fn resolve_listen(&self, problems: &mut Vec<String>) -> Option<SocketAddr> {
-        resolve_listen(
-            ENV_LISTEN,
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            problems,
-        )
-    }
-
-    /// The admin key, if one is set; an empty value counts as none, so that
-    /// `HERALD_ADMIN_KEY=` cannot open the admin endpoints to an empty bearer.
-    pub fn admin_key(&self) -> Option<&str> {
-        self.admin_key.as_deref().filter(|k| !k.is_empty())
-    }
-
-    pub fn probe_interval(&self) -> Duration {
-        Duration::from_millis(self.probe_interval_ms)
+        out.or(|| Settings {
+            listen,
+            admin_listen,
+            admin_key: self.admin_key.clone().filter(|k| !k.is_empty()),
+            probe_interval: Duration::from_millis(self.probe_interval_ms),
+        })
     }
 }
 
@@ -97,23 +90,15 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::try_parse_from(["monitor"]).unwrap();
-        assert_eq!(c.listen_addr(), Some("0.0.0.0:8083".parse().unwrap()));
-        assert_eq!(c.probe_interval_ms, 1_000);
-        assert_eq!(c.admin_key(), None);
-        assert!(c.problems().is_empty(), "{:?}", c.problems());
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| {
-            let mut all = vec!["monitor"];
-            all.extend_from_slice(args);
-            Config::try_parse_from(all).unwrap().listen_addr().unwrap()
-        };
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8083".parse().unwrap());
+        let s = c.validate().unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8083".parse().unwrap());
+        assert_eq!(s.probe_interval, Duration::from_secs(1));
+        assert_eq!(s.admin_key, None);
+        // Development mode listens on loopback unless told otherwise.
+        let dev = Config::try_parse_from(["monitor", "--dev"]).unwrap();
         assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8083"]),
-            "0.0.0.0:8083".parse().unwrap()
+            dev.validate().unwrap().listen,
+            "127.0.0.1:8083".parse().unwrap()
         );
     }
 
@@ -131,7 +116,9 @@ mod tests {
             "",
         ])
         .unwrap();
-        assert_eq!(c.problems().len(), 3, "{:?}", c.problems());
-        assert_eq!(c.admin_key(), None);
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let c = Config::try_parse_from(["monitor", "--admin-key", ""]).unwrap();
+        assert_eq!(c.validate().unwrap().admin_key, None);
     }
 }

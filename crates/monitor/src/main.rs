@@ -1,35 +1,17 @@
-//! The `monitor` binary: configuration, bind, then [`monitor::run`] (an unreachable
-//! Redis exits 1).
+//! The `monitor` binary: configuration (exit 64 on a bad one), bind, then
+//! [`monitor::run`] (an unreachable Redis exits 1).
 
-use anyhow::Context as _;
+use std::process::ExitCode;
 
-use herald_common::config::{exit_if_problems, parse_or_exit};
-use herald_common::shutdown::shutdown_signal;
-use herald_common::telemetry;
-use monitor::Config;
+use herald_common::runtime::{bind, exit_code};
+use herald_common::{config, shutdown::shutdown_signal, telemetry};
+use monitor::{Config, SERVICE};
 
 #[tokio::main]
-async fn main() {
-    // Variables whose values do not parse; reported with every other problem.
-    let (config, mut problems): (Config, _) = parse_or_exit();
-    problems.extend(config.problems());
-    exit_if_problems(monitor::SERVICE, &problems);
+async fn main() -> ExitCode {
+    let (config, settings) = config::load(SERVICE, Config::validate);
     telemetry::init(&config.common.log);
-    telemetry::redact(&[config.admin_key()]);
-    if let Err(e) = serve(config).await {
-        // One line, the whole cause chain, for operators and scripts.
-        eprintln!("{}: {e:#}", monitor::SERVICE);
-        std::process::exit(1);
-    }
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let addr = config
-        .listen_addr()
-        .context("HERALD_LISTEN is not an address")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "monitor listening");
-    monitor::run(listener, config, shutdown_signal()).await
+    telemetry::redact(&[settings.admin_key.as_deref()]);
+    let result = async { monitor::run(bind(settings.listen)?, config, shutdown_signal()).await };
+    exit_code(SERVICE, result.await)
 }

@@ -6,7 +6,6 @@
 //! Requests never touch this path: they read the latest snapshot.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use herald_common::keys::Keys;
+use herald_common::runtime::Gate;
 use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
 
@@ -91,7 +91,7 @@ pub(crate) struct Sampler {
     shared: Arc<Shared>,
     metrics: Metrics,
     /// Whether the last round reached Redis: this is `/readyz`.
-    ready: Arc<AtomicBool>,
+    ready: Gate,
     rates: HashMap<String, Rates>,
     tally: Tally,
     /// The `herald_node_up` label sets currently exported.
@@ -104,7 +104,7 @@ impl Sampler {
         keys: Keys,
         shared: Arc<Shared>,
         metrics: Metrics,
-        ready: Arc<AtomicBool>,
+        ready: Gate,
     ) -> Self {
         Self {
             conn,
@@ -148,15 +148,17 @@ impl Sampler {
                 self.metrics
                     .record_sample(&snapshot.overview.totals, &statuses, &mut self.shown);
                 self.shared.replace(snapshot);
-                if !self.ready.swap(true, Ordering::Relaxed) {
+                if !self.ready.is_met() {
                     tracing::info!("sampling the cluster from Redis");
                 }
+                self.ready.set(true);
             }
             Err(e) => {
                 self.metrics.redis_errors_total.inc();
-                if self.ready.swap(false, Ordering::Relaxed) {
+                if self.ready.is_met() {
                     tracing::warn!(cause = %e, "cannot sample the cluster; serving the last sample");
                 }
+                self.ready.set(false);
                 let last = (*self.shared.snapshot()).clone();
                 self.shared.replace(last.into_stale());
             }

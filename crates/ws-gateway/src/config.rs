@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use herald_common::config::CommonConfig;
+use herald_common::config::{CommonConfig, ConfigErrors};
 use herald_common::jwt::{Alg, JwtConfig};
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
 
@@ -92,7 +92,6 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub node_id: String,
     pub alg: Alg,
     pub secret: Option<String>,
     pub heartbeat: Duration,
@@ -117,18 +116,15 @@ pub struct Settings {
 }
 
 impl Config {
-    /// Validates every setting, reporting all problems at once.
-    pub fn settings(&self) -> Result<Settings, Vec<String>> {
-        let mut problems = self.common.problems();
-        let listen = herald_common::config::resolve_listen(
-            "HERALD_LISTEN",
-            self.listen.as_deref(),
-            DEFAULT_PORT,
-            self.common.dev,
-            &mut problems,
-        );
+    /// Checks every setting, reporting all problems at once.
+    pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        let mut problems = ConfigErrors::new();
+        self.common.check(&mut problems);
+        let listen = self
+            .common
+            .listen(self.listen.as_deref(), DEFAULT_PORT, &mut problems);
         let (alg, secret) = self.jwt.resolve(self.common.dev, &mut problems);
-        let positive = |name: &str, v: u64, problems: &mut Vec<String>| {
+        let positive = |name: &str, v: u64, problems: &mut ConfigErrors| {
             if v == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
@@ -194,37 +190,33 @@ impl Config {
             .map(|o| o.trim().trim_end_matches('/').to_owned())
             .filter(|o| !o.is_empty())
             .collect();
-        match (problems.is_empty(), listen) {
-            (true, Some(listen)) => Ok(Settings {
-                listen,
-                node_id: self.common.node_id("gw"),
-                alg,
-                secret,
-                heartbeat: Duration::from_millis(self.heartbeat_interval_ms),
-                auth_timeout: Duration::from_millis(self.auth_timeout_ms),
-                rate_messages: self.rate_limit_messages,
-                rate_window: Duration::from_millis(self.rate_limit_window_ms),
-                max_conns_per_ip: self.max_connections_per_ip,
-                connect_rate_per_ip: self.connect_rate_per_ip,
-                max_connections: self.max_connections,
-                max_frame_bytes: self.max_frame_bytes,
-                max_channels: self.max_channels_per_connection,
-                queue_frames: self.outbound_queue_frames,
-                queue_bytes: self.outbound_queue_bytes,
-                history: HistoryConfig {
-                    size: self.history_size,
-                    ttl_ms: self.history_ttl_ms,
-                },
-                shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
-                batch_window: Duration::from_millis(self.batch_window_ms),
-                allowed_origins,
-                probe_interval: Duration::from_millis(self.pubsub_probe_interval_ms),
-                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-                max_header_bytes: self.max_header_bytes,
-                dev: self.common.dev,
-            }),
-            _ => Err(problems),
-        }
+        problems.or(|| Settings {
+            listen,
+            alg,
+            secret,
+            heartbeat: Duration::from_millis(self.heartbeat_interval_ms),
+            auth_timeout: Duration::from_millis(self.auth_timeout_ms),
+            rate_messages: self.rate_limit_messages,
+            rate_window: Duration::from_millis(self.rate_limit_window_ms),
+            max_conns_per_ip: self.max_connections_per_ip,
+            connect_rate_per_ip: self.connect_rate_per_ip,
+            max_connections: self.max_connections,
+            max_frame_bytes: self.max_frame_bytes,
+            max_channels: self.max_channels_per_connection,
+            queue_frames: self.outbound_queue_frames,
+            queue_bytes: self.outbound_queue_bytes,
+            history: HistoryConfig {
+                size: self.history_size,
+                ttl_ms: self.history_ttl_ms,
+            },
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            batch_window: Duration::from_millis(self.batch_window_ms),
+            allowed_origins,
+            probe_interval: Duration::from_millis(self.pubsub_probe_interval_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_header_bytes: self.max_header_bytes,
+            dev: self.common.dev,
+        })
     }
 }
 
@@ -235,7 +227,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_spec() {
         let c = Config::try_parse_from(["gw", "--jwt-secret", "0123456789abcdef"]).unwrap();
-        let s = c.settings().unwrap();
+        let s = c.validate().unwrap();
         assert_eq!(s.listen, "0.0.0.0:8765".parse().unwrap());
         assert_eq!(s.heartbeat, Duration::from_secs(25));
         assert_eq!(s.rate_messages, 100);
@@ -243,23 +235,11 @@ mod tests {
         assert_eq!(s.max_frame_bytes, 65536);
         assert_eq!(s.max_channels, 128);
         assert_eq!(s.queue_frames, 1024);
-    }
-
-    #[test]
-    fn development_mode_listens_on_loopback_unless_told_otherwise() {
-        let listen = |args: &[&str]| {
-            let mut all = vec!["gw"];
-            all.extend_from_slice(args);
-            Config::try_parse_from(all)
-                .unwrap()
-                .settings()
-                .unwrap()
-                .listen
-        };
-        assert_eq!(listen(&["--dev"]), "127.0.0.1:8765".parse().unwrap());
+        // Development mode listens on loopback unless told otherwise.
+        let dev = Config::try_parse_from(["gw", "--dev"]).unwrap();
         assert_eq!(
-            listen(&["--dev", "--listen", "0.0.0.0:8765"]),
-            "0.0.0.0:8765".parse().unwrap()
+            dev.validate().unwrap().listen,
+            "127.0.0.1:8765".parse().unwrap()
         );
     }
 
@@ -267,7 +247,7 @@ mod tests {
     fn reports_every_problem() {
         let c = Config::try_parse_from(["gw", "--listen", "nope", "--heartbeat-interval-ms", "0"])
             .unwrap();
-        let problems = c.settings().unwrap_err();
+        let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
 }

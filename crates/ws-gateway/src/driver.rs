@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -21,9 +20,13 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use herald_common::backoff::{self, Backoff};
 use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
+use herald_common::runtime::Gate;
+use herald_common::store;
 use herald_proto::control::Control;
 use herald_proto::disconnect::Disconnect;
 use herald_proto::envelope;
@@ -33,8 +36,8 @@ use crate::metrics::Metrics;
 
 /// Longest wait for a Pub/Sub connection or a SUBSCRIBE reply.
 const PUBSUB_TIMEOUT: Duration = Duration::from_secs(2);
-/// Reconnect backoff bounds.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between reconnects: shorter than the shared default, as
+/// every second without Pub/Sub is a second of undelivered messages.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Where a channel's delivery stands on this node.
@@ -55,8 +58,10 @@ pub(crate) struct Driver {
     pub(crate) node_id: String,
     pub(crate) metrics: Metrics,
     pub(crate) probe_interval: Duration,
-    /// True while the subscription connection is up and its probe comes back.
-    pub(crate) healthy: Arc<AtomicBool>,
+    /// Met while the subscription connection is up and its probe comes back.
+    pub(crate) healthy: Gate,
+    /// Where the probe publishes run, so they never hold up the delivery loop.
+    pub(crate) tasks: TaskTracker,
 }
 
 enum Exit {
@@ -71,7 +76,7 @@ impl Driver {
         token: CancellationToken,
     ) {
         let mut positions: HashMap<Arc<str>, Position> = HashMap::new();
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(backoff::MIN_DELAY, BACKOFF_MAX);
         let mut first = true;
         loop {
             if token.is_cancelled() {
@@ -84,7 +89,7 @@ impl Driver {
                 Ok(Exit::Shutdown) => return,
                 Ok(Exit::Reconnect(why)) => {
                     tracing::warn!(reason = why, "pub/sub connection lost; reconnecting");
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                 }
                 Err(e) => {
                     tracing::warn!(cause = %e, "pub/sub connection failed; retrying");
@@ -92,12 +97,10 @@ impl Driver {
                 }
             }
             first = false;
-            self.healthy.store(false, Ordering::Relaxed);
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = token.cancelled() => return,
+            self.healthy.set(false);
+            if !backoff.sleep(&token).await {
+                return;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -141,7 +144,7 @@ impl Driver {
         // The nonce in flight and when it was sent.
         let mut outstanding: Option<(u64, Instant)> = None;
         let probe_deadline = (self.probe_interval * 3).max(Duration::from_secs(3));
-        self.healthy.store(true, Ordering::Relaxed);
+        self.healthy.set(true);
 
         loop {
             tokio::select! {
@@ -157,7 +160,7 @@ impl Driver {
                             && outstanding.is_some_and(|(want, _)| want == n)
                         {
                             outstanding = None;
-                            self.healthy.store(true, Ordering::Relaxed);
+                            self.healthy.set(true);
                         }
                     } else if name == control {
                         self.on_control(msg.get_payload_bytes());
@@ -187,7 +190,7 @@ impl Driver {
                             return Ok(Exit::Reconnect("probe did not come back (wedged subscription)"));
                         }
                         Some((_, sent)) if sent.elapsed() > self.probe_interval * 2 => {
-                            self.healthy.store(false, Ordering::Relaxed);
+                            self.healthy.set(false);
                         }
                         Some(_) => {}
                         None => {
@@ -196,7 +199,7 @@ impl Driver {
                             let mut conn = self.conn.clone();
                             let probe = probe.clone();
                             let errors = self.metrics.redis_errors.clone();
-                            tokio::spawn(async move {
+                            self.tasks.spawn(async move {
                                 let r: redis::RedisResult<()> = redis::cmd("PUBLISH").arg(probe).arg(n).query_async(&mut conn).await;
                                 if r.is_err() {
                                     errors.inc();
@@ -335,15 +338,9 @@ impl Driver {
     }
 }
 
+/// A Pub/Sub request bounded by [`PUBSUB_TIMEOUT`].
 async fn timeout<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> redis::RedisResult<T> {
-    tokio::time::timeout(PUBSUB_TIMEOUT, fut)
-        .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "pub/sub request timed out",
-            )))
-        })
+    store::within(PUBSUB_TIMEOUT, "pub/sub request", fut).await
 }

@@ -24,13 +24,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use herald_common::backoff::Backoff;
+use herald_common::runtime::Runtime;
 use herald_common::store;
 use herald_proto::{channel, envelope, time::now_rfc3339};
 
 use super::kinds::{Job, JobError};
 use super::store::{self as jobs, Entry, JOB_TTL_MS, Start};
 use crate::Ctx;
-use crate::backoff::Backoff;
 
 /// How long one `XREADGROUP` blocks; also bounds how late a cancel or a due
 /// reclaim scan is noticed.
@@ -43,16 +44,16 @@ pub const MAX_ATTEMPTS: u64 = 5;
 type InFlight = Arc<Mutex<HashSet<String>>>;
 
 /// Starts the fetch loop, unless `HERALD_JOB_WORKERS` is 0.
-pub fn spawn(ctx: &Ctx, tracker: &TaskTracker, token: &CancellationToken) {
+pub fn spawn(ctx: &Ctx, rt: &Runtime) {
     let workers = ctx.config.job_workers;
     if workers == 0 {
         tracing::info!("job workers disabled (HERALD_JOB_WORKERS=0)");
         return;
     }
-    tracker.spawn(fetch_loop(
+    rt.spawn(fetch_loop(
         ctx.clone(),
-        tracker.clone(),
-        token.clone(),
+        rt.tracker().clone(),
+        rt.token(),
         workers,
     ));
 }
@@ -142,10 +143,8 @@ async fn fetch_loop(ctx: Ctx, tracker: TaskTracker, token: CancellationToken, wo
                 } else {
                     tracing::debug!(cause = %e, "job queue still unavailable");
                 }
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = token.cancelled() => break,
+                if !backoff.sleep(&token).await {
+                    break;
                 }
             }
         }
@@ -187,12 +186,15 @@ fn start_job(
     let guard = RunGuard {
         in_flight: in_flight.clone(),
         job_id: job_id.clone(),
-        keep_alive: tokio::spawn(keep_alive(ctx.clone(), entry.clone())),
         _permit: permit,
     };
     let token = token.clone();
     tracker.spawn(async move {
-        run_job(&ctx, &entry, &job_id, &token).await;
+        // The keep-alive runs beside the job, in the same task, and ends with it.
+        tokio::select! {
+            () = run_job(&ctx, &entry, &job_id, &token) => {}
+            () = keep_alive(&ctx, &entry) => {}
+        }
         drop(guard);
     });
 }
@@ -201,13 +203,11 @@ fn start_job(
 struct RunGuard {
     in_flight: InFlight,
     job_id: String,
-    keep_alive: tokio::task::JoinHandle<()>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        self.keep_alive.abort();
         self.in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -216,7 +216,7 @@ impl Drop for RunGuard {
 }
 
 /// Resets the entry's idle time three times per claim period while the job runs.
-async fn keep_alive(ctx: Ctx, entry: String) {
+async fn keep_alive(ctx: &Ctx, entry: &str) {
     let every = Duration::from_millis((ctx.config.job_claim_idle_ms / 3).max(50));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -224,7 +224,7 @@ async fn keep_alive(ctx: Ctx, entry: String) {
     let mut conn = ctx.conn.clone();
     loop {
         tick.tick().await;
-        if let Err(e) = jobs::keep_alive(&mut conn, &ctx.keys, &ctx.node_id, &entry).await {
+        if let Err(e) = jobs::keep_alive(&mut conn, &ctx.keys, &ctx.node_id, entry).await {
             ctx.metrics.redis_errors_total.inc();
             ctx.health.failed(&e);
             tracing::debug!(cause = %e, %entry, "job keep-alive failed");

@@ -16,7 +16,7 @@ use herald_proto::server::ServerMsg;
 
 use super::request::SubError;
 use super::{Conn, Flow, Preauth, Socket};
-use crate::State;
+use crate::state::State;
 
 /// A token that never expires still ends the connection after this long.
 const NO_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);

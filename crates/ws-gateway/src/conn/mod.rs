@@ -36,10 +36,10 @@ use herald_proto::claims::Claims;
 use herald_proto::client::Id;
 use herald_proto::disconnect::Disconnect;
 
-use crate::State;
 use crate::hub::{ConnShared, Delivery};
 use crate::limits::IpSlot;
 use crate::presence;
+use crate::state::State;
 
 /// What a connection task reads and writes: a WebSocket, or in tests two channels.
 pub(crate) trait Socket:
@@ -64,6 +64,11 @@ pub(crate) struct Preauth {
 }
 
 /// Serves one upgraded socket until it closes.
+#[tracing::instrument(
+    name = "conn",
+    skip_all,
+    fields(conn_id = tracing::field::Empty, user = tracing::field::Empty, %ip)
+)]
 pub(crate) async fn serve<S: Socket>(
     mut socket: S,
     state: Arc<State>,
@@ -71,6 +76,11 @@ pub(crate) async fn serve<S: Socket>(
     pre: Option<Preauth>,
     slot: IpSlot,
 ) {
+    // The span carries the connection's id from the first byte, and its user once
+    // known, so every log line of the connection says which one it is.
+    let conn_id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::Span::current();
+    span.record("conn_id", tracing::field::display(&conn_id));
     let (pre, auth_id) = match pre {
         Some(p) => (p, None),
         // Boxed (here and for the other rare, deep requests) so their state is
@@ -87,9 +97,13 @@ pub(crate) async fn serve<S: Socket>(
             }
         },
     };
+    span.record(
+        "user",
+        tracing::field::display(pre.claims.user().unwrap_or_default()),
+    );
     let channels = pre.channels.clone();
-    let mut conn = Conn::open(socket, state.clone(), ip, pre);
-    tracing::debug!(conn_id = %conn.shared.conn_id, user = %conn.shared.user, %ip, "connected");
+    let mut conn = Conn::open(conn_id, socket, state.clone(), ip, pre);
+    tracing::debug!("connected");
     conn.run(channels, auth_id).await;
     conn.leave();
     drop(slot);
@@ -148,9 +162,8 @@ struct Conn<S> {
 
 impl<S: Socket> Conn<S> {
     /// Registers an authenticated connection with the hub.
-    fn open(socket: S, state: Arc<State>, ip: IpAddr, pre: Preauth) -> Self {
+    fn open(conn_id: String, socket: S, state: Arc<State>, ip: IpAddr, pre: Preauth) -> Self {
         let key = state.next_key.fetch_add(1, Ordering::Relaxed);
-        let conn_id = format!("{:016x}", rand::random::<u64>());
         // Unbounded as a channel, bounded by the hub's frame/byte count (see `ConnShared`).
         let (tx, rx) = mpsc::unbounded_channel();
         let cancel = state.shutdown.child_token();
@@ -208,7 +221,7 @@ impl<S: Socket> Conn<S> {
             .state
             .presence
             .send(presence::Event::Closed(self.shared.conn_id.clone()));
-        tracing::debug!(conn_id = %self.shared.conn_id, "disconnected");
+        tracing::debug!("disconnected");
     }
 
     async fn run(&mut self, initial: Vec<String>, auth_id: Option<Id>) {

@@ -203,7 +203,7 @@ impl<S: Socket> Conn<S> {
             .with_label_values(&[why.label()])
             .inc();
         if why == &Disconnect::HeartbeatTimeout {
-            tracing::debug!(conn_id = %self.shared.conn_id, "no traffic for two heartbeats; dropping");
+            tracing::debug!("no traffic for two heartbeats; dropping");
         }
         if let Some(frame) = why.frame() {
             let _ = tokio::time::timeout(

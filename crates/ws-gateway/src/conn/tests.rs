@@ -18,9 +18,10 @@ use herald_proto::claims::Claims;
 use herald_proto::disconnect::Disconnect;
 
 use super::{Conn, Preauth};
+use crate::Config;
 use crate::hub::Delivery;
 use crate::metrics::Metrics;
-use crate::{Config, Queues, State};
+use crate::state::{Queues, State};
 
 /// The gateway's end: frames from the client in, frames to the client out. The out
 /// channel is bounded so that a client that stops reading blocks the gateway's writes
@@ -135,15 +136,24 @@ fn harness(args: &[&str]) -> Harness {
     ];
     all.extend_from_slice(args);
     let config = Config::try_parse_from(all).unwrap();
-    let settings = config.settings().unwrap();
+    let settings = config.validate().unwrap();
     // Nothing listens on port 1: a path that touched Redis would fail, not pass.
     let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
     let redis = redis::aio::ConnectionManager::new_lazy_with_config(
-        client,
+        client.clone(),
         redis::aio::ConnectionManagerConfig::new(),
     )
     .unwrap();
-    let (state, queues) = State::new(&config, settings, redis, Metrics::new().unwrap());
+    let metrics = Metrics::new().unwrap();
+    let rt = herald_common::runtime::Runtime::new(
+        crate::SERVICE,
+        &config.common,
+        metrics.registry.clone(),
+        Duration::from_secs(1),
+        client,
+        redis.clone(),
+    );
+    let (state, queues) = State::new(&config, settings, &rt, redis, metrics);
     Harness {
         state,
         _queues: queues,
@@ -178,7 +188,13 @@ impl Harness {
             channels: Vec::new(),
             batch,
         };
-        let mut conn = Conn::open(socket, self.state.clone(), [127, 0, 0, 1].into(), pre);
+        let mut conn = Conn::open(
+            "test-conn".to_owned(),
+            socket,
+            self.state.clone(),
+            [127, 0, 0, 1].into(),
+            pre,
+        );
         setup(&mut conn);
         let shared = conn.shared.clone();
         let key = conn.key;

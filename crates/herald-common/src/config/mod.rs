@@ -12,8 +12,14 @@ use clap::{Arg, Args, Command, Parser};
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_REDIS_PREFIX: &str = "herald:";
 pub const DEFAULT_LOG: &str = "info";
+/// The variable of every service's listen address.
+pub const ENV_LISTEN: &str = "HERALD_LISTEN";
 /// `EX_USAGE`: the exit code for a configuration the service cannot start with.
 pub const EXIT_CONFIG: i32 = 64;
+
+mod errors;
+
+pub use errors::{ConfigErrors, load};
 
 /// The settings of docs/protocol.md that every service takes.
 #[derive(Debug, Clone, Args)]
@@ -49,9 +55,8 @@ pub fn parse_bool_flag(s: &str) -> Result<bool, String> {
 }
 
 impl CommonConfig {
-    /// Problems a service cannot start with; empty when all is well.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+    /// Adds the problems of these settings to `out`.
+    pub fn check(&self, out: &mut ConfigErrors) {
         if !self.redis_url.contains("://") {
             out.push(format!(
                 "HERALD_REDIS_URL {:?} has no scheme: write it as {} (redis://[:password@]host:port[/db])",
@@ -65,9 +70,34 @@ impl CommonConfig {
             ));
         }
         if self.redis_prefix.contains(['{', '}', ' ']) {
-            out.push("HERALD_REDIS_PREFIX must not contain braces or spaces".to_owned());
+            out.push("HERALD_REDIS_PREFIX must not contain braces or spaces");
         }
-        out
+    }
+
+    /// The service's listen address from `value` (`HERALD_LISTEN`), see [`resolve_listen`].
+    pub fn listen(
+        &self,
+        value: Option<&str>,
+        default_port: u16,
+        problems: &mut ConfigErrors,
+    ) -> SocketAddr {
+        resolve_listen(ENV_LISTEN, value, default_port, self.dev, problems)
+    }
+
+    /// The checks every plain HTTP service (auth-svc, broadcaster, monitor) starts
+    /// with: these settings, the `HERALD_HTTP_*` limits and the listen address. The
+    /// service adds its own problems to the errors returned.
+    pub fn check_http(
+        &self,
+        http: &crate::serve::HttpArgs,
+        listen: Option<&str>,
+        default_port: u16,
+    ) -> (ConfigErrors, SocketAddr) {
+        let mut problems = ConfigErrors::new();
+        self.check(&mut problems);
+        http.check(&mut problems);
+        let listen = self.listen(listen, default_port, &mut problems);
+        (problems, listen)
     }
 
     /// This node's id: the configured one, or hostname + random suffix.
@@ -279,31 +309,21 @@ fn describe_bad_value(var: &str, value: &str, err: &clap::Error) -> String {
     }
 }
 
-/// Exits with one clear line per problem, before anything is bound.
-pub fn exit_if_problems(service: &str, problems: &[String]) {
-    if problems.is_empty() {
-        return;
-    }
-    for p in problems {
-        eprintln!("{service}: configuration error: {p}");
-    }
-    std::process::exit(EXIT_CONFIG);
-}
-
 /// The address a service listens on: `value` when given (`var`, e.g. `HERALD_LISTEN`),
 /// otherwise `default_port` on every interface, or on loopback only in development
 /// mode, whose fixed secrets and public keys must not be reachable from the network.
+/// A value that is not an address is a problem (and the default stands in for it,
+/// so checking can go on).
 pub fn resolve_listen(
     var: &str,
     value: Option<&str>,
     default_port: u16,
     dev: bool,
-    problems: &mut Vec<String>,
-) -> Option<SocketAddr> {
-    match value {
-        Some(v) => parse_listen(var, v, problems),
-        None => Some(default_listen(default_port, dev)),
-    }
+    problems: &mut ConfigErrors,
+) -> SocketAddr {
+    value
+        .and_then(|v| parse_listen(var, v, problems))
+        .unwrap_or_else(|| default_listen(default_port, dev))
 }
 
 /// The listen address used when none is set: see [`resolve_listen`].
@@ -317,7 +337,7 @@ pub fn default_listen(port: u16, dev: bool) -> SocketAddr {
 }
 
 /// Parses a listen address, naming the variable in the error.
-pub fn parse_listen(var: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+pub fn parse_listen(var: &str, value: &str, problems: &mut ConfigErrors) -> Option<SocketAddr> {
     match value.parse() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -341,14 +361,20 @@ mod tests {
         common: CommonConfig,
     }
 
+    fn problems(t: &T) -> Vec<String> {
+        let mut out = ConfigErrors::new();
+        t.common.check(&mut out);
+        out.into_iter().collect()
+    }
+
     #[test]
     fn defaults_and_problems() {
         let t = T::try_parse_from(["t"]).unwrap();
         assert_eq!(t.common.redis_url, DEFAULT_REDIS_URL);
-        assert!(t.common.problems().is_empty());
+        assert!(problems(&t).is_empty());
         let t = T::try_parse_from(["t", "--redis-url", "http://nope", "--dev", "1"]).unwrap();
         assert!(t.common.dev);
-        assert_eq!(t.common.problems().len(), 1);
+        assert_eq!(problems(&t).len(), 1);
         assert!(t.common.node_id("gw").starts_with("gw-"));
     }
 
@@ -357,7 +383,7 @@ mod tests {
         #[track_caller]
         fn check(url: &str, hint: &str) {
             let t = T::try_parse_from(["t", "--redis-url", url]).unwrap();
-            let problems = t.common.problems();
+            let problems = problems(&t);
             assert_eq!(problems.len(), 1, "{problems:?}");
             assert!(
                 problems[0].contains(&format!("write it as {hint} ")),
@@ -370,9 +396,9 @@ mod tests {
         // A password in a malformed URL is not repeated in the error.
         check(":hunter22@cache:6379", "redis://***@cache:6379");
         let t = T::try_parse_from(["t", "--redis-url", "ftp://:hunter22@cache"]).unwrap();
-        assert!(!t.common.problems()[0].contains("hunter22"));
+        assert!(!problems(&t)[0].contains("hunter22"));
         let t = T::try_parse_from(["t", "--redis-url", "redis://10.0.0.5:6380/2"]).unwrap();
-        assert!(t.common.problems().is_empty());
+        assert!(problems(&t).is_empty());
     }
 
     /// The arg clap derives for a field of type `$ty`, with its value parser.
@@ -472,20 +498,17 @@ mod tests {
     fn development_mode_listens_on_loopback_unless_told_otherwise() {
         #[track_caller]
         fn check(value: Option<&str>, dev: bool, expected: &str) {
-            let mut problems = Vec::new();
+            let mut problems = ConfigErrors::new();
             let got = resolve_listen("HERALD_LISTEN", value, 8081, dev, &mut problems);
             assert!(problems.is_empty(), "{problems:?}");
-            assert_eq!(got, Some(expected.parse().unwrap()));
+            assert_eq!(got, expected.parse::<SocketAddr>().unwrap());
         }
         check(None, false, "0.0.0.0:8081");
         check(None, true, "127.0.0.1:8081");
         check(Some("0.0.0.0:9000"), true, "0.0.0.0:9000");
         check(Some("10.1.2.3:8081"), false, "10.1.2.3:8081");
-        let mut problems = Vec::new();
-        assert_eq!(
-            resolve_listen("HERALD_LISTEN", Some("nope"), 8081, true, &mut problems),
-            None
-        );
+        let mut problems = ConfigErrors::new();
+        resolve_listen("HERALD_LISTEN", Some("nope"), 8081, true, &mut problems);
         assert_eq!(problems.len(), 1);
     }
 }
