@@ -356,15 +356,13 @@ impl Config {
             other => panic!("{other} is not a Herald service"),
         };
         let problems = match &config {
-            Self::Auth(c) => {
-                let mut problems = Vec::new();
-                c.settings(&mut problems);
-                problems
-            }
-            Self::Gateway(c) => c.settings().err().unwrap_or_default(),
-            Self::Broadcaster(c) => c.problems(),
-            Self::Monitor(c) => c.problems(),
-        };
+            Self::Auth(c) => c.validate().err(),
+            Self::Gateway(c) => c.validate().err(),
+            Self::Broadcaster(c) => c.validate().err(),
+            Self::Monitor(c) => c.validate().err(),
+        }
+        .map(|e| e.lines().to_vec())
+        .unwrap_or_default();
         assert!(
             problems.is_empty(),
             "{name}: invalid configuration (a test of refused settings needs run_bin): {}",
