@@ -232,7 +232,7 @@ impl<S: Socket> Conn<S> {
             Err(e) => {
                 self.state.metrics.redis_errors.inc();
                 self.state.health.failed(&e);
-                tracing::warn!(cause = %e, "publish failed");
+                tracing::warn!(conn_id = %self.shared.conn_id, cause = %e, "publish failed");
                 Some(
                     ServerMsg::channel_error(
                         ErrorCode::Unavailable,
