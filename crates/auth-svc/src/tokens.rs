@@ -51,7 +51,7 @@ mod tests {
         // The defaults, spelled out: parsing them would also read HERALD_* from the
         // environment.
         let jwt = JwtConfig {
-            jwt_alg: "HS256".to_owned(),
+            jwt_alg: herald_common::jwt::Alg::Hs256,
             jwt_secret: None,
             jwks_url: DEFAULT_JWKS_URL.to_owned(),
             jwt_issuer: DEFAULT_ISSUER.to_owned(),

@@ -7,7 +7,6 @@
 //! endpoint that is down leaves the cached keys in use.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,8 +30,8 @@ pub const JWKS_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Args)]
 pub struct JwtConfig {
     /// Signing algorithm: HS256, EdDSA or RS256 (RS256 only for ws-gateway verifying another issuer's tokens).
-    #[arg(long, env = "HERALD_JWT_ALG", default_value = "HS256")]
-    pub jwt_alg: String,
+    #[arg(long, env = "HERALD_JWT_ALG", value_enum, default_value_t = Alg::Hs256)]
+    pub jwt_alg: Alg,
     /// HS256 shared secret (required unless HERALD_DEV=1).
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -50,27 +49,16 @@ pub struct JwtConfig {
     pub jwt_leeway_s: u64,
 }
 
-/// A supported signing algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A supported signing algorithm, spelled as in a JWT header (case matters, as
+/// there). A value not listed is refused at start with the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Alg {
+    #[value(name = "HS256")]
     Hs256,
+    #[value(name = "EdDSA")]
     EdDsa,
+    #[value(name = "RS256")]
     Rs256,
-}
-
-impl FromStr for Alg {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "HS256" => Ok(Self::Hs256),
-            "EdDSA" => Ok(Self::EdDsa),
-            "RS256" => Ok(Self::Rs256),
-            other => Err(format!(
-                "HERALD_JWT_ALG {other:?} is not one of HS256, EdDSA, RS256"
-            )),
-        }
-    }
 }
 
 impl Alg {
@@ -90,13 +78,7 @@ impl JwtConfig {
         dev: bool,
         problems: &mut crate::config::ConfigErrors,
     ) -> (Alg, Option<String>) {
-        let alg = match self.jwt_alg.parse::<Alg>() {
-            Ok(a) => a,
-            Err(e) => {
-                problems.push(e);
-                Alg::Hs256
-            }
-        };
+        let alg = self.jwt_alg;
         if self.jwt_leeway_s > 300 {
             problems.push("HERALD_JWT_LEEWAY_S must be at most 300");
         }

@@ -32,7 +32,7 @@ const SLACK_S: i64 = 2;
 
 fn config() -> JwtConfig {
     JwtConfig {
-        jwt_alg: "HS256".to_owned(),
+        jwt_alg: herald_common::jwt::Alg::Hs256,
         jwt_secret: Some(SECRET.to_owned()),
         jwks_url: String::new(),
         jwt_issuer: DEFAULT_ISSUER.to_owned(),

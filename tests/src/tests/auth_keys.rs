@@ -13,7 +13,7 @@ use crate::{ADMIN_KEY, Redis, ServiceBuilder, Ws, eventually, http_json, run_bin
 
 fn jwt_config(jwks_url: &str) -> herald_common::jwt::JwtConfig {
     herald_common::jwt::JwtConfig {
-        jwt_alg: "EdDSA".to_owned(),
+        jwt_alg: herald_common::jwt::Alg::EdDsa,
         jwt_secret: None,
         jwks_url: jwks_url.to_owned(),
         jwt_issuer: "herald-auth".to_owned(),

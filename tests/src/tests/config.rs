@@ -92,6 +92,33 @@ async fn a_bad_number_and_a_missing_secret_are_reported_together() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_jwt_algorithm_is_one_line_listing_the_choices() {
+    let (_nobody, dead) = dead_redis();
+    for service in ["ws-gateway", "auth-svc"] {
+        // Spelled as in a JWT header: case matters.
+        let (code, _, err) = run_bin_clean(
+            service,
+            &[],
+            &[
+                ("HERALD_REDIS_URL", &dead),
+                ("HERALD_JWT_SECRET", crate::TEST_SECRET),
+                ("HERALD_LISTEN", "127.0.0.1:0"),
+                ("HERALD_JWT_ALG", "hs256"),
+            ],
+        )
+        .await;
+        assert_eq!(code, 64, "{service}: {err}");
+        assert_eq!(
+            lines(&err),
+            [format!(
+                r#"{service}: configuration error: HERALD_JWT_ALG "hs256" is not one of HS256, EdDSA, RS256"#
+            )],
+            "{service}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flag_overrides_a_bad_variable() {
     // The flag wins, so the variable's value does not matter.
     let (_nobody, dead) = dead_redis();
