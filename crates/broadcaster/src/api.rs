@@ -15,7 +15,7 @@ use herald_common::http::{AdminKey, ApiError, ApiJson, layers};
 use herald_proto::client::{MAX_MESSAGE_DEPTH, nests_deeper_than};
 use herald_proto::{channel, envelope, time::now_rfc3339};
 
-use crate::Ctx;
+use crate::AppState;
 use crate::jobs::{self, Job};
 
 /// Most channels one `/v1/broadcast` may name.
@@ -27,7 +27,7 @@ pub const MAX_USER_ID: usize = 255;
 
 /// The whole HTTP surface: `/v1/*` (key required), `ops` (the ops endpoints),
 /// JSON 404s.
-pub fn router(ctx: Ctx, ops: Router) -> Router {
+pub fn router(ctx: AppState, ops: Router) -> Router {
     let metrics = ctx.metrics.clone();
     let v1 = Router::new()
         .route("/v1/publish", post(publish))
@@ -135,7 +135,7 @@ struct PublishReq {
 }
 
 async fn publish(
-    State(ctx): State<Ctx>,
+    State(ctx): State<AppState>,
     ApiJson(req): ApiJson<PublishReq>,
 ) -> Result<Json<Position>, ApiError> {
     check_channel("channel", &req.channel)?;
@@ -161,7 +161,7 @@ async fn publish(
 /// Publishes through the shared script and counts it; an idempotent replay publishes
 /// nothing and is not counted.
 async fn publish_counted(
-    ctx: &Ctx,
+    ctx: &AppState,
     channel: &str,
     frame: &envelope::FrameTemplate,
     once: Option<(&str, u64)>,
@@ -191,7 +191,7 @@ struct ChannelPosition {
 }
 
 async fn broadcast(
-    State(ctx): State<Ctx>,
+    State(ctx): State<AppState>,
     ApiJson(req): ApiJson<BroadcastReq>,
 ) -> Result<Json<Value>, ApiError> {
     check_broadcast_channels(&req.channels)?;
@@ -217,7 +217,7 @@ struct SystemReq {
 }
 
 async fn system(
-    State(ctx): State<Ctx>,
+    State(ctx): State<AppState>,
     ApiJson(req): ApiJson<SystemReq>,
 ) -> Result<Json<Position>, ApiError> {
     check_depth("content", &req.content)?;
@@ -236,7 +236,7 @@ struct UserMessageReq {
 }
 
 async fn user_messages(
-    State(ctx): State<Ctx>,
+    State(ctx): State<AppState>,
     ApiJson(req): ApiJson<UserMessageReq>,
 ) -> Result<Json<Position>, ApiError> {
     check_user_id(&req.user_id)?;
@@ -265,7 +265,7 @@ struct JobReq {
 }
 
 async fn submit_job(
-    State(ctx): State<Ctx>,
+    State(ctx): State<AppState>,
     ApiJson(req): ApiJson<JobReq>,
 ) -> Result<Response, ApiError> {
     Job::parse(&req.job_type, &req.data).map_err(|e| ApiError::unprocessable(e.to_string()))?;
@@ -288,7 +288,10 @@ async fn submit_job(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-async fn get_job(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_job(
+    State(ctx): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if !jobs::store::is_job_id(&id) {
         return Err(ApiError::not_found("no such job"));
     }

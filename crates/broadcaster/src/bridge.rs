@@ -31,7 +31,7 @@ use herald_proto::envelope::{self, FrameTemplate};
 use herald_proto::legacy::{LegacySystemNotification, LegacyUserMessage};
 use herald_proto::time::{ms_to_rfc3339, now_rfc3339};
 
-use crate::Ctx;
+use crate::AppState;
 use crate::jobs::kinds::hex;
 
 /// How long a bridged payload's dedupe marker lives.
@@ -73,11 +73,11 @@ pub struct Bridged {
 }
 
 /// Starts the bridge task.
-pub fn spawn(ctx: &Ctx, rt: &Runtime) {
+pub fn spawn(ctx: &AppState, rt: &Runtime) {
     rt.spawn(run(ctx.clone(), rt.token()));
 }
 
-async fn run(ctx: Ctx, token: CancellationToken) {
+async fn run(ctx: AppState, token: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         match session(&ctx, &token, &mut backoff).await {
@@ -104,7 +104,7 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
 
 /// One subscription: returns `Ok` when cancelled, `Err` when the connection fails.
 async fn session(
-    ctx: &Ctx,
+    ctx: &AppState,
     token: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), BridgeError> {
@@ -134,7 +134,7 @@ async fn session(
 }
 
 /// Bridges one message; failures are logged and counted, never fatal.
-async fn handle(ctx: &Ctx, source: &str, payload: &[u8]) {
+async fn handle(ctx: &AppState, source: &str, payload: &[u8]) {
     ctx.received();
     let count = |result: &str| {
         ctx.metrics

@@ -49,19 +49,19 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// (axum state), so it is one `Arc`: cloning the fields themselves (metric handles,
 /// the scripts' source text, strings) cost more than the publish.
 #[derive(Debug, Clone)]
-pub struct Ctx(Arc<CtxInner>);
+pub struct AppState(Arc<Inner>);
 
-impl std::ops::Deref for Ctx {
-    type Target = CtxInner;
+impl std::ops::Deref for AppState {
+    type Target = Inner;
 
-    fn deref(&self) -> &CtxInner {
+    fn deref(&self) -> &Inner {
         &self.0
     }
 }
 
-/// The fields behind [`Ctx`].
+/// The fields behind [`AppState`].
 #[derive(Debug)]
-pub struct CtxInner {
+pub struct Inner {
     /// The shared multiplexed connection for short requests (never for blocking ones).
     pub conn: ConnectionManager,
     /// For connections that must not be shared: Pub/Sub and blocking stream reads.
@@ -81,10 +81,10 @@ pub struct CtxInner {
     received: Arc<AtomicU64>,
 }
 
-impl Ctx {
+impl AppState {
     /// The shared state of a broadcaster with these settings, on `rt`'s node.
     pub fn new(config: Config, settings: &Settings, rt: &Runtime, metrics: Metrics) -> Self {
-        Self(Arc::new(CtxInner {
+        Self(Arc::new(Inner {
             conn: rt.conn().clone(),
             client: rt.client().clone(),
             publisher: Publisher::new(rt.keys().clone(), settings.history),
@@ -144,8 +144,8 @@ impl Ctx {
     }
 }
 
-impl FromRef<Ctx> for RequiredKey {
-    fn from_ref(ctx: &Ctx) -> Self {
+impl FromRef<AppState> for RequiredKey {
+    fn from_ref(ctx: &AppState) -> Self {
         ctx.api_key.clone()
     }
 }
@@ -162,7 +162,7 @@ pub async fn run(
     let registry = metrics.registry.clone();
     let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE).await?;
     let address = config.common.advertise(listener.local_addr()?);
-    let ctx = Ctx::new(config, &settings, &rt, metrics);
+    let ctx = AppState::new(config, &settings, &rt, metrics);
     if !ctx.api_key.is_set() {
         tracing::warn!("HERALD_API_KEY is not set: the publish API refuses every request (401)");
     }

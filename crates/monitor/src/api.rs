@@ -39,8 +39,21 @@ const SCAN_BUDGET: usize = 100_000;
 /// Ids in admin paths are ours to check, as they go out to every gateway.
 const MAX_ID_BYTES: usize = 256;
 
+/// What the handlers share: one `Arc`, cloned per request.
 #[derive(Debug, Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(pub(crate) Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The fields behind [`AppState`].
+#[derive(Debug)]
+pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     pub(crate) conn: ConnectionManager,
     pub(crate) keys: Keys,
@@ -194,7 +207,7 @@ async fn read_connections(
                 .arg(cursor)
                 .arg("COUNT")
                 .arg(HSCAN_COUNT)
-                .query_async(&mut s.conn)
+                .query_async(&mut s.conn.clone())
                 .await?;
             scanned += flat.len();
             for (conn_id, json) in flat {
@@ -235,7 +248,7 @@ async fn read_connections(
         for node in &nodes {
             pipe.cmd("HLEN").arg(s.keys.node_connections(node));
         }
-        let lens: Vec<u64> = pipe.query_async(&mut s.conn).await?;
+        let lens: Vec<u64> = pipe.query_async(&mut s.conn.clone()).await?;
         lens.iter().sum()
     };
     Ok(ConnectionsPage {
@@ -331,7 +344,7 @@ async fn send_control(
     let gateways: u64 = redis::cmd("PUBLISH")
         .arg(s.keys.control())
         .arg(&json)
-        .query_async(&mut s.conn)
+        .query_async(&mut s.conn.clone())
         .await
         .inspect_err(|_| s.metrics.redis_errors_total.inc())?;
     s.metrics

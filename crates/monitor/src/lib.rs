@@ -95,7 +95,7 @@ pub async fn run(
         info.connections = u64::try_from(clients.get()).unwrap_or(0);
     });
 
-    let state = api::AppState {
+    let state = api::AppState(Arc::new(api::Inner {
         shared,
         conn,
         keys,
@@ -103,7 +103,7 @@ pub async fn run(
         metrics,
         // Ends the streams, which would otherwise hold the drain open forever.
         token: rt.draining(),
-    };
+    }));
     let routers = (api::routes(state.clone()), api::admin_routes(state));
     let finish =
         |r: axum::Router| layers(r.fallback(|| async { ApiError::not_found("no such endpoint") }));

@@ -37,7 +37,7 @@ fn app(api_key: Option<&str>) -> Router {
         client,
         conn,
     );
-    let ctx = Ctx::new(config, &settings, &rt, metrics);
+    let ctx = AppState::new(config, &settings, &rt, metrics);
     router(ctx, rt.ops_routes())
 }
 

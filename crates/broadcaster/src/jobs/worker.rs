@@ -31,7 +31,7 @@ use herald_proto::{channel, envelope, time::now_rfc3339};
 
 use super::kinds::{Job, JobError};
 use super::store::{self as jobs, Entry, JOB_TTL_MS, Start};
-use crate::Ctx;
+use crate::AppState;
 
 /// How long one `XREADGROUP` blocks; also bounds how late a cancel or a due
 /// reclaim scan is noticed.
@@ -44,7 +44,7 @@ pub const MAX_ATTEMPTS: u64 = 5;
 type InFlight = Arc<Mutex<HashSet<String>>>;
 
 /// Starts the fetch loop, unless `HERALD_JOB_WORKERS` is 0.
-pub fn spawn(ctx: &Ctx, rt: &Runtime) {
+pub fn spawn(ctx: &AppState, rt: &Runtime) {
     let workers = ctx.config.job_workers;
     if workers == 0 {
         tracing::info!("job workers disabled (HERALD_JOB_WORKERS=0)");
@@ -60,7 +60,7 @@ pub fn spawn(ctx: &Ctx, rt: &Runtime) {
 
 /// A connection of its own for the blocking reads, which would otherwise hold up
 /// every other request multiplexed on the shared connection.
-fn reader(ctx: &Ctx) -> redis::RedisResult<ConnectionManager> {
+fn reader(ctx: &AppState) -> redis::RedisResult<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(store::CONNECT_TIMEOUT))
         .set_response_timeout(Some(
@@ -71,7 +71,7 @@ fn reader(ctx: &Ctx) -> redis::RedisResult<ConnectionManager> {
     ConnectionManager::new_lazy_with_config(ctx.client.clone(), config)
 }
 
-async fn fetch_loop(ctx: Ctx, tracker: TaskTracker, token: CancellationToken, workers: usize) {
+async fn fetch_loop(ctx: AppState, tracker: TaskTracker, token: CancellationToken, workers: usize) {
     let mut conn = match reader(&ctx) {
         Ok(c) => c,
         Err(e) => {
@@ -161,7 +161,7 @@ fn is_in_flight(in_flight: &InFlight, id: Option<&str>) -> bool {
 }
 
 fn start_job(
-    ctx: &Ctx,
+    ctx: &AppState,
     tracker: &TaskTracker,
     token: &CancellationToken,
     in_flight: &InFlight,
@@ -216,7 +216,7 @@ impl Drop for RunGuard {
 }
 
 /// Resets the entry's idle time three times per claim period while the job runs.
-async fn keep_alive(ctx: &Ctx, entry: &str) {
+async fn keep_alive(ctx: &AppState, entry: &str) {
     let every = Duration::from_millis((ctx.config.job_claim_idle_ms / 3).max(50));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -234,7 +234,7 @@ async fn keep_alive(ctx: &Ctx, entry: &str) {
 
 /// Runs one job to its single published result. Any Redis failure leaves the entry
 /// pending, to be reclaimed and retried.
-async fn run_job(ctx: &Ctx, entry: &str, job_id: &str, token: &CancellationToken) {
+async fn run_job(ctx: &AppState, entry: &str, job_id: &str, token: &CancellationToken) {
     let mut conn = ctx.conn.clone();
     let (attempts, job_type, target, data) =
         match jobs::start(&mut conn, &ctx.keys, job_id, &ctx.node_id).await {
