@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, ConfigErrors, parse_listen};
+use herald_common::config::{CommonConfig, ConfigErrors};
 
 pub const ENV_LISTEN: &str = "HERALD_LISTEN";
 /// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
@@ -31,14 +31,14 @@ pub struct Config {
     /// Address the HTTP API listens on [default: 0.0.0.0:8083; 127.0.0.1:8083 with
     /// HERALD_DEV=1].
     #[arg(long, env = ENV_LISTEN)]
-    pub listen: Option<String>,
+    pub listen: Option<SocketAddr>,
     /// Bearer key for the admin actions (disconnects); without it they refuse everything.
     #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
     /// Serve the admin actions only on this address (e.g. a private interface);
     /// unset, they share the main listener.
     #[arg(long, env = "HERALD_ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
+    pub admin_listen: Option<SocketAddr>,
     /// How often every node's `/healthz` is probed, in ms.
     #[arg(long, env = "HERALD_PROBE_INTERVAL_MS", default_value_t = DEFAULT_PROBE_INTERVAL_MS)]
     pub probe_interval_ms: u64,
@@ -59,13 +59,10 @@ pub struct Settings {
 impl Config {
     /// Checks every setting, reporting all problems at once.
     pub fn validate(&self) -> Result<Settings, ConfigErrors> {
-        let (mut out, listen) =
-            self.common
-                .check_http(&self.http, self.listen.as_deref(), DEFAULT_PORT);
-        let admin_listen = self
-            .admin_listen
-            .as_deref()
-            .and_then(|a| parse_listen("HERALD_ADMIN_LISTEN", a, &mut out));
+        let (mut out, listen) = self
+            .common
+            .check_http(&self.http, self.listen, DEFAULT_PORT);
+        let admin_listen = self.admin_listen;
         if !PROBE_INTERVAL_RANGE_MS.contains(&self.probe_interval_ms) {
             out.push(format!(
                 "HERALD_PROBE_INTERVAL_MS must be between {} and {}, got {}",
@@ -106,8 +103,6 @@ mod tests {
     fn every_problem_at_once() {
         let c = Config::try_parse_from([
             "monitor",
-            "--listen",
-            "nowhere",
             "--probe-interval-ms",
             "5",
             "--redis-url",
@@ -117,7 +112,7 @@ mod tests {
         ])
         .unwrap();
         let problems = c.validate().unwrap_err();
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
         let c = Config::try_parse_from(["monitor", "--admin-key", ""]).unwrap();
         assert_eq!(c.validate().unwrap().admin_key, None);
     }

@@ -75,13 +75,8 @@ impl CommonConfig {
     }
 
     /// The service's listen address from `value` (`HERALD_LISTEN`), see [`resolve_listen`].
-    pub fn listen(
-        &self,
-        value: Option<&str>,
-        default_port: u16,
-        problems: &mut ConfigErrors,
-    ) -> SocketAddr {
-        resolve_listen(ENV_LISTEN, value, default_port, self.dev, problems)
+    pub fn listen(&self, value: Option<SocketAddr>, default_port: u16) -> SocketAddr {
+        resolve_listen(value, default_port, self.dev)
     }
 
     /// The checks every plain HTTP service (auth-svc, broadcaster, monitor) starts
@@ -90,13 +85,13 @@ impl CommonConfig {
     pub fn check_http(
         &self,
         http: &crate::serve::HttpArgs,
-        listen: Option<&str>,
+        listen: Option<SocketAddr>,
         default_port: u16,
     ) -> (ConfigErrors, SocketAddr) {
         let mut problems = ConfigErrors::new();
         self.check(&mut problems);
         http.check(&mut problems);
-        let listen = self.listen(listen, default_port, &mut problems);
+        let listen = self.listen(listen, default_port);
         (problems, listen)
     }
 
@@ -163,9 +158,11 @@ pub fn parse_or_exit<T: Parser>() -> (T, Vec<String>) {
     let mut matches = match cmd.try_get_matches_from_mut(std::env::args_os()) {
         Ok(m) => m,
         Err(e) => {
+            // No matches to ask which variables a flag overrode: read the arguments.
+            let args: Vec<OsString> = std::env::args_os().collect();
             let top_level: Vec<String> = bad
                 .iter()
-                .filter(|b| b.path.is_empty())
+                .filter(|b| b.path.is_empty() && !given_as_flag(&built, &b.id, &args))
                 .map(|b| b.line.clone())
                 .collect();
             exit_on_clap_error(e, &mut cmd, &top_level)
@@ -180,6 +177,24 @@ pub fn parse_or_exit<T: Parser>() -> (T, Vec<String>) {
         Ok(t) => (t, problems),
         Err(e) => exit_on_clap_error(e, &mut cmd, &problems),
     }
+}
+
+/// Whether setting `id` of `cmd` appears on the command line as `--long` or
+/// `--long=value`.
+fn given_as_flag(cmd: &Command, id: &str, args: &[OsString]) -> bool {
+    let Some(long) = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == id)
+        .and_then(Arg::get_long)
+    else {
+        return false;
+    };
+    let flag = format!("--{long}");
+    args.iter().filter_map(|a| a.to_str()).any(|a| {
+        a == flag
+            || a.strip_prefix(flag.as_str())
+                .is_some_and(|rest| rest.starts_with('='))
+    })
 }
 
 /// Prints clap's message (after the variables already known to be bad) and exits:
@@ -298,6 +313,9 @@ fn describe_bad_value(var: &str, value: &str, err: &clap::Error) -> String {
         };
         return format!("{var} {value:?} {what}");
     }
+    if source.is_some_and(|s| s.is::<std::net::AddrParseError>()) {
+        return format!("{var} {value:?} is not an address like 0.0.0.0:8080");
+    }
     match source.map(ToString::to_string) {
         // clap's ranged integer parsers say `<n> is not in <range>`.
         Some(text) if text.contains(" is not in ") => {
@@ -309,21 +327,12 @@ fn describe_bad_value(var: &str, value: &str, err: &clap::Error) -> String {
     }
 }
 
-/// The address a service listens on: `value` when given (`var`, e.g. `HERALD_LISTEN`),
-/// otherwise `default_port` on every interface, or on loopback only in development
-/// mode, whose fixed secrets and public keys must not be reachable from the network.
-/// A value that is not an address is a problem (and the default stands in for it,
-/// so checking can go on).
-pub fn resolve_listen(
-    var: &str,
-    value: Option<&str>,
-    default_port: u16,
-    dev: bool,
-    problems: &mut ConfigErrors,
-) -> SocketAddr {
-    value
-        .and_then(|v| parse_listen(var, v, problems))
-        .unwrap_or_else(|| default_listen(default_port, dev))
+/// The address a service listens on: `value` when given (a typed setting, so a value
+/// that is not an address was refused when parsing), otherwise `default_port` on every
+/// interface, or on loopback only in development mode, whose fixed secrets and public
+/// keys must not be reachable from the network.
+pub fn resolve_listen(value: Option<SocketAddr>, default_port: u16, dev: bool) -> SocketAddr {
+    value.unwrap_or_else(|| default_listen(default_port, dev))
 }
 
 /// The listen address used when none is set: see [`resolve_listen`].
@@ -334,19 +343,6 @@ pub fn default_listen(port: u16, dev: bool) -> SocketAddr {
         Ipv4Addr::UNSPECIFIED
     };
     SocketAddr::new(IpAddr::V4(ip), port)
-}
-
-/// Parses a listen address, naming the variable in the error.
-pub fn parse_listen(var: &str, value: &str, problems: &mut ConfigErrors) -> Option<SocketAddr> {
-    match value.parse() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            problems.push(format!(
-                "{var} {value:?} is not an address like 0.0.0.0:8080"
-            ));
-            None
-        }
-    }
 }
 
 #[cfg(test)]
@@ -498,17 +494,28 @@ mod tests {
     fn development_mode_listens_on_loopback_unless_told_otherwise() {
         #[track_caller]
         fn check(value: Option<&str>, dev: bool, expected: &str) {
-            let mut problems = ConfigErrors::new();
-            let got = resolve_listen("HERALD_LISTEN", value, 8081, dev, &mut problems);
-            assert!(problems.is_empty(), "{problems:?}");
+            let value = value.map(|v| v.parse().unwrap());
+            let got = resolve_listen(value, 8081, dev);
             assert_eq!(got, expected.parse::<SocketAddr>().unwrap());
         }
         check(None, false, "0.0.0.0:8081");
         check(None, true, "127.0.0.1:8081");
         check(Some("0.0.0.0:9000"), true, "0.0.0.0:9000");
         check(Some("10.1.2.3:8081"), false, "10.1.2.3:8081");
-        let mut problems = ConfigErrors::new();
-        resolve_listen("HERALD_LISTEN", Some("nope"), 8081, true, &mut problems);
-        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn a_listen_address_that_does_not_parse_says_what_one_looks_like() {
+        let arg = Arg::new("listen")
+            .long("listen")
+            .value_parser(clap::value_parser!(SocketAddr));
+        assert_eq!(
+            env_value_problem(&arg, "HERALD_LISTEN", OsStr::new("nowhere")).as_deref(),
+            Some(r#"HERALD_LISTEN "nowhere" is not an address like 0.0.0.0:8080"#)
+        );
+        assert_eq!(
+            env_value_problem(&arg, "HERALD_LISTEN", OsStr::new("[::1]:80")),
+            None
+        );
     }
 }
