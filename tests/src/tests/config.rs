@@ -20,6 +20,21 @@ fn lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| !l.trim().is_empty()).collect()
 }
 
+/// What `service` prints when refused with `env` (plus a Redis nothing listens on:
+/// configuration errors must come before Redis, and a listen address), after checking
+/// that it exits 64.
+async fn refused(service: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let (_nobody, dead) = dead_redis();
+    let mut all = vec![
+        ("HERALD_REDIS_URL", dead.as_str()),
+        ("HERALD_LISTEN", "127.0.0.1:0"),
+    ];
+    all.extend_from_slice(env);
+    let (code, _, err) = run_bin_clean(service, &[], &all).await;
+    assert_eq!(code, 64, "{service}: {err}");
+    lines(&err).into_iter().map(str::to_owned).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bad_variables_are_both_reported_by_name() {
     // One numeric setting of each service, plus one every service shares.
@@ -29,23 +44,16 @@ async fn two_bad_variables_are_both_reported_by_name() {
         ("broadcaster", "HERALD_JOB_WORKERS"),
         ("monitor", "HERALD_PROBE_INTERVAL_MS"),
     ];
-    // Nothing listens there: configuration errors must come before Redis.
-    let (_nobody, dead) = dead_redis();
     for (service, var) in numeric {
-        let (code, _, err) = run_bin_clean(
+        let mut got = refused(
             service,
-            &[],
             &[
-                ("HERALD_REDIS_URL", &dead),
                 ("HERALD_JWT_SECRET", crate::TEST_SECRET),
-                ("HERALD_LISTEN", "127.0.0.1:0"),
                 (var, "abc"),
                 ("HERALD_DEV", "maybe"),
             ],
         )
         .await;
-        assert_eq!(code, 64, "{service}: {err}");
-        let mut got = lines(&err);
         got.sort_unstable();
         let mut expected = [
             format!(r#"{service}: configuration error: {var} "abc" is not a number"#),
@@ -60,22 +68,9 @@ async fn two_bad_variables_are_both_reported_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_number_and_a_missing_secret_are_reported_together() {
-    // Nothing listens there: configuration errors must come before Redis.
-    let (_nobody, dead) = dead_redis();
     for service in ["ws-gateway", "auth-svc"] {
-        let (code, _, err) = run_bin_clean(
-            service,
-            &[],
-            &[
-                ("HERALD_REDIS_URL", &dead),
-                ("HERALD_LISTEN", "127.0.0.1:0"),
-                ("HERALD_JWT_LEEWAY_S", "-3"),
-            ],
-        )
-        .await;
-        assert_eq!(code, 64, "{service}: {err}");
-        let got = lines(&err);
-        assert_eq!(got.len(), 2, "{service}: {err}");
+        let got = refused(service, &[("HERALD_JWT_LEEWAY_S", "-3")]).await;
+        assert_eq!(got.len(), 2, "{service}: {got:?}");
         assert_eq!(
             got[0],
             format!(
@@ -86,30 +81,25 @@ async fn a_bad_number_and_a_missing_secret_are_reported_together() {
             got[1].starts_with(&format!(
                 "{service}: configuration error: HERALD_JWT_SECRET is not set"
             )),
-            "{err}"
+            "{got:?}"
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_jwt_algorithm_is_one_line_listing_the_choices() {
-    let (_nobody, dead) = dead_redis();
     for service in ["ws-gateway", "auth-svc"] {
         // Spelled as in a JWT header: case matters.
-        let (code, _, err) = run_bin_clean(
+        let got = refused(
             service,
-            &[],
             &[
-                ("HERALD_REDIS_URL", &dead),
                 ("HERALD_JWT_SECRET", crate::TEST_SECRET),
-                ("HERALD_LISTEN", "127.0.0.1:0"),
                 ("HERALD_JWT_ALG", "hs256"),
             ],
         )
         .await;
-        assert_eq!(code, 64, "{service}: {err}");
         assert_eq!(
-            lines(&err),
+            got,
             [format!(
                 r#"{service}: configuration error: HERALD_JWT_ALG "hs256" is not one of HS256, EdDSA, RS256"#
             )],
