@@ -13,7 +13,8 @@ use crate::run_bin;
 
 const DOC: &str = "docs/protocol.md";
 /// The binaries whose settings the configuration table covers.
-const BINARIES: [&str; 5] = [
+const BINARIES: [&str; 6] = [
+    "herald",
     "auth-svc",
     "ws-gateway",
     "broadcaster",

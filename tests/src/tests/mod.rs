@@ -22,6 +22,7 @@ mod gateway;
 mod gateway_auth;
 mod handshake;
 mod harness;
+mod herald;
 mod http_limits;
 mod js;
 mod limits;

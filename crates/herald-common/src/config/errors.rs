@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use super::{EXIT_CONFIG, parse_or_exit};
+use super::EXIT_CONFIG;
 
 /// Every problem a configuration has, one line each naming the setting: what
 /// each service's `Config::validate` returns instead of its settings. Checks push
@@ -88,7 +88,16 @@ pub fn load<C: Parser, S>(
     service: &str,
     validate: impl FnOnce(&C) -> Result<S, ConfigErrors>,
 ) -> (C, S) {
-    let (config, unparsed) = parse_or_exit::<C>();
+    load_from(service, std::env::args_os().collect(), validate)
+}
+
+/// [`load`] with these command-line arguments instead of the process's.
+pub fn load_from<C: Parser, S>(
+    service: &str,
+    args: Vec<std::ffi::OsString>,
+    validate: impl FnOnce(&C) -> Result<S, ConfigErrors>,
+) -> (C, S) {
+    let (config, unparsed) = super::parse_args_or_exit::<C>(args);
     let mut errors = ConfigErrors::from(unparsed);
     match validate(&config) {
         Ok(settings) if errors.is_empty() => return (config, settings),

@@ -19,7 +19,7 @@ pub const EXIT_CONFIG: i32 = 64;
 
 mod errors;
 
-pub use errors::{ConfigErrors, load};
+pub use errors::{ConfigErrors, load, load_from};
 
 /// The settings of docs/protocol.md that every service takes.
 #[derive(Debug, Clone, Args)]
@@ -145,6 +145,13 @@ fn redis_url_hint(url: &str) -> String {
 /// [`exit_if_problems`]. A flag given on the command line overrides its variable,
 /// so a bad variable under a good flag is no problem.
 pub fn parse_or_exit<T: Parser>() -> (T, Vec<String>) {
+    parse_args_or_exit(std::env::args_os().collect())
+}
+
+/// [`parse_or_exit`] with these command-line arguments (the first is the program's
+/// name) instead of the process's: the all-in-one binary reads each service's settings
+/// from the environment alone.
+pub fn parse_args_or_exit<T: Parser>(args: Vec<OsString>) -> (T, Vec<String>) {
     let mut built = T::command();
     built.build();
     let mut bad = Vec::new();
@@ -155,11 +162,10 @@ pub fn parse_or_exit<T: Parser>() -> (T, Vec<String>) {
     for b in &bad {
         cmd = without_env(cmd, &b.path, &b.id);
     }
-    let mut matches = match cmd.try_get_matches_from_mut(std::env::args_os()) {
+    let mut matches = match cmd.try_get_matches_from_mut(&args) {
         Ok(m) => m,
         Err(e) => {
             // No matches to ask which variables a flag overrode: read the arguments.
-            let args: Vec<OsString> = std::env::args_os().collect();
             let top_level: Vec<String> = bad
                 .iter()
                 .filter(|b| b.path.is_empty() && !given_as_flag(&built, &b.id, &args))

@@ -1,0 +1,308 @@
+//! `herald`: the gateway, auth-svc, broadcaster and monitor in one process, each on its
+//! own port, through the same `run` the separate binaries call. Every `HERALD_*`
+//! setting means what it means for those binaries; only the listen addresses are per
+//! service. Prints where each service listens, then serves until SIGINT/SIGTERM.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use herald_common::config::{ConfigErrors, load_from, parse_or_exit};
+use herald_common::runtime::bind;
+use herald_common::{shutdown::shutdown_signal, telemetry};
+
+const NAME: &str = "herald";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = NAME,
+    version = herald_common::VERSION,
+    about = "Herald in one process: ws-gateway, auth-svc, broadcaster and monitor",
+    args_conflicts_with_subcommands = true,
+    after_help = "Every other HERALD_* setting means what it means for the separate \
+                  binaries (ws-gateway --help, auth-svc --help, broadcaster --help, \
+                  monitor --help list them); HERALD_LISTEN is theirs alone."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve (what `herald` alone does).
+    Serve(Serve),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Serve {
+    /// Run only these services, comma-separated [default: all four].
+    #[arg(long, env = "HERALD_ONLY", value_enum, value_delimiter = ',')]
+    only: Vec<Service>,
+    /// Where the gateway listens [default: its own, 0.0.0.0:8765].
+    #[arg(long, env = "HERALD_GATEWAY_LISTEN")]
+    gateway_listen: Option<SocketAddr>,
+    /// Where auth-svc listens [default: its own, 0.0.0.0:8081].
+    #[arg(long, env = "HERALD_AUTH_LISTEN")]
+    auth_listen: Option<SocketAddr>,
+    /// Where the broadcaster listens [default: its own, 0.0.0.0:8082].
+    #[arg(long, env = "HERALD_BROADCASTER_LISTEN")]
+    broadcaster_listen: Option<SocketAddr>,
+    /// Where the monitor listens [default: its own, 0.0.0.0:8083].
+    #[arg(long, env = "HERALD_MONITOR_LISTEN")]
+    monitor_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Service {
+    #[value(name = "ws-gateway")]
+    Gateway,
+    #[value(name = "auth-svc")]
+    Auth,
+    Broadcaster,
+    Monitor,
+}
+
+impl Service {
+    const ALL: [Self; 4] = [Self::Gateway, Self::Auth, Self::Broadcaster, Self::Monitor];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => ws_gateway::SERVICE,
+            Self::Auth => auth_svc::SERVICE,
+            Self::Broadcaster => broadcaster::SERVICE,
+            Self::Monitor => monitor::SERVICE,
+        }
+    }
+
+    /// Where a client reaches it, for the start-up lines.
+    fn url(self, addr: SocketAddr) -> String {
+        match self {
+            Self::Gateway => format!("ws://{addr}/ws"),
+            _ => format!("http://{addr}"),
+        }
+    }
+}
+
+/// One service, configured and bound, ready to run.
+enum Ready {
+    Gateway(ws_gateway::Config),
+    Auth(auth_svc::Config),
+    Broadcaster(broadcaster::Config),
+    Monitor(monitor::Config),
+}
+
+impl Ready {
+    async fn run(self, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+        let stop = stop.cancelled_owned();
+        match self {
+            Self::Gateway(c) => ws_gateway::run(listener, c, stop).await,
+            Self::Auth(c) => auth_svc::run(listener, c, stop).await,
+            Self::Broadcaster(c) => broadcaster::run(listener, c, stop).await,
+            Self::Monitor(c) => monitor::run(listener, c, stop).await,
+        }
+    }
+
+    fn secrets(&self) -> Vec<Option<&str>> {
+        match self {
+            Self::Gateway(c) => vec![c.jwt.jwt_secret.as_deref()],
+            Self::Auth(c) => vec![c.jwt.jwt_secret.as_deref(), c.admin_key.as_deref()],
+            Self::Broadcaster(c) => vec![c.api_key.as_deref()],
+            Self::Monitor(c) => vec![c.admin_key.as_deref()],
+        }
+    }
+
+    fn log(&self) -> &str {
+        match self {
+            Self::Gateway(c) => &c.common.log,
+            Self::Auth(c) => &c.common.log,
+            Self::Broadcaster(c) => &c.common.log,
+            Self::Monitor(c) => &c.common.log,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (cli, unparsed): (Cli, _) = parse_or_exit();
+    let serve = match cli.command {
+        Some(Command::Serve(s)) => s,
+        None => cli.serve,
+    };
+    let services = if serve.only.is_empty() {
+        Service::ALL.to_vec()
+    } else {
+        Service::ALL
+            .into_iter()
+            .filter(|s| serve.only.contains(s))
+            .collect()
+    };
+    let mut errors = ConfigErrors::from(unparsed);
+    check_shared_settings(&services, &mut errors);
+    if !errors.is_empty() {
+        errors.exit(NAME);
+    }
+
+    // Each service reads the environment as its own binary would; the listen address
+    // (and a node id, made one per service) come as flags, which win over variables.
+    let mut ready = Vec::new();
+    for service in services {
+        let listen = match service {
+            Service::Gateway => serve.gateway_listen,
+            Service::Auth => serve.auth_listen,
+            Service::Broadcaster => serve.broadcaster_listen,
+            Service::Monitor => serve.monitor_listen,
+        };
+        let args = service_args(service, listen);
+        let name = service.name();
+        let (config, addr) = match service {
+            Service::Gateway => {
+                let (c, s) = load_from(name, args, ws_gateway::Config::validate);
+                (Ready::Gateway(c), s.listen)
+            }
+            Service::Auth => {
+                let (cli, mode) = load_from(name, args, auth_svc::Cli::validate);
+                let auth_svc::config::Mode::Serve(s) = mode else {
+                    unreachable!("no subcommand is passed to auth-svc");
+                };
+                (Ready::Auth(cli.config), s.listen)
+            }
+            Service::Broadcaster => {
+                let (c, s) = load_from(name, args, broadcaster::Config::validate);
+                (Ready::Broadcaster(c), s.listen)
+            }
+            Service::Monitor => {
+                let (c, s) = load_from(name, args, monitor::Config::validate);
+                (Ready::Monitor(c), s.listen)
+            }
+        };
+        ready.push((service, config, addr));
+    }
+    let Some((_, first, _)) = ready.first() else {
+        return ExitCode::SUCCESS;
+    };
+    telemetry::init(first.log());
+    telemetry::redact(
+        &ready
+            .iter()
+            .flat_map(|(_, c, _)| c.secrets())
+            .collect::<Vec<_>>(),
+    );
+    // Every client is a file descriptor: as in ws-gateway's own binary.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(cause = %e, "cannot raise the open-file limit");
+    }
+
+    // Everything is bound before anything runs, so a taken port stops all at once.
+    let mut bound = Vec::new();
+    for (service, config, addr) in ready {
+        match bind(addr) {
+            Ok(listener) => bound.push((service, config, listener)),
+            Err(e) => {
+                eprintln!("{NAME}: {}: {e:#}", service.name());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let stop = CancellationToken::new();
+    let mut running = JoinSet::new();
+    for (service, config, listener) in bound {
+        if let Ok(addr) = listener.local_addr() {
+            println!("{NAME}: {:<12} {}", service.name(), service.url(addr));
+        }
+        let stop = stop.clone();
+        running.spawn(async move { (service, config.run(listener, stop).await) });
+    }
+    supervise(running, stop).await
+}
+
+/// Settings that name one service's resource and so cannot be shared by several in one
+/// process.
+fn check_shared_settings(services: &[Service], errors: &mut ConfigErrors) {
+    let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if set("HERALD_LISTEN") {
+        errors.push(
+            "HERALD_LISTEN is one service's address: herald takes HERALD_GATEWAY_LISTEN, \
+             HERALD_AUTH_LISTEN, HERALD_BROADCASTER_LISTEN and HERALD_MONITOR_LISTEN",
+        );
+    }
+    if set("HERALD_ADVERTISE_ADDR") && services.len() > 1 {
+        errors.push(
+            "HERALD_ADVERTISE_ADDR is one service's address: with several services in one \
+             process each advertises its own listen address (unset it, or use --only)",
+        );
+    }
+    if set("HERALD_ADMIN_LISTEN")
+        && services.contains(&Service::Auth)
+        && services.contains(&Service::Monitor)
+    {
+        errors.push(
+            "HERALD_ADMIN_LISTEN would be bound by both auth-svc and monitor: run one of \
+             them here (--only) or unset it",
+        );
+    }
+}
+
+/// The command line a service is configured with: its name, then the flags this
+/// process sets for it.
+fn service_args(service: Service, listen: Option<SocketAddr>) -> Vec<OsString> {
+    let mut args = vec![OsString::from(service.name())];
+    if let Some(addr) = listen {
+        args.push(format!("--listen={addr}").into());
+    }
+    // Nodes are listed by id: four services under one configured id would overwrite
+    // one another's heartbeat.
+    if let Some(id) = std::env::var_os("HERALD_NODE_ID").and_then(|v| v.into_string().ok()) {
+        args.push(format!("--node-id={id}-{}", service.name()).into());
+    }
+    args
+}
+
+/// Waits for a signal (then stops every service) or for a service to end (then stops
+/// the others); exits 1 if any service failed or ended on its own.
+async fn supervise(
+    mut running: JoinSet<(Service, anyhow::Result<()>)>,
+    stop: CancellationToken,
+) -> ExitCode {
+    let mut failed = false;
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let joined = tokio::select! {
+            () = &mut signal, if !stop.is_cancelled() => {
+                stop.cancel();
+                continue;
+            }
+            joined = running.join_next() => joined,
+        };
+        let Some(joined) = joined else { break };
+        match joined {
+            Ok((_, Ok(()))) if stop.is_cancelled() => {}
+            Ok((service, Ok(()))) => {
+                eprintln!("{NAME}: {} stopped; stopping the others", service.name());
+                failed = true;
+            }
+            Ok((service, Err(e))) => {
+                eprintln!("{NAME}: {}: {e:#}", service.name());
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("{NAME}: a service task failed: {e}");
+                failed = true;
+            }
+        }
+        stop.cancel();
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,150 @@
+//! The all-in-one `herald` binary: the four services in one process, each on the port
+//! it prints, working together over one Redis.
+
+use std::process::Stdio;
+
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::{Redis, Ws, bin_path, eventually, http_json, signal, token, within};
+
+const API_KEY: &str = "herald-all-in-one-api-key";
+
+/// The address each service printed: `herald: <service> <url>`, one line each.
+async fn printed_urls(stdout: tokio::process::ChildStdout) -> Vec<(String, String)> {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut urls = Vec::new();
+    while urls.len() < 4 {
+        let line = within("herald prints where it listens", lines.next_line())
+            .await
+            .expect("stdout readable")
+            .expect("herald exited before listing its services");
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("herald:"), "{line}");
+        let (Some(service), Some(url)) = (words.next(), words.next()) else {
+            panic!("not a service line: {line}");
+        };
+        urls.push((service.to_owned(), url.to_owned()));
+    }
+    urls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_serves_publish_recovery_and_the_monitor() {
+    let redis = Redis::start().await;
+    let mut child = Command::new(bin_path("herald"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HERALD_REDIS_URL", redis.url())
+        .env("HERALD_JWT_SECRET", crate::TEST_SECRET)
+        .env("HERALD_API_KEY", API_KEY)
+        .env("HERALD_LOG", "warn")
+        .env("HERALD_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("HERALD_AUTH_LISTEN", "127.0.0.1:0")
+        .env("HERALD_BROADCASTER_LISTEN", "127.0.0.1:0")
+        .env("HERALD_MONITOR_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("herald starts");
+    let urls = printed_urls(child.stdout.take().expect("piped")).await;
+    let url = |service: &str| {
+        urls.iter()
+            .find(|(s, _)| s == service)
+            .unwrap_or_else(|| panic!("{service} not listed: {urls:?}"))
+            .1
+            .clone()
+    };
+
+    // Published through the broadcaster, delivered by the gateway.
+    let t = token("u1", &["news"], &[]);
+    let mut ws = Ws::connect(&url("ws-gateway")).await;
+    ws.send(json!({"type":"auth","token":t,"channels":["news"]}))
+        .await;
+    assert_eq!(
+        ws.recv_type("auth_success").await["channels"],
+        json!(["news"])
+    );
+    let mut epoch = String::new();
+    let publish = format!("{}/v1/publish", url("broadcaster"));
+    for n in 1..=2 {
+        let (status, _) = http_json(
+            Method::POST,
+            &publish,
+            Some(API_KEY),
+            Some(json!({"channel":"news","message":{"n":n}})),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let m = ws.recv_type("message").await;
+        assert_eq!(
+            (m["offset"].as_u64(), m["message"]["n"].as_u64()),
+            (Some(n), Some(n))
+        );
+        epoch = m["epoch"].as_str().expect("epoch").to_owned();
+    }
+
+    // A client that saw offset 1 recovers offset 2.
+    let mut late = Ws::connect(&url("ws-gateway")).await;
+    late.send(json!({"type":"auth","token":t})).await;
+    late.recv_type("auth_success").await;
+    late.send(json!({"type":"subscribe","channel":"news","since":{"offset":1,"epoch":epoch}}))
+        .await;
+    assert_eq!(late.recv_type("message").await["message"]["n"], 2);
+    let s = late.recv_type("subscribed").await;
+    assert_eq!(s["recovered"], true);
+
+    // auth-svc answers, and the monitor lists all four services as nodes.
+    let (status, _) = http_json(
+        Method::GET,
+        &format!("{}/healthz", url("auth-svc")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let overview = format!("{}/api/v1/overview", url("monitor"));
+    eventually("the monitor lists the four services", || async {
+        let (status, v) = http_json(Method::GET, &overview, None, None).await;
+        let mut services: Vec<&str> = v["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter_map(|n| n["service"].as_str()).collect())
+            .unwrap_or_default();
+        services.sort_unstable();
+        (status == 200 && services == ["auth-svc", "broadcaster", "monitor", "ws-gateway"])
+            .then_some(())
+    })
+    .await;
+
+    // One signal stops them all, cleanly.
+    let pid = i32::try_from(child.id().expect("running")).expect("pid");
+    signal(pid, 15); // SIGTERM
+    let status = within("herald stops on SIGTERM", child.wait())
+        .await
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_one_service_owns_are_refused_with_the_per_service_ones_named() {
+    let (code, _, err) =
+        crate::run_bin_clean("herald", &[], &[("HERALD_LISTEN", "127.0.0.1:0")]).await;
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(
+        err.trim(),
+        "herald: configuration error: HERALD_LISTEN is one service's address: herald takes \
+         HERALD_GATEWAY_LISTEN, HERALD_AUTH_LISTEN, HERALD_BROADCASTER_LISTEN and \
+         HERALD_MONITOR_LISTEN"
+    );
+    // Only auth-svc and monitor would both bind an admin listener.
+    let (code, _, err) =
+        crate::run_bin_clean("herald", &[], &[("HERALD_ADMIN_LISTEN", "127.0.0.1:0")]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("HERALD_ADMIN_LISTEN would be bound by both"),
+        "{err}"
+    );
+}
