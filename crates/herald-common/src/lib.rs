@@ -1,5 +1,5 @@
 //! Runtime pieces every Herald service shares. Unlike `herald-proto`, this crate
-//! does I/O: it talks to Redis, serves HTTP and reads the environment.
+//! does I/O: it talks to its engine (Redis or memory), serves HTTP and reads the environment.
 //!
 //! # Layout
 //! - [`runtime`]: the service skeleton: node id, heartbeat, readiness, ops routes,
@@ -8,6 +8,7 @@
 //! - [`config`]: the `HERALD_*` settings every service has, and fail-fast startup errors.
 //! - [`telemetry`]: tracing setup, once per process.
 //! - [`shutdown`]: the one SIGINT/SIGTERM future.
+//! - [`engine`]: where shared state lives: Redis, or one process's memory.
 //! - [`keys`]: every Redis key and Pub/Sub channel name, in one place.
 //! - [`store`]: Redis connections with a fail-fast startup check.
 //! - [`publish`]: the atomic publish script (offset + history + fan-out) and history reads.
@@ -19,6 +20,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod engine;
 pub mod http;
 pub mod jwt;
 pub mod keys;

@@ -1,6 +1,6 @@
-//! The node heartbeat: every service writes its [`NodeInfo`] into Redis each second
-//! (`herald:nodes` ZSET + `herald:node:<id>`), which is all the monitor needs to
-//! tell up from stale from down. A graceful stop deregisters at once.
+//! The node heartbeat: every service writes its [`NodeInfo`] into the engine each
+//! second (on Redis: `herald:nodes` ZSET + `herald:node:<id>`), which is all the
+//! monitor needs to tell up from stale from down. A graceful stop deregisters at once.
 //!
 //! The beat is also the service's readiness probe of Redis: it is bounded by
 //! [`BEAT_TIMEOUT`] and its outcome is recorded in the service's [`store::Health`],
@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use herald_proto::node::NodeInfo;
 use herald_proto::time::now_ms;
 
+use crate::engine::Engine;
 use crate::keys::Keys;
 use crate::store;
 
@@ -35,7 +35,7 @@ pub type StatsFn = Arc<dyn Fn(&mut NodeInfo) + Send + Sync>;
 /// Beats until `token` is cancelled, then deregisters. Each beat's outcome goes
 /// into `health`, which `/readyz` follows.
 pub async fn run_heartbeat(
-    mut conn: ConnectionManager,
+    engine: Engine,
     keys: Keys,
     base: NodeInfo,
     stats: StatsFn,
@@ -52,19 +52,22 @@ pub async fn run_heartbeat(
         let mut info = base.clone();
         info.beat_ms = now_ms();
         stats(&mut info);
-        match tokio::time::timeout(BEAT_TIMEOUT, beat(&mut conn, &keys, &info)).await {
+        match tokio::time::timeout(BEAT_TIMEOUT, beat(&engine, &keys, &info)).await {
             Ok(res) => health.record(&res),
             Err(_) => health.down(&format_args!("the heartbeat took over {BEAT_TIMEOUT:?}")),
         }
     }
-    deregister(&mut conn, &keys, &base.id).await;
+    deregister(&engine, &keys, &base.id).await;
 }
 
-async fn beat(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    info: &NodeInfo,
-) -> redis::RedisResult<()> {
+async fn beat(engine: &Engine, keys: &Keys, info: &NodeInfo) -> redis::RedisResult<()> {
+    let r = match engine {
+        Engine::Redis(r) => r,
+        Engine::Memory(m) => {
+            m.beat(info, NODE_TTL_MS);
+            return Ok(());
+        }
+    };
     let json = serde_json::to_string(info).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::Client, "cannot encode", e.to_string()))
     })?;
@@ -80,12 +83,20 @@ async fn beat(
         .arg(info.beat_ms)
         .arg(&info.id)
         .ignore()
-        .query_async(conn)
+        .query_async(&mut r.conn.clone())
         .await
 }
 
 /// Removes a node from the registry (graceful stop).
-pub async fn deregister(conn: &mut ConnectionManager, keys: &Keys, id: &str) {
+pub async fn deregister(engine: &Engine, keys: &Keys, id: &str) {
+    let r = match engine {
+        Engine::Redis(r) => r,
+        Engine::Memory(m) => {
+            m.deregister(id);
+            tracing::info!(node = %id, "deregistered");
+            return;
+        }
+    };
     let res: redis::RedisResult<()> = store::within(
         store::RESPONSE_TIMEOUT,
         "deregistration",
@@ -99,7 +110,7 @@ pub async fn deregister(conn: &mut ConnectionManager, keys: &Keys, id: &str) {
             .arg(keys.node_connections(id))
             .arg(keys.node_channels(id))
             .ignore()
-            .query_async(conn),
+            .query_async(&mut r.conn.clone()),
     )
     .await;
     match res {

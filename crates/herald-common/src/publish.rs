@@ -2,12 +2,15 @@
 //! finished frame to the channel's history stream and PUBLISHes it, so offset order,
 //! history order and delivery order always agree. A second script answers recovery
 //! requests ("everything after offset N in epoch E") all or nothing.
+//!
+//! [`Publisher`] runs them on the cluster's [`Engine`]; the memory engine gives
+//! the same answers in one process.
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use herald_proto::envelope::FrameTemplate;
 
+use crate::engine::Engine;
 use crate::keys::Keys;
 
 /// Default number of messages kept per channel for recovery.
@@ -117,6 +120,7 @@ impl Default for HistoryConfig {
 /// Publishes frames to channels and reads their history.
 #[derive(Debug, Clone)]
 pub struct Publisher {
+    engine: Engine,
     keys: Keys,
     history: HistoryConfig,
     publish: Script,
@@ -141,8 +145,9 @@ pub fn new_epoch() -> String {
 }
 
 impl Publisher {
-    pub fn new(keys: Keys, history: HistoryConfig) -> Self {
+    pub fn new(engine: Engine, keys: Keys, history: HistoryConfig) -> Self {
         Self {
+            engine,
             keys,
             history,
             publish: Script::new(PUBLISH_LUA),
@@ -150,18 +155,19 @@ impl Publisher {
         }
     }
 
+    /// The engine it publishes on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Publishes a frame to `channel`; returns its `(offset, epoch)`.
     pub async fn publish(
         &self,
-        conn: &mut ConnectionManager,
         channel: &str,
         frame: &FrameTemplate,
         published_ms: u64,
     ) -> redis::RedisResult<(u64, String)> {
-        let (offset, epoch, _): (u64, String, u8) = self
-            .publish_invocation(channel, frame, published_ms, None)
-            .invoke_async(conn)
-            .await?;
+        let (offset, epoch, _) = self.publish_with(channel, frame, published_ms, None).await?;
         Ok((offset, epoch))
     }
 
@@ -170,18 +176,40 @@ impl Publisher {
     /// and the publish are one script, so two racing callers cannot both publish.
     pub async fn publish_once(
         &self,
-        conn: &mut ConnectionManager,
         channel: &str,
         frame: &FrameTemplate,
         published_ms: u64,
         once_id: &str,
         once_ttl_ms: u64,
     ) -> redis::RedisResult<(u64, String, bool)> {
-        let (offset, epoch, dup): (u64, String, u8) = self
-            .publish_invocation(channel, frame, published_ms, Some((once_id, once_ttl_ms)))
-            .invoke_async(conn)
-            .await?;
-        Ok((offset, epoch, dup == 1))
+        self.publish_with(channel, frame, published_ms, Some((once_id, once_ttl_ms)))
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        channel: &str,
+        frame: &FrameTemplate,
+        published_ms: u64,
+        once: Option<(&str, u64)>,
+    ) -> redis::RedisResult<(u64, String, bool)> {
+        match &self.engine {
+            Engine::Redis(r) => {
+                let (offset, epoch, dup): (u64, String, u8) = self
+                    .publish_invocation(channel, frame, published_ms, once)
+                    .invoke_async(&mut r.conn.clone())
+                    .await?;
+                Ok((offset, epoch, dup == 1))
+            }
+            Engine::Memory(m) => Ok(m.publish(
+                self.history,
+                channel,
+                &self.keys.channel(channel),
+                frame,
+                published_ms,
+                once,
+            )),
+        }
     }
 
     /// The publish script's keys and arguments (see `PUBLISH_LUA`).
@@ -215,10 +243,14 @@ impl Publisher {
     /// The channel's position, and with `since` every message after it.
     pub async fn recover(
         &self,
-        conn: &mut ConnectionManager,
         channel: &str,
         since: Option<(u64, &str)>,
     ) -> redis::RedisResult<Recovery> {
+        let max = MAX_RECOVERY.min(self.history.size.max(1));
+        let r = match &self.engine {
+            Engine::Redis(r) => r,
+            Engine::Memory(m) => return Ok(m.recover(self.history, channel, since, max)),
+        };
         let (since_offset, since_epoch) = since.unwrap_or((0, ""));
         let reply: Vec<redis::Value> = self
             .recover
@@ -226,10 +258,10 @@ impl Publisher {
             .key(self.keys.history(channel))
             .arg(since_offset)
             .arg(since_epoch)
-            .arg(MAX_RECOVERY.min(self.history.size.max(1)))
+            .arg(max)
             .arg(new_epoch())
             .arg(self.history.ttl_ms + META_EXTRA_TTL_MS)
-            .invoke_async(conn)
+            .invoke_async(&mut r.conn.clone())
             .await?;
         parse_recovery(reply)
     }
@@ -238,7 +270,6 @@ impl Publisher {
     /// when history no longer holds them. Used by gateways to fill their own gaps.
     pub async fn range(
         &self,
-        conn: &mut ConnectionManager,
         channel: &str,
         from: u64,
         to: u64,
@@ -246,11 +277,15 @@ impl Publisher {
         if from > to {
             return Ok(Vec::new());
         }
+        let r = match &self.engine {
+            Engine::Redis(r) => r,
+            Engine::Memory(m) => return Ok(m.range(channel, from, to)),
+        };
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(self.keys.history(channel))
             .arg(format!("{from}-0"))
             .arg(format!("{to}-0"))
-            .query_async(conn)
+            .query_async(&mut r.conn.clone())
             .await?;
         Ok(reply
             .ids
@@ -264,16 +299,16 @@ impl Publisher {
     }
 
     /// The channel's `(offset, epoch)` without creating anything.
-    pub async fn position(
-        &self,
-        conn: &mut ConnectionManager,
-        channel: &str,
-    ) -> redis::RedisResult<Option<(u64, String)>> {
+    pub async fn position(&self, channel: &str) -> redis::RedisResult<Option<(u64, String)>> {
+        let r = match &self.engine {
+            Engine::Redis(r) => r,
+            Engine::Memory(m) => return Ok(m.position(channel)),
+        };
         let (epoch, offset): (Option<String>, Option<u64>) = redis::cmd("HMGET")
             .arg(self.keys.meta(channel))
             .arg("epoch")
             .arg("offset")
-            .query_async(conn)
+            .query_async(&mut r.conn.clone())
             .await?;
         Ok(epoch.map(|e| (offset.unwrap_or(0), e)))
     }

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,11 +28,12 @@ use herald_proto::node::NodeInfo;
 use herald_proto::time::now_ms;
 
 use crate::config::CommonConfig;
+use crate::engine::Engine;
 use crate::http::{Ops, ops_routes};
 use crate::keys::Keys;
 use crate::node;
 use crate::serve::{Limits, serve};
-use crate::store::{self, Health};
+use crate::store::Health;
 
 /// Pending connections the kernel queues for `accept`. tokio's default (1024)
 /// overflows when thousands of clients reconnect at once (a gateway restart, a
@@ -122,10 +122,8 @@ impl Gate {
 pub struct Runtime {
     service: &'static str,
     node_id: String,
-    /// For connections that must not be shared (Pub/Sub, blocking reads).
-    client: redis::Client,
-    /// The shared multiplexed connection for short requests.
-    conn: ConnectionManager,
+    /// Where the cluster's shared state lives.
+    engine: Engine,
     keys: Keys,
     registry: prometheus::Registry,
     readiness: Readiness,
@@ -139,34 +137,35 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Connects to Redis (failing fast when it is unreachable), then builds the
-    /// skeleton of `service` on it.
+    /// The skeleton of `service` on `engine`, or without one on the Redis of
+    /// `common` (failing fast, with one clear error, when it is unreachable).
     pub async fn start(
         service: &'static str,
         common: &CommonConfig,
         registry: prometheus::Registry,
         grace: Duration,
-    ) -> Result<Self, store::StoreError> {
-        let (client, conn) = store::connect(&common.redis_url).await?;
-        Ok(Self::new(service, common, registry, grace, client, conn))
+        engine: Option<Engine>,
+    ) -> Result<Self, crate::store::StoreError> {
+        let engine = match engine {
+            Some(e) => e,
+            None => Engine::connect(&common.redis_url).await?,
+        };
+        Ok(Self::new(service, common, registry, grace, engine))
     }
 
-    /// The skeleton of `service` on an existing Redis connection (tests use a lazy
-    /// one), with its node id chosen once, here.
+    /// The skeleton of `service` on `engine`, with its node id chosen once, here.
     pub fn new(
         service: &'static str,
         common: &CommonConfig,
         registry: prometheus::Registry,
         grace: Duration,
-        client: redis::Client,
-        conn: ConnectionManager,
+        engine: Engine,
     ) -> Self {
         let token = CancellationToken::new();
         Self {
             service,
             node_id: common.node_id(service),
-            client,
-            conn,
+            engine,
             keys: Keys::new(common.redis_prefix.clone()),
             registry,
             readiness: Readiness::new(),
@@ -178,14 +177,9 @@ impl Runtime {
         }
     }
 
-    /// A Redis client, for connections of their own.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
-    /// The shared Redis connection (cheap to clone).
-    pub fn conn(&self) -> &ConnectionManager {
-        &self.conn
+    /// Where the cluster's shared state lives (cheap to clone).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The cluster's Redis key names.
@@ -202,7 +196,8 @@ impl Runtime {
         &self.node_id
     }
 
-    /// Whether Redis answered the service's last request (`/readyz` follows it).
+    /// Whether Redis answered the service's last request (`/readyz` follows it;
+    /// always up on the memory engine).
     pub fn health(&self) -> &Health {
         &self.health
     }
@@ -265,7 +260,7 @@ impl Runtime {
             stats(info);
         });
         self.spawn(node::run_heartbeat(
-            self.conn.clone(),
+            self.engine.clone(),
             self.keys.clone(),
             base,
             stats,

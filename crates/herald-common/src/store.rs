@@ -154,13 +154,21 @@ pub async fn within<T>(
     })
 }
 
-/// Appends a limit hit to the `herald:ratelimit` stream the monitor reads (capped
+/// Appends a limit hit to the rate-limit events the monitor reads (on Redis the
+/// `herald:ratelimit` stream; capped
 /// at [`RATELIMIT_STREAM_MAXLEN`] entries). Best effort: the caller counts failures.
 pub async fn record_ratelimit(
-    conn: &mut ConnectionManager,
+    engine: &crate::engine::Engine,
     keys: &crate::keys::Keys,
     event: &herald_proto::node::RateLimitEvent,
 ) -> redis::RedisResult<()> {
+    let r = match engine {
+        crate::engine::Engine::Redis(r) => r,
+        crate::engine::Engine::Memory(m) => {
+            m.record_ratelimit(event, RATELIMIT_STREAM_MAXLEN as usize);
+            return Ok(());
+        }
+    };
     within(
         RESPONSE_TIMEOUT,
         "rate-limit event",
@@ -171,7 +179,7 @@ pub async fn record_ratelimit(
             .arg(RATELIMIT_STREAM_MAXLEN)
             .arg("*")
             .arg(&event.fields()[..])
-            .query_async(conn),
+            .query_async(&mut r.conn.clone()),
     )
     .await
 }
