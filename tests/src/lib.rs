@@ -35,7 +35,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-pub use service::{Service, ServiceBuilder, bin_path, listening_addr};
+pub use service::{Service, ServiceBuilder, Store, bin_path, listening_addr};
 
 /// The HS256 secret every test cluster shares.
 pub const TEST_SECRET: &str = "e2e-test-secret-0123456789";
@@ -232,6 +232,71 @@ pub fn listening_addrs(pid: u32) -> Vec<SocketAddr> {
 }
 
 // === Redis ===
+
+/// Where a test cluster keeps its state: a private Redis, or one in-memory engine
+/// shared by the services this process runs. The protocol-level suite runs on both
+/// ([`both_engines!`]), so a feature cannot exist in one engine only.
+#[derive(Debug)]
+pub enum Backend {
+    Redis(Redis),
+    Memory(herald_common::engine::Engine),
+}
+
+impl Backend {
+    /// A fresh backend of `kind`.
+    pub async fn start(kind: herald_common::engine::EngineKind) -> Self {
+        match kind {
+            herald_common::engine::EngineKind::Redis => Self::Redis(Redis::start().await),
+            herald_common::engine::EngineKind::Memory => {
+                Self::Memory(herald_common::engine::Engine::memory())
+            }
+        }
+    }
+
+    /// Sends a control command to every gateway, as auth-svc and the monitor do.
+    pub async fn control(&self, command: &Value) {
+        let keys = herald_common::keys::Keys::new("herald:");
+        within(
+            "a control command",
+            self.engine()
+                .await
+                .publish_raw(&keys.control(), command.to_string()),
+        )
+        .await
+        .expect("control published");
+    }
+
+    /// The Redis, for tests that also look at it directly.
+    pub fn redis(&self) -> Option<&Redis> {
+        match self {
+            Self::Redis(r) => Some(r),
+            Self::Memory(_) => None,
+        }
+    }
+}
+
+/// Runs `async fn $name(backend: Backend)` as two tests, `$name::redis` and
+/// `$name::memory`, one per engine.
+#[macro_export]
+macro_rules! both_engines {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                let backend =
+                    $crate::Backend::start(herald_common::engine::EngineKind::Redis).await;
+                super::$name(backend).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let backend =
+                    $crate::Backend::start(herald_common::engine::EngineKind::Memory).await;
+                super::$name(backend).await;
+            }
+        }
+    )+};
+}
 
 /// A private `redis-server`, killed on drop: on a unix socket in a directory of its
 /// own (no port to race for), or on TCP for the few tests that need a port

@@ -19,7 +19,9 @@ use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ADMIN_KEY, API_KEY, Redis, TEST_SECRET, eventually, signal, within};
+use herald_common::engine::Engine;
+
+use crate::{ADMIN_KEY, API_KEY, Backend, Redis, TEST_SECRET, eventually, signal, within};
 
 // === Binaries ===
 
@@ -91,6 +93,9 @@ pub struct ServiceBuilder {
     process: bool,
     /// Where the binary's stderr goes (appended, restarts included); see [`ServiceBuilder::log_to`].
     log_file: Option<PathBuf>,
+    /// The engine an in-process service runs on instead of `HERALD_REDIS_URL`'s Redis
+    /// (the memory engine its cluster shares).
+    engine: Option<Engine>,
 }
 
 impl ServiceBuilder {
@@ -111,6 +116,7 @@ impl ServiceBuilder {
             args: Vec::new(),
             process: false,
             log_file: None,
+            engine: None,
         }
     }
 
@@ -118,6 +124,57 @@ impl ServiceBuilder {
         self.env("HERALD_REDIS_URL", &redis.url())
     }
 
+    /// The service on `store`: a Redis, or a [`Backend`] (its Redis, or its shared
+    /// memory engine — in this process only: a binary cannot share its memory).
+    pub fn on(self, store: &impl Store) -> Self {
+        store.configure(self)
+    }
+
+    fn engine(mut self, engine: &Engine) -> Self {
+        self.engine = Some(engine.clone());
+        self
+    }
+}
+
+/// What a cluster of test services keeps its state in.
+pub trait Store {
+    fn configure(&self, builder: ServiceBuilder) -> ServiceBuilder;
+
+    /// The engine the services run on, for a test that acts as another service
+    /// would (a subscriber, a control command): a new connection to the Redis, or
+    /// the shared memory engine.
+    fn engine(&self) -> impl Future<Output = Engine> + Send;
+}
+
+impl Store for Redis {
+    fn configure(&self, builder: ServiceBuilder) -> ServiceBuilder {
+        builder.redis(self)
+    }
+
+    async fn engine(&self) -> Engine {
+        within("a Redis connection", Engine::connect(&self.url()))
+            .await
+            .expect("Redis answers")
+    }
+}
+
+impl Store for Backend {
+    fn configure(&self, builder: ServiceBuilder) -> ServiceBuilder {
+        match self {
+            Backend::Redis(r) => builder.redis(r),
+            Backend::Memory(e) => builder.engine(e),
+        }
+    }
+
+    async fn engine(&self) -> Engine {
+        match self {
+            Backend::Redis(r) => r.engine().await,
+            Backend::Memory(e) => e.clone(),
+        }
+    }
+}
+
+impl ServiceBuilder {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
@@ -148,6 +205,11 @@ impl ServiceBuilder {
         assert!(
             self.process || self.log_file.is_none(),
             "{}: log_to needs .process(): only a binary writes logs",
+            self.name
+        );
+        assert!(
+            !(self.process && self.engine.is_some()),
+            "{}: a binary cannot run on this process's memory engine",
             self.name
         );
         let running = if self.process {
@@ -248,6 +310,19 @@ impl Service {
                 let _ = p.child.kill().await;
             }
             Running::InProcess(s) => s.kill().await,
+            Running::Stopped => {}
+        }
+    }
+
+    /// Stops an in-process service gracefully (its shutdown future resolves, as on
+    /// SIGTERM) and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        match std::mem::replace(&mut self.running, Running::Stopped) {
+            Running::InProcess(s) => s.stop().await,
+            Running::Process(_) => panic!(
+                "{}: stop() is for in-process services; use terminate()",
+                self.name
+            ),
             Running::Stopped => {}
         }
     }
@@ -374,14 +449,15 @@ impl Config {
     async fn run(
         self,
         listener: tokio::net::TcpListener,
+        engine: Option<Engine>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let shutdown = shutdown.cancelled_owned();
         match self {
-            Self::Auth(c) => auth_svc::run(listener, c, shutdown).await,
-            Self::Gateway(c) => ws_gateway::run(listener, c, shutdown).await,
-            Self::Broadcaster(c) => broadcaster::run(listener, c, shutdown).await,
-            Self::Monitor(c) => monitor::run(listener, c, shutdown).await,
+            Self::Auth(c) => auth_svc::run(listener, c, engine, shutdown).await,
+            Self::Gateway(c) => ws_gateway::run(listener, c, engine, shutdown).await,
+            Self::Broadcaster(c) => broadcaster::run(listener, c, engine, shutdown).await,
+            Self::Monitor(c) => monitor::run(listener, c, engine, shutdown).await,
         }
     }
 }
@@ -449,6 +525,7 @@ impl InProcess {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let config = Config::parse(builder, addr);
+        let engine = builder.engine.clone();
         if name == "ws-gateway" {
             raise_nofile_limit();
         }
@@ -467,7 +544,7 @@ impl InProcess {
                     let listener =
                         tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     tokio::select! {
-                        r = config.run(listener, stop) => Some(r.err().map(|e| format!("{e:#}")).unwrap_or_default()),
+                        r = config.run(listener, engine, stop) => Some(r.err().map(|e| format!("{e:#}")).unwrap_or_default()),
                         () = hard_stop.cancelled() => None,
                     }
                 });

@@ -1,10 +1,12 @@
 //! The operator subcommands: `user add|del|list`, `token` and `keys rotate`.
 //! Results go to stdout (one item per line, for scripts); errors are one line
 //! on stderr with exit 64 for bad usage and 1 for everything else.
+//!
+//! They work on the configured Redis directly: a memory engine lives inside
+//! one `herald` process, out of their reach (its users are managed through the
+//! admin API).
 
 use std::process::ExitCode;
-
-use redis::aio::ConnectionManager;
 
 use herald_common::config::EXIT_CONFIG;
 use herald_common::jwt::Alg;
@@ -15,6 +17,7 @@ use herald_proto::time::now_rfc3339;
 use crate::config::{Command, Config, KeysCommand, TokenArgs, UserCommand, split_list};
 use crate::password;
 use crate::signing::KeyStore;
+use crate::store::AuthStore;
 use crate::tokens::access_claims;
 use crate::users::{self, User, UserStore};
 
@@ -61,11 +64,12 @@ async fn execute(command: Command, config: Config) -> Result<(), CliError> {
     }
 }
 
-async fn connect(config: &Config) -> Result<ConnectionManager, CliError> {
+/// The configured Redis, as the store the subcommands work on.
+async fn connect(config: &Config) -> Result<AuthStore, CliError> {
     let (_client, conn) = store::connect(&config.common.redis_url)
         .await
         .map_err(anyhow::Error::from)?;
-    Ok(conn)
+    Ok(AuthStore::Redis(conn))
 }
 
 async fn user(cmd: UserCommand, config: &Config, keys: Keys) -> Result<(), CliError> {
@@ -97,7 +101,7 @@ async fn user(cmd: UserCommand, config: &Config, keys: Keys) -> Result<(), CliEr
                 }
                 other => CliError::Usage(other.to_string()),
             })?;
-            let mut conn = connect(config).await?;
+            let redis = connect(config).await?;
             let hash = password::hash_sync(&password).map_err(anyhow::Error::from)?;
             let user = User {
                 username: name,
@@ -107,7 +111,7 @@ async fn user(cmd: UserCommand, config: &Config, keys: Keys) -> Result<(), CliEr
                 created_at: now_rfc3339(),
             };
             if !store
-                .create(&mut conn, &user)
+                .create(&redis, &user)
                 .await
                 .map_err(anyhow::Error::from)?
             {
@@ -116,10 +120,10 @@ async fn user(cmd: UserCommand, config: &Config, keys: Keys) -> Result<(), CliEr
             println!("created user {}", user.username);
         }
         UserCommand::Del { name } => {
-            let mut conn = connect(config).await?;
+            let redis = connect(config).await?;
             let deleted = users::valid_username(&name)
                 && store
-                    .delete(&mut conn, &name)
+                    .delete(&redis, &name)
                     .await
                     .map_err(anyhow::Error::from)?;
             if !deleted {
@@ -128,8 +132,8 @@ async fn user(cmd: UserCommand, config: &Config, keys: Keys) -> Result<(), CliEr
             println!("deleted user {name}");
         }
         UserCommand::List => {
-            let mut conn = connect(config).await?;
-            for name in store.list(&mut conn).await.map_err(anyhow::Error::from)? {
+            let redis = connect(config).await?;
+            for name in store.list(&redis).await.map_err(anyhow::Error::from)? {
                 println!("{name}");
             }
         }
@@ -171,14 +175,14 @@ async fn token(args: TokenArgs, config: &Config, keys: Keys) -> Result<(), CliEr
             .sign(&claims)
             .map_err(anyhow::Error::from)?
     } else {
-        let mut conn = connect(config).await?;
-        let (signer, store) = crate::signer(config, &settings, &mut conn, &keys).await?;
+        let redis = connect(config).await?;
+        let (signer, store) = crate::signer(config, &settings, &redis, &keys).await?;
         let (token, kid) = signer.sign_with_kid(&claims).map_err(anyhow::Error::from)?;
         // The key must stay published for as long as this token lives, which
         // may be longer than any access token's.
         if let (Some(store), Some(kid)) = (store, kid) {
             store
-                .record_expiry(&mut conn, &kid, claims.exp)
+                .record_expiry(&redis, &kid, claims.exp)
                 .await
                 .map_err(anyhow::Error::from)?;
         }
@@ -195,13 +199,13 @@ async fn rotate(config: &Config, keys: Keys) -> Result<(), CliError> {
             "keys rotate needs HERALD_JWT_ALG=EdDSA".to_owned(),
         ));
     }
-    let mut conn = connect(config).await?;
+    let redis = connect(config).await?;
     let store = KeyStore::new(
         &keys,
         config.key_retention_ms(),
         config.jwt.jwt_leeway_s * 1000,
     );
-    let kid = store.rotate(&mut conn).await.map_err(anyhow::Error::from)?;
+    let kid = store.rotate(&redis).await.map_err(anyhow::Error::from)?;
     println!("{kid}");
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! auth-svc: Herald's token service. Users log in with a password and get a
 //! short-lived access token (HS256 or EdDSA) plus a rotating refresh token;
 //! admins manage users and revoke tokens; gateways fetch the public keys from
-//! the JWKS endpoint. All state lives in Redis, so instances are interchangeable.
+//! the JWKS endpoint. All state lives in the engine: on Redis, so instances are
+//! interchangeable; on the memory engine, in the process (see [`store`]).
 //!
 //! # Layout
 //! - [`config`]: settings, subcommands and their checks.
-//! - [`users`]: the user store (Redis HASH per user) and its validation rules.
+//! - [`store`]: where the records below live (Redis or memory); revocation.
+//! - [`users`]: the user store (a Redis HASH per user) and its validation rules.
 //! - [`password`]: Argon2id hashing, bounded and off the async threads.
-//! - [`signing`]: the HS256 secret or the Ed25519 key ring shared through Redis; JWKS.
+//! - [`signing`]: the HS256 secret or the shared Ed25519 key ring; JWKS.
 //! - [`tokens`]: the claims of issued access tokens.
 //! - [`refresh`]: refresh-token families, rotation and reuse detection.
 //! - [`throttle`]: failed-login counting per username and per IP.
@@ -20,15 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 
+use herald_common::engine::Engine;
 use herald_common::http::{KeyKind, RequiredKey};
 use herald_common::jwt::Alg;
 use herald_common::keys::Keys;
 use herald_common::runtime::Runtime;
 
 use crate::metrics::Metrics;
+use crate::store::AuthStore;
 
 mod api;
 pub mod cli;
@@ -37,6 +40,7 @@ pub mod metrics;
 pub mod password;
 pub mod refresh;
 pub mod signing;
+pub mod store;
 pub mod throttle;
 pub mod tokens;
 pub mod users;
@@ -48,20 +52,29 @@ pub const SERVICE: &str = "auth-svc";
 /// How long background tasks get to finish (deregistration included) at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Connects to Redis, loads the signing keys, then serves the API on `listener`
-/// until `shutdown` resolves.
+/// Runs on `engine` (without one, connects to the configured Redis), loads the
+/// signing keys, then serves the API on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    engine: Option<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
     let metrics = Metrics::new().context("cannot register metrics")?;
     let registry = metrics.registry.clone();
-    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE).await?;
-    let (mut conn, keys) = (rt.conn().clone(), rt.keys().clone());
-    // The signing keys are loaded before serving, so no readiness gate: Redis decides.
-    let (signer, key_store) = signer(&config, &settings, &mut conn, &keys).await?;
+    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE, engine).await?;
+    let (engine, keys) = (rt.engine().clone(), rt.keys().clone());
+    // Once per run: on the memory engine, every handler shares these twins.
+    let store = AuthStore::on(&engine);
+    if store.is_memory() {
+        tracing::info!(
+            "users, refresh tokens and signing keys live in this process: a restart forgets them"
+        );
+    }
+    // The signing keys are loaded before serving, so no readiness gate: the
+    // engine decides.
+    let (signer, key_store) = signer(&config, &settings, &store, &keys).await?;
     if let Some(ring) = signer.current_ring() {
         metrics
             .signing_keys
@@ -82,7 +95,8 @@ pub async fn run(
         window: Duration::from_secs(config.login_window_s),
     };
     let state = api::AppState(Arc::new(api::Inner {
-        conn: conn.clone(),
+        engine,
+        store,
         keys: keys.clone(),
         jwt: config.jwt.clone(),
         admin,
@@ -124,12 +138,12 @@ pub async fn run(
     Ok(())
 }
 
-/// The signer the settings ask for; in EdDSA mode, makes sure Redis holds a
+/// The signer the settings ask for; in EdDSA mode, makes sure `store` holds a
 /// current key (the configured one, or a generated one) and loads the ring.
 pub async fn signer(
     config: &Config,
     settings: &config::Settings,
-    conn: &mut ConnectionManager,
+    store: &AuthStore,
     keys: &Keys,
 ) -> anyhow::Result<(signing::Signer, Option<signing::KeyStore>)> {
     match settings.alg {
@@ -141,20 +155,20 @@ pub async fn signer(
             Ok((signing::Signer::secret(secret), None))
         }
         Alg::EdDsa => {
-            let store = signing::KeyStore::new(
+            let key_store = signing::KeyStore::new(
                 keys,
                 config.key_retention_ms(),
                 config.jwt.jwt_leeway_s * 1000,
             );
-            store
-                .ensure(conn, settings.key_file.as_deref())
+            key_store
+                .ensure(store, settings.key_file.as_deref())
                 .await
                 .context("cannot install the signing key")?;
-            let ring = store
-                .load(conn, None)
+            let ring = key_store
+                .load(store, None)
                 .await
                 .context("cannot load the signing keys")?;
-            Ok((signing::Signer::ring(ring), Some(store)))
+            Ok((signing::Signer::ring(ring), Some(key_store)))
         }
         Alg::Rs256 => anyhow::bail!("RS256 is not supported by auth-svc"),
     }

@@ -21,6 +21,6 @@ async fn main() -> ExitCode {
         Mode::Command(command) => return auth_svc::cli::run(command, cli.config).await,
     };
     let result =
-        async { auth_svc::run(bind(settings.listen)?, cli.config, shutdown_signal()).await };
+        async { auth_svc::run(bind(settings.listen)?, cli.config, None, shutdown_signal()).await };
     exit_code(SERVICE, result.await)
 }

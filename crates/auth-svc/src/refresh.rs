@@ -7,14 +7,22 @@
 //! - `herald:auth:rt:{<family>}:<sha256>` HASH `user`, `used` (0/1), TTL = refresh TTL.
 //! - `herald:auth:rtf:{<family>}` SET of the family's token keys; its absence
 //!   means the family was revoked.
+//!
+//! On the memory engine, the same records in one map of families, each with its
+//! tokens by hash, under one lock (the script's atomicity).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use herald_common::keys::Keys;
+use herald_proto::time::now_ms;
+
+use crate::store::{AuthStore, Sweep, lock};
 
 const FAMILY_BYTES: usize = 16;
 const SECRET_BYTES: usize = 32;
@@ -104,9 +112,13 @@ impl RefreshToken {
         format!("{}.{}", self.family, self.secret)
     }
 
+    /// What is stored of the secret.
+    fn hash(&self) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.secret.as_bytes()))
+    }
+
     fn key(&self, keys: &Keys) -> String {
-        let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(self.secret.as_bytes()));
-        keys.other(&format!("auth:rt:{{{}}}:{hash}", self.family))
+        keys.other(&format!("auth:rt:{{{}}}:{}", self.family, self.hash()))
     }
 
     fn family_key(&self, keys: &Keys) -> String {
@@ -147,18 +159,21 @@ impl RefreshStore {
     }
 
     /// Starts a new family for `user`; returns its first token.
-    pub async fn issue(
-        &self,
-        conn: &mut ConnectionManager,
-        user: &str,
-    ) -> redis::RedisResult<RefreshToken> {
+    pub async fn issue(&self, store: &AuthStore, user: &str) -> redis::RedisResult<RefreshToken> {
         let token = RefreshToken::new_family();
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => {
+                m.refresh.issue(&token, user, self.ttl_ms, now_ms());
+                return Ok(token);
+            }
+        };
         redis::Script::new(ISSUE_SCRIPT)
             .key(token.key(&self.keys))
             .key(token.family_key(&self.keys))
             .arg(user)
             .arg(self.ttl_ms)
-            .invoke_async::<()>(conn)
+            .invoke_async::<()>(&mut conn)
             .await?;
         Ok(token)
     }
@@ -166,22 +181,140 @@ impl RefreshStore {
     /// Uses `old`: on success `next` is stored as its successor.
     pub async fn rotate(
         &self,
-        conn: &mut ConnectionManager,
+        store: &AuthStore,
         old: &RefreshToken,
         next: &RefreshToken,
     ) -> redis::RedisResult<Rotation> {
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => return Ok(m.refresh.rotate(old, next, self.ttl_ms, now_ms())),
+        };
         let reply: Vec<String> = redis::Script::new(ROTATE_SCRIPT)
             .key(old.key(&self.keys))
             .key(old.family_key(&self.keys))
             .key(next.key(&self.keys))
             .arg(self.ttl_ms)
-            .invoke_async(conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(match reply.as_slice() {
             [status, user] if status == "ok" => Rotation::Rotated { user: user.clone() },
             [status, user] if status == "reused" => Rotation::Reused { user: user.clone() },
             _ => Rotation::Unknown,
         })
+    }
+}
+
+/// The refresh-token families on the memory engine.
+#[derive(Default)]
+pub(crate) struct MemoryRefresh(Mutex<Families>);
+
+impl std::fmt::Debug for MemoryRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRefresh")
+            .field("families", &lock(&self.0).map.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Families {
+    /// Family id → its tokens. A family that is absent (or past its deadline)
+    /// is revoked or expired, as the absence of its Redis SET means.
+    map: HashMap<String, Family>,
+    sweep: Sweep,
+}
+
+struct Family {
+    /// Secret hash → token.
+    tokens: HashMap<String, Token>,
+    /// Moved to the newest token's deadline at each rotation, as the SET's TTL is.
+    until_ms: u64,
+}
+
+struct Token {
+    user: String,
+    used: bool,
+    until_ms: u64,
+}
+
+impl Families {
+    fn sweep(&mut self, now: u64) {
+        if !self.sweep.due(now) {
+            return;
+        }
+        self.map.retain(|_, f| {
+            // Used tokens of a long-lived family expire one by one, as their
+            // Redis keys do.
+            f.tokens.retain(|_, t| t.until_ms > now);
+            f.until_ms > now
+        });
+    }
+
+    /// The live family `id`, if any.
+    fn live(&mut self, id: &str, now: u64) -> Option<&mut Family> {
+        self.map.get_mut(id).filter(|f| f.until_ms > now)
+    }
+}
+
+impl MemoryRefresh {
+    /// Stores `token` as the first of its family, for `user`, for `ttl_ms`.
+    fn issue(&self, token: &RefreshToken, user: &str, ttl_ms: u64, now: u64) {
+        let mut families = lock(&self.0);
+        families.sweep(now);
+        let until_ms = now.saturating_add(ttl_ms);
+        let family = families
+            .map
+            .entry(token.family.clone())
+            .or_insert_with(|| Family {
+                tokens: HashMap::new(),
+                until_ms,
+            });
+        family.until_ms = until_ms;
+        family.tokens.insert(
+            token.hash(),
+            Token {
+                user: user.to_owned(),
+                used: false,
+                until_ms,
+            },
+        );
+    }
+
+    /// The rotation script's steps: unknown, reused (revoking the family) or
+    /// rotated into `next`.
+    fn rotate(&self, old: &RefreshToken, next: &RefreshToken, ttl_ms: u64, now: u64) -> Rotation {
+        let mut families = lock(&self.0);
+        families.sweep(now);
+        // A revoked or expired family took its tokens with it.
+        let Some(family) = families.live(&old.family, now) else {
+            return Rotation::Unknown;
+        };
+        let Some(token) = family
+            .tokens
+            .get_mut(&old.hash())
+            .filter(|t| t.until_ms > now)
+        else {
+            return Rotation::Unknown;
+        };
+        let user = token.user.clone();
+        if token.used {
+            families.map.remove(&old.family);
+            return Rotation::Reused { user };
+        }
+        // The used token keeps its deadline (so its reuse is still detected
+        // until then), as `HSET` keeps a key's TTL.
+        token.used = true;
+        let until_ms = now.saturating_add(ttl_ms);
+        family.tokens.insert(
+            next.hash(),
+            Token {
+                user: user.clone(),
+                used: false,
+                until_ms,
+            },
+        );
+        family.until_ms = until_ms;
+        Rotation::Rotated { user }
     }
 }
 
@@ -211,5 +344,73 @@ mod tests {
         assert!(t.key(&keys).contains(&tag));
         assert!(t.family_key(&keys).contains(&tag));
         assert!(!t.key(&keys).contains(&t.secret));
+    }
+
+    #[test]
+    fn memory_rotation_and_reuse() {
+        let m = MemoryRefresh::default();
+        let rotated = || Rotation::Rotated {
+            user: "alice".into(),
+        };
+        let t1 = RefreshToken::new_family();
+        m.issue(&t1, "alice", 1000, 0);
+        let t2 = t1.next();
+        assert_eq!(m.rotate(&t1, &t2, 1000, 10), rotated());
+        let t3 = t2.next();
+        assert_eq!(m.rotate(&t2, &t3, 1000, 20), rotated());
+        // A token of another family, or a made-up one of this family, is unknown
+        // and changes nothing.
+        let stranger = RefreshToken::new_family();
+        assert_eq!(
+            m.rotate(&stranger, &stranger.next(), 1000, 30),
+            Rotation::Unknown
+        );
+        let forged = t1.next();
+        assert_eq!(
+            m.rotate(&forged, &forged.next(), 1000, 30),
+            Rotation::Unknown
+        );
+        // t1 again: the whole family goes, the newest token included.
+        assert_eq!(
+            m.rotate(&t1, &t1.next(), 1000, 40),
+            Rotation::Reused {
+                user: "alice".into()
+            }
+        );
+        assert_eq!(m.rotate(&t3, &t3.next(), 1000, 50), Rotation::Unknown);
+        assert_eq!(m.rotate(&t1, &t1.next(), 1000, 60), Rotation::Unknown);
+    }
+
+    #[test]
+    fn memory_tokens_expire() {
+        let m = MemoryRefresh::default();
+        let t1 = RefreshToken::new_family();
+        m.issue(&t1, "alice", 1000, 0);
+        let t2 = t1.next();
+        // The deadline is exclusive, as a Redis key is gone once its TTL is spent.
+        assert_eq!(m.rotate(&t1, &t2, 1000, 1000), Rotation::Unknown);
+        let t1 = RefreshToken::new_family();
+        m.issue(&t1, "alice", 1000, 0);
+        let t2 = t1.next();
+        assert!(matches!(
+            m.rotate(&t1, &t2, 1000, 999),
+            Rotation::Rotated { .. }
+        ));
+        // The rotation moved the family's deadline with the new token: t2 lives
+        // until 1999, past t1's 1000, whose reuse is no longer detected then.
+        assert_eq!(m.rotate(&t1, &t1.next(), 1000, 1500), Rotation::Unknown);
+        let t3 = t2.next();
+        assert!(matches!(
+            m.rotate(&t2, &t3, 1000, 1998),
+            Rotation::Rotated { .. }
+        ));
+        // Expired entries are swept, families and used tokens alike: of this
+        // family only t3 is left (the first family expired at 1000).
+        m.issue(&RefreshToken::new_family(), "bob", 1000, 2500);
+        let families = lock(&m.0);
+        assert_eq!(families.map.len(), 2);
+        let tokens = &families.map[&t1.family].tokens;
+        assert_eq!(tokens.len(), 1);
+        assert!(tokens.contains_key(&t3.hash()));
     }
 }

@@ -1,8 +1,8 @@
-//! Token signing: an HS256 shared secret, or a ring of Ed25519 keys kept in Redis
-//! so every auth-svc instance signs with the same current key and publishes the
-//! same JWKS.
+//! Token signing: an HS256 shared secret, or a ring of Ed25519 keys kept in the
+//! [`AuthStore`](crate::store::AuthStore) (on Redis, so every auth-svc instance
+//! signs with the same current key and publishes the same JWKS).
 //!
-//! Where the ring lives in Redis, and how keys leave it, is in `store`; the keys
+//! Where the ring lives, and how keys leave it, is in `store`; the keys
 //! themselves in `key`.
 
 use std::collections::HashSet;
@@ -29,6 +29,7 @@ mod store;
 
 pub use key::{Ed25519Key, Ring, thumbprint};
 pub use store::KeyStore;
+pub(crate) use store::MemoryRing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

@@ -1,15 +1,20 @@
 //! Login throttling: failed logins are counted per username and per client IP in
 //! fixed windows (`INCR` + `PEXPIRE` on the first failure); once either count
 //! reaches its limit, every login for that username or from that IP is refused
-//! with 429 until the window ends, the right password included.
+//! with 429 until the window ends, the right password included. On the memory
+//! engine, the same counters (by the same names) in a map with deadlines.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use herald_common::keys::Keys;
+use herald_proto::time::now_ms;
+
+use crate::store::{AuthStore, Sweep, lock};
 
 /// Counts one failure and starts the window on the first one.
 const FAIL_SCRIPT: &str = r"
@@ -28,7 +33,8 @@ pub struct Limits {
     pub window: Duration,
 }
 
-/// One counter as read from Redis: failures so far and the window's remaining ms.
+/// One counter as read: failures so far and the window's remaining ms (`PTTL`:
+/// -2 without a counter, -1 for one without a deadline).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Count {
     pub failures: u64,
@@ -52,7 +58,7 @@ pub fn decide(limits: &Limits, user: Count, ip: Count) -> Option<Duration> {
     by_user.into_iter().chain(by_ip).max()
 }
 
-/// The login throttle over Redis.
+/// The login throttle over the [`AuthStore`].
 #[derive(Debug, Clone)]
 pub struct Throttle {
     keys: Keys,
@@ -83,10 +89,19 @@ impl Throttle {
     /// How long this login must wait, if throttled.
     pub async fn check(
         &self,
-        conn: &mut ConnectionManager,
+        store: &AuthStore,
         username: &str,
         ip: IpAddr,
     ) -> redis::RedisResult<Option<Duration>> {
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => {
+                let now = now_ms();
+                let user = m.throttle.count(&self.user_key(username), now);
+                let ip = m.throttle.count(&self.ip_key(ip), now);
+                return Ok(decide(&self.limits, user, ip));
+            }
+        };
         let (uf, ut, ipf, ipt): (Option<u64>, i64, Option<u64>, i64) = redis::pipe()
             .cmd("GET")
             .arg(self.user_key(username))
@@ -96,7 +111,7 @@ impl Throttle {
             .arg(self.ip_key(ip))
             .cmd("PTTL")
             .arg(self.ip_key(ip))
-            .query_async(conn)
+            .query_async(&mut conn)
             .await?;
         let user = Count {
             failures: uf.unwrap_or(0),
@@ -112,17 +127,27 @@ impl Throttle {
     /// Counts a failed login for both the username and the IP.
     pub async fn failed(
         &self,
-        conn: &mut ConnectionManager,
+        store: &AuthStore,
         username: &str,
         ip: IpAddr,
     ) -> redis::RedisResult<()> {
         let window_ms = u64::try_from(self.limits.window.as_millis()).unwrap_or(u64::MAX);
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => {
+                let now = now_ms();
+                for key in [self.user_key(username), self.ip_key(ip)] {
+                    m.throttle.fail(key, window_ms, now);
+                }
+                return Ok(());
+            }
+        };
         let script = redis::Script::new(FAIL_SCRIPT);
         for key in [self.user_key(username), self.ip_key(ip)] {
             script
                 .key(key)
                 .arg(window_ms)
-                .invoke_async::<i64>(conn)
+                .invoke_async::<i64>(&mut conn)
                 .await?;
         }
         Ok(())
@@ -130,15 +155,71 @@ impl Throttle {
 
     /// A successful login clears the username's failures (not the IP's: one good
     /// password must not reset a spray across many accounts).
-    pub async fn succeeded(
-        &self,
-        conn: &mut ConnectionManager,
-        username: &str,
-    ) -> redis::RedisResult<()> {
+    pub async fn succeeded(&self, store: &AuthStore, username: &str) -> redis::RedisResult<()> {
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => {
+                m.throttle.clear(&self.user_key(username));
+                return Ok(());
+            }
+        };
         redis::cmd("DEL")
             .arg(self.user_key(username))
-            .query_async(conn)
+            .query_async(&mut conn)
             .await
+    }
+}
+
+/// The failure counters on the memory engine, by key name.
+#[derive(Default)]
+pub(crate) struct MemoryThrottle(Mutex<Counters>);
+
+impl std::fmt::Debug for MemoryThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryThrottle")
+            .field("counters", &lock(&self.0).map.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Key → (failures, end of the window).
+    map: HashMap<String, (u64, u64)>,
+    sweep: Sweep,
+}
+
+impl MemoryThrottle {
+    /// The counter `key` at `now`: as `GET` and `PTTL` read it.
+    fn count(&self, key: &str, now: u64) -> Count {
+        match lock(&self.0).map.get(key) {
+            Some(&(failures, until_ms)) if until_ms > now => Count {
+                failures,
+                remaining_ms: i64::try_from(until_ms - now).unwrap_or(i64::MAX),
+            },
+            _ => Count {
+                failures: 0,
+                remaining_ms: -2,
+            },
+        }
+    }
+
+    /// Counts one failure; the first one of a window starts it, as the script does.
+    fn fail(&self, key: String, window_ms: u64, now: u64) {
+        let mut counters = lock(&self.0);
+        if counters.sweep.due(now) {
+            counters.map.retain(|_, (_, until_ms)| *until_ms > now);
+        }
+        let counter = counters.map.entry(key).or_insert((0, 0));
+        if counter.1 > now {
+            counter.0 += 1;
+        } else {
+            *counter = (1, now.saturating_add(window_ms));
+        }
+    }
+
+    fn clear(&self, key: &str) {
+        lock(&self.0).map.remove(key);
     }
 }
 
@@ -173,5 +254,42 @@ mod tests {
         check((9, 3000), (60, 2000), Some(3000));
         // A counter that lost its TTL blocks for a whole window.
         check((5, -1), (0, -2), Some(900_000));
+    }
+
+    #[test]
+    fn memory_counts_within_a_window() {
+        let m = MemoryThrottle::default();
+        let gone = Count {
+            failures: 0,
+            remaining_ms: -2,
+        };
+        assert_eq!(m.count("u", 0), gone);
+        m.fail("u".into(), 1000, 100);
+        m.fail("u".into(), 1000, 600);
+        // The window runs from the first failure; later ones do not extend it.
+        assert_eq!(
+            m.count("u", 700),
+            Count {
+                failures: 2,
+                remaining_ms: 400,
+            }
+        );
+        assert_eq!(m.count("ip", 700), gone);
+        assert_eq!(m.count("u", 1100), gone);
+        // A failure after the window starts a new one.
+        m.fail("u".into(), 1000, 1100);
+        assert_eq!(
+            m.count("u", 1100),
+            Count {
+                failures: 1,
+                remaining_ms: 1000,
+            }
+        );
+        m.clear("u");
+        assert_eq!(m.count("u", 1100), gone);
+        // Expired counters are swept.
+        m.fail("a".into(), 1000, 1100);
+        m.fail("b".into(), 1000, 5000);
+        assert_eq!(lock(&m.0).map.len(), 1);
     }
 }

@@ -1,14 +1,17 @@
 //! The user store: one Redis HASH per user (`herald:user:<name>`, fields
 //! `password_hash`, `channels`, `publish`, `created_at`) plus the SET of names
-//! (`herald:users`). Only the password's Argon2id PHC string is stored.
+//! (`herald:users`); on the memory engine, the same records in a map by name.
+//! Only the password's Argon2id PHC string is stored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use herald_common::keys::Keys;
 use herald_proto::channel;
+
+use crate::store::{AuthStore, lock};
 
 /// Longest user name, in bytes.
 pub const MAX_USERNAME_LEN: usize = 64;
@@ -124,7 +127,7 @@ pub fn validate(
     Ok(())
 }
 
-/// Reads and writes users in Redis.
+/// Reads and writes users in the [`AuthStore`].
 #[derive(Debug, Clone)]
 pub struct UserStore {
     keys: Keys,
@@ -136,11 +139,11 @@ impl UserStore {
     }
 
     /// Creates a user; `Ok(false)` when the name is taken.
-    pub async fn create(
-        &self,
-        conn: &mut ConnectionManager,
-        user: &User,
-    ) -> redis::RedisResult<bool> {
+    pub async fn create(&self, store: &AuthStore, user: &User) -> redis::RedisResult<bool> {
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => return Ok(m.users.create(user)),
+        };
         let channels = serde_json::to_string(&user.channels).unwrap_or_else(|_| "[]".to_owned());
         let publish = serde_json::to_string(&user.publish).unwrap_or_else(|_| "[]".to_owned());
         let created: i64 = redis::Script::new(CREATE_SCRIPT)
@@ -149,7 +152,7 @@ impl UserStore {
             .arg(channels)
             .arg(publish)
             .arg(&user.created_at)
-            .invoke_async(conn)
+            .invoke_async(&mut conn)
             .await?;
         if created == 0 {
             return Ok(false);
@@ -159,51 +162,95 @@ impl UserStore {
         redis::cmd("SADD")
             .arg(self.keys.users())
             .arg(&user.username)
-            .query_async::<()>(conn)
+            .query_async::<()>(&mut conn)
             .await?;
         Ok(true)
     }
 
     /// The user named `name`, if any. Invalid names are never stored, so they
     /// are answered without a Redis round trip only by callers that check first.
-    pub async fn get(
-        &self,
-        conn: &mut ConnectionManager,
-        name: &str,
-    ) -> redis::RedisResult<Option<User>> {
+    pub async fn get(&self, store: &AuthStore, name: &str) -> redis::RedisResult<Option<User>> {
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => return Ok(m.users.get(name)),
+        };
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.user(name))
-            .query_async(conn)
+            .query_async(&mut conn)
             .await?;
         Ok(from_fields(name, fields))
     }
 
     /// Deletes a user; `Ok(false)` when there was none.
-    pub async fn delete(
-        &self,
-        conn: &mut ConnectionManager,
-        name: &str,
-    ) -> redis::RedisResult<bool> {
+    pub async fn delete(&self, store: &AuthStore, name: &str) -> redis::RedisResult<bool> {
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => return Ok(m.users.delete(name)),
+        };
         let removed: i64 = redis::cmd("DEL")
             .arg(self.keys.user(name))
-            .query_async(conn)
+            .query_async(&mut conn)
             .await?;
         redis::cmd("SREM")
             .arg(self.keys.users())
             .arg(name)
-            .query_async::<()>(conn)
+            .query_async::<()>(&mut conn)
             .await?;
         Ok(removed > 0)
     }
 
     /// Every user name, sorted.
-    pub async fn list(&self, conn: &mut ConnectionManager) -> redis::RedisResult<Vec<String>> {
+    pub async fn list(&self, store: &AuthStore) -> redis::RedisResult<Vec<String>> {
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => return Ok(m.users.list()),
+        };
         let mut names: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.users())
-            .query_async(conn)
+            .query_async(&mut conn)
             .await?;
         names.sort();
         Ok(names)
+    }
+}
+
+/// The users on the memory engine, by name: one map holds both the records and
+/// the index that Redis keeps apart, so a creation is atomic as a whole.
+#[derive(Default)]
+pub(crate) struct MemoryUsers(Mutex<BTreeMap<String, User>>);
+
+impl std::fmt::Debug for MemoryUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Password hashes stay out of logs.
+        f.debug_struct("MemoryUsers")
+            .field("users", &lock(&self.0).len())
+            .finish()
+    }
+}
+
+impl MemoryUsers {
+    /// Stores `user` unless the name is taken; whether it was stored.
+    fn create(&self, user: &User) -> bool {
+        match lock(&self.0).entry(user.username.clone()) {
+            std::collections::btree_map::Entry::Occupied(_) => false,
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(user.clone());
+                true
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<User> {
+        lock(&self.0).get(name).cloned()
+    }
+
+    fn delete(&self, name: &str) -> bool {
+        lock(&self.0).remove(name).is_some()
+    }
+
+    /// Every name, sorted (the map's order).
+    fn list(&self) -> Vec<String> {
+        lock(&self.0).keys().cloned().collect()
     }
 }
 

@@ -271,17 +271,10 @@ async fn submit_job(
     Job::parse(&req.job_type, &req.data).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     check_channel("target_channel", &req.target_channel)?;
     let id = jobs::store::new_job_id();
-    let mut conn = ctx.conn.clone();
-    jobs::store::submit(
-        &mut conn,
-        &ctx.keys,
-        &id,
-        &req.job_type,
-        &req.target_channel,
-        &req.data,
-    )
-    .await
-    .map_err(|e| ctx.redis_failed(e))?;
+    ctx.jobs
+        .submit(&id, &req.job_type, &req.target_channel, &req.data)
+        .await
+        .map_err(|e| ctx.redis_failed(e))?;
     ctx.metrics.jobs_total.with_label_values(&["queued"]).inc();
     tracing::info!(job_id = %id, job_type = %req.job_type, "job queued");
     let body = serde_json::json!({"job_id": id, "status": "queued"});
@@ -295,8 +288,9 @@ async fn get_job(
     if !jobs::store::is_job_id(&id) {
         return Err(ApiError::not_found("no such job"));
     }
-    let mut conn = ctx.conn.clone();
-    let record = jobs::store::get(&mut conn, &ctx.keys, &id)
+    let record = ctx
+        .jobs
+        .get(&id)
         .await
         .map_err(|e| ctx.redis_failed(e))?
         .ok_or_else(|| ApiError::not_found("no such job"))?;

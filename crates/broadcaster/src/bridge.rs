@@ -14,6 +14,9 @@
 //! Pub/Sub itself is at-most-once: messages published while this bridge is
 //! disconnected (a Redis restart) are not seen. The bridge reconnects with backoff
 //! and subscribes again; a silent connection is caught by a periodic PING.
+//!
+//! The bridges run on a Redis engine only: the legacy producers publish to a
+//! Redis, which a node on the memory engine does not have.
 
 use std::time::Duration;
 
@@ -72,15 +75,22 @@ pub struct Bridged {
     pub once_id: String,
 }
 
-/// Starts the bridge task.
+/// Starts the bridge task on a Redis engine; on the memory engine there are no
+/// legacy channels to read.
 pub fn spawn(ctx: &AppState, rt: &Runtime) {
-    rt.spawn(run(ctx.clone(), rt.token()));
+    let Some(redis) = ctx.engine.redis() else {
+        tracing::info!(
+            "legacy bridges not started: they read the legacy system's Redis channels, and this node runs on the memory engine"
+        );
+        return;
+    };
+    rt.spawn(run(ctx.clone(), redis.client.clone(), rt.token()));
 }
 
-async fn run(ctx: AppState, token: CancellationToken) {
+async fn run(ctx: AppState, client: redis::Client, token: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
-        match session(&ctx, &token, &mut backoff).await {
+        match session(&ctx, &client, &token, &mut backoff).await {
             Ok(()) => break,
             Err(e) => {
                 ctx.metrics.redis_errors_total.inc();
@@ -105,10 +115,11 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
 /// One subscription: returns `Ok` when cancelled, `Err` when the connection fails.
 async fn session(
     ctx: &AppState,
+    client: &redis::Client,
     token: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), BridgeError> {
-    let pubsub = timed(ctx.client.get_async_pubsub()).await?;
+    let pubsub = timed(client.get_async_pubsub()).await?;
     let (mut sink, mut stream) = pubsub.split();
     timed(sink.subscribe(&[LEGACY_SYSTEM_NOTIFICATIONS, LEGACY_USER_MESSAGES])).await?;
     backoff.reset();

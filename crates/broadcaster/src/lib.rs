@@ -1,12 +1,17 @@
 //! Herald's broadcaster: the server-side publish API over HTTP, the bridges from the
-//! original design's Redis channels, and durable background jobs whose results are
-//! pushed to channels. Every channel publish goes through the shared publish script,
-//! so gateways deliver it and clients can recover it from history.
+//! original design's Redis channels, and background jobs whose results are pushed
+//! to channels. Every channel publish goes through the engine's publish path (the
+//! shared publish script on Redis), so gateways deliver it and clients can recover
+//! it from history.
+//!
+//! It runs on either engine. On the memory engine the jobs live in this process
+//! (not durable across restarts) and the legacy bridges do not run: they read the
+//! legacy system's Redis channels.
 //!
 //! # Layout
 //! - [`config`]: `--flags` / `HERALD_*` settings.
 //! - [`api`]: the `/v1/*` HTTP handlers, key check and request metrics.
-//! - [`jobs`]: job types (pure), their Redis state and the stream workers.
+//! - [`jobs`]: job types (pure), their state and queue on the engine, and the workers.
 //! - [`bridge`]: the legacy `system_notifications` / `user_messages` subscribers.
 //! - [`metrics`]: the Prometheus registry and metric handles.
 
@@ -23,9 +28,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 
+use herald_common::engine::Engine;
 use herald_common::http::{KeyKind, RequiredKey};
 use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
@@ -36,13 +41,15 @@ use herald_proto::node::NodeInfo;
 use herald_proto::time::now_ms;
 
 pub use config::{Config, Settings};
+use jobs::store::JobStore;
 use metrics::Metrics;
 
 /// The service name in heartbeats.
 pub const SERVICE: &str = "broadcaster";
 /// How long background tasks (running jobs, the bridge, the heartbeat) get to stop
 /// after the HTTP server has drained. A job still running then stays pending in
-/// the stream, and another worker (or this one, restarted) claims it.
+/// the stream, and another worker (or this one, restarted) claims it; on the
+/// memory engine it is lost with the process.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What the API handlers, job workers and bridges share. Cloned for every request
@@ -62,10 +69,10 @@ impl std::ops::Deref for AppState {
 /// The fields behind [`AppState`].
 #[derive(Debug)]
 pub struct Inner {
-    /// The shared multiplexed connection for short requests (never for blocking ones).
-    pub conn: ConnectionManager,
-    /// For connections that must not be shared: Pub/Sub and blocking stream reads.
-    pub client: redis::Client,
+    /// Where the cluster's shared state lives.
+    pub engine: Engine,
+    /// Job states and the job queue: in the engine's Redis, or in this process.
+    pub jobs: JobStore,
     pub keys: Keys,
     pub publisher: Publisher,
     pub metrics: Metrics,
@@ -73,7 +80,8 @@ pub struct Inner {
     pub config: Arc<Config>,
     /// What the publish API requires: `HERALD_API_KEY`.
     pub api_key: RequiredKey,
-    /// Whether Redis answered the last request; `/readyz` follows it.
+    /// Whether Redis answered the last request; `/readyz` follows it (always up
+    /// on the memory engine).
     pub health: store::Health,
     /// Frames this node published (any source), for the heartbeat's `messages_out`.
     published: Arc<AtomicU64>,
@@ -82,12 +90,13 @@ pub struct Inner {
 }
 
 impl AppState {
-    /// The shared state of a broadcaster with these settings, on `rt`'s node.
+    /// The shared state of a broadcaster with these settings, on `rt`'s node and
+    /// engine (on the memory engine, with a new, empty job store).
     pub fn new(config: Config, settings: &Settings, rt: &Runtime, metrics: Metrics) -> Self {
         Self(Arc::new(Inner {
-            conn: rt.conn().clone(),
-            client: rt.client().clone(),
-            publisher: Publisher::new(rt.keys().clone(), settings.history),
+            engine: rt.engine().clone(),
+            jobs: JobStore::new(rt.engine(), rt.keys()),
+            publisher: Publisher::new(rt.engine().clone(), rt.keys().clone(), settings.history),
             keys: rt.keys().clone(),
             metrics,
             node_id: rt.node_id().to_owned(),
@@ -107,16 +116,15 @@ impl AppState {
         frame: &FrameTemplate,
         once: Option<(&str, u64)>,
     ) -> redis::RedisResult<(u64, String, bool)> {
-        let mut conn = self.conn.clone();
         let res = match once {
             Some((id, ttl)) => {
                 self.publisher
-                    .publish_once(&mut conn, channel, frame, now_ms(), id, ttl)
+                    .publish_once(channel, frame, now_ms(), id, ttl)
                     .await
             }
             None => self
                 .publisher
-                .publish(&mut conn, channel, frame, now_ms())
+                .publish(channel, frame, now_ms())
                 .await
                 .map(|(o, e)| (o, e, false)),
         };
@@ -150,17 +158,20 @@ impl FromRef<AppState> for RequiredKey {
     }
 }
 
-/// Connects to Redis, then serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves, on `engine` or, without one,
+/// on the configured Redis (connecting to it first).
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    engine: Option<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
     let metrics = Metrics::new().context("cannot register metrics")?;
-    // Nothing but Redis decides whether the broadcaster can serve: no readiness gate.
+    // Nothing but the engine decides whether the broadcaster can serve (and the
+    // memory engine cannot go away): no readiness gate.
     let registry = metrics.registry.clone();
-    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE).await?;
+    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE, engine).await?;
     let address = config.common.advertise(listener.local_addr()?);
     let ctx = AppState::new(config, &settings, &rt, metrics);
     if !ctx.api_key.is_set() {

@@ -13,6 +13,6 @@ async fn main() -> ExitCode {
     telemetry::init(&config.common.log);
     telemetry::redact(&[settings.api_key.as_deref()]);
     let result =
-        async { broadcaster::run(bind(settings.listen)?, config, shutdown_signal()).await };
+        async { broadcaster::run(bind(settings.listen)?, config, None, shutdown_signal()).await };
     exit_code(SERVICE, result.await)
 }

@@ -167,7 +167,9 @@ impl Publisher {
         frame: &FrameTemplate,
         published_ms: u64,
     ) -> redis::RedisResult<(u64, String)> {
-        let (offset, epoch, _) = self.publish_with(channel, frame, published_ms, None).await?;
+        let (offset, epoch, _) = self
+            .publish_with(channel, frame, published_ms, None)
+            .await?;
         Ok((offset, epoch))
     }
 

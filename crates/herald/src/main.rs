@@ -2,17 +2,23 @@
 //! own port, through the same `run` the separate binaries call. Every `HERALD_*`
 //! setting means what it means for those binaries; only the listen addresses are per
 //! service. Prints where each service listens, then serves until SIGINT/SIGTERM.
+//!
+//! With `HERALD_REDIS_URL` the services share that Redis, exactly as the separate
+//! binaries do (and may be spread over several processes with `--only`). Without it
+//! they share one in-memory engine: a whole cluster in one process, which nothing
+//! outside it can join, so every service must run here.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use herald_common::config::{ConfigErrors, load_from, parse_or_exit};
+use herald_common::config::{ConfigErrors, load_from, parse_or_exit_with};
+use herald_common::engine::Engine;
 use herald_common::runtime::bind;
 use herald_common::{shutdown::shutdown_signal, telemetry};
 
@@ -23,10 +29,7 @@ const NAME: &str = "herald";
     name = NAME,
     version = herald_common::VERSION,
     about = "Herald in one process: ws-gateway, auth-svc, broadcaster and monitor",
-    args_conflicts_with_subcommands = true,
-    after_help = "Every other HERALD_* setting means what it means for the separate \
-                  binaries (ws-gateway --help, auth-svc --help, broadcaster --help, \
-                  monitor --help list them); HERALD_LISTEN is theirs alone."
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -100,13 +103,18 @@ enum Ready {
 }
 
 impl Ready {
-    async fn run(self, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    async fn run(
+        self,
+        listener: TcpListener,
+        engine: Option<Engine>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
         let stop = stop.cancelled_owned();
         match self {
-            Self::Gateway(c) => ws_gateway::run(listener, c, stop).await,
-            Self::Auth(c) => auth_svc::run(listener, c, stop).await,
-            Self::Broadcaster(c) => broadcaster::run(listener, c, stop).await,
-            Self::Monitor(c) => monitor::run(listener, c, stop).await,
+            Self::Gateway(c) => ws_gateway::run(listener, c, engine, stop).await,
+            Self::Auth(c) => auth_svc::run(listener, c, engine, stop).await,
+            Self::Broadcaster(c) => broadcaster::run(listener, c, engine, stop).await,
+            Self::Monitor(c) => monitor::run(listener, c, engine, stop).await,
         }
     }
 
@@ -131,7 +139,7 @@ impl Ready {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (cli, unparsed): (Cli, _) = parse_or_exit();
+    let (cli, unparsed): (Cli, _) = parse_or_exit_with(|c| c.after_help(settings_help()));
     let serve = match cli.command {
         Some(Command::Serve(s)) => s,
         None => cli.serve,
@@ -146,6 +154,13 @@ async fn main() -> ExitCode {
     };
     let mut errors = ConfigErrors::from(unparsed);
     check_shared_settings(&services, &mut errors);
+    let embedded = !is_set("HERALD_REDIS_URL");
+    if embedded && !serve.only.is_empty() {
+        errors.push(
+            "--only (HERALD_ONLY) needs HERALD_REDIS_URL: without Redis the services share \
+             this process's memory, which services in other processes cannot see",
+        );
+    }
     if !errors.is_empty() {
         errors.exit(NAME);
     }
@@ -211,35 +226,89 @@ async fn main() -> ExitCode {
             }
         }
     }
+    // One engine for every service: the cluster they form lives in it.
+    let engine = embedded.then(Engine::memory);
+    if embedded {
+        println!(
+            "{NAME}: no HERALD_REDIS_URL: running on the in-memory engine (one process; \
+             nothing is kept across restarts)"
+        );
+    }
     let stop = CancellationToken::new();
     let mut running = JoinSet::new();
     for (service, config, listener) in bound {
         if let Ok(addr) = listener.local_addr() {
             println!("{NAME}: {:<12} {}", service.name(), service.url(addr));
         }
-        let stop = stop.clone();
-        running.spawn(async move { (service, config.run(listener, stop).await) });
+        let (stop, engine) = (stop.clone(), engine.clone());
+        running.spawn(async move { (service, config.run(listener, engine, stop).await) });
     }
     supervise(running, stop).await
+}
+
+/// `--help`'s list of the services' own settings: every variable any of them reads
+/// (but `HERALD_LISTEN`, which is per service here), with its help and the services
+/// that read it.
+fn settings_help() -> String {
+    let commands = [
+        (Service::Gateway, ws_gateway::Config::command()),
+        (Service::Auth, auth_svc::Cli::command()),
+        (Service::Broadcaster, broadcaster::Config::command()),
+        (Service::Monitor, monitor::Config::command()),
+    ];
+    // Variable → (help, the services that read it), in first-seen order.
+    let mut settings: Vec<(String, String, Vec<&str>)> = Vec::new();
+    for (service, command) in &commands {
+        for arg in command.get_arguments() {
+            let Some(var) = arg.get_env().and_then(|v| v.to_str()) else {
+                continue;
+            };
+            if var == "HERALD_LISTEN" {
+                continue;
+            }
+            match settings.iter_mut().find(|(v, _, _)| v == var) {
+                Some((_, _, services)) => services.push(service.name()),
+                None => {
+                    let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                    let first = help.lines().next().unwrap_or_default().to_owned();
+                    settings.push((var.to_owned(), first, vec![service.name()]));
+                }
+            }
+        }
+    }
+    let width = settings.iter().map(|(v, _, _)| v.len()).max().unwrap_or(0);
+    let mut out = String::from(
+        "Settings of the services (environment variables; each means what it means for \
+         the service's own binary).\nWithout HERALD_REDIS_URL the services share an \
+         in-memory engine in this process.\n",
+    );
+    for (var, help, services) in settings {
+        let who = if services.len() == commands.len() {
+            "all".to_owned()
+        } else {
+            services.join(", ")
+        };
+        out.push_str(&format!("  {var:<width$}  {help} [{who}]\n"));
+    }
+    out
 }
 
 /// Settings that name one service's resource and so cannot be shared by several in one
 /// process.
 fn check_shared_settings(services: &[Service], errors: &mut ConfigErrors) {
-    let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
-    if set("HERALD_LISTEN") {
+    if is_set("HERALD_LISTEN") {
         errors.push(
             "HERALD_LISTEN is one service's address: herald takes HERALD_GATEWAY_LISTEN, \
              HERALD_AUTH_LISTEN, HERALD_BROADCASTER_LISTEN and HERALD_MONITOR_LISTEN",
         );
     }
-    if set("HERALD_ADVERTISE_ADDR") && services.len() > 1 {
+    if is_set("HERALD_ADVERTISE_ADDR") && services.len() > 1 {
         errors.push(
             "HERALD_ADVERTISE_ADDR is one service's address: with several services in one \
              process each advertises its own listen address (unset it, or use --only)",
         );
     }
-    if set("HERALD_ADMIN_LISTEN")
+    if is_set("HERALD_ADMIN_LISTEN")
         && services.contains(&Service::Auth)
         && services.contains(&Service::Monitor)
     {
@@ -248,6 +317,11 @@ fn check_shared_settings(services: &[Service], errors: &mut ConfigErrors) {
              them here (--only) or unset it",
         );
     }
+}
+
+/// Whether a variable is set to something (an empty one counts as unset).
+fn is_set(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty())
 }
 
 /// The command line a service is configured with: its name, then the flags this

@@ -1,6 +1,6 @@
 //! The HTTP API under `/api/v1`: overview, channels and the live stream are
 //! served from the latest sample; connections are read from the gateways'
-//! snapshots on request; admin actions go out on the control channel.
+//! records in the engine on request; admin actions go out on the control channel.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,10 +14,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use herald_common::engine::{Engine, RedisEngine};
 use herald_common::http::{AdminKey, ApiError, RequiredKey};
 use herald_common::keys::Keys;
 use herald_proto::control::Control;
@@ -55,7 +55,7 @@ impl std::ops::Deref for AppState {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) engine: Engine,
     pub(crate) keys: Keys,
     /// What the admin actions require.
     pub(crate) admin: RequiredKey,
@@ -170,19 +170,19 @@ impl ConnectionsQuery {
 }
 
 async fn connections(
-    State(mut s): State<AppState>,
+    State(s): State<AppState>,
     q: Result<Query<ConnectionsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(bad_query)?;
-    let page = read_connections(&mut s, &q).await.inspect_err(|_| {
+    let page = read_connections(&s, &q).await.inspect_err(|_| {
         s.metrics.redis_errors_total.inc();
     })?;
     Ok(axum::Json(page).into_response())
 }
 
-/// Walks the live gateways' connection hashes with HSCAN, keeping one page.
+/// Walks the live gateways' connection records batch by batch, keeping one page.
 async fn read_connections(
-    s: &mut AppState,
+    s: &AppState,
     q: &ConnectionsQuery,
 ) -> Result<ConnectionsPage, redis::RedisError> {
     let limit = clamp_limit(q.limit);
@@ -199,22 +199,11 @@ async fn read_connections(
     let mut scanned = 0usize;
     let mut complete = true;
     'nodes: for (i, node) in nodes.iter().enumerate() {
-        let key = s.keys.node_connections(node);
         let mut cursor: u64 = 0;
         loop {
-            let (next, flat): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(HSCAN_COUNT)
-                .query_async(&mut s.conn.clone())
-                .await?;
-            scanned += flat.len();
-            for (conn_id, json) in flat {
-                let Ok(mut info) = serde_json::from_str::<ConnInfo>(&json) else {
-                    tracing::debug!(%node, %conn_id, "unreadable connection entry");
-                    continue;
-                };
+            let batch = read_conn_batch(&s.engine, &s.keys, node, cursor).await?;
+            scanned += batch.scanned;
+            for (conn_id, mut info) in batch.entries {
                 if !q.matches(&info) {
                     continue;
                 }
@@ -229,9 +218,9 @@ async fn read_connections(
                     page.push(ConnRow::from(info));
                 }
             }
-            cursor = next;
+            cursor = batch.next;
             let more = cursor != 0 || i + 1 < nodes.len();
-            // Unfiltered, the total comes from HLEN below, so one full page is enough.
+            // Unfiltered, the total comes from the counts below, so one full page is enough.
             if more && page.len() >= limit && (!q.filtered() || scanned >= SCAN_BUDGET) {
                 complete = false;
                 break 'nodes;
@@ -244,18 +233,95 @@ async fn read_connections(
     let total = if complete || q.filtered() {
         matched
     } else {
-        let mut pipe = redis::pipe();
-        for node in &nodes {
-            pipe.cmd("HLEN").arg(s.keys.node_connections(node));
-        }
-        let lens: Vec<u64> = pipe.query_async(&mut s.conn.clone()).await?;
-        lens.iter().sum()
+        count_connections(&s.engine, &s.keys, &nodes).await?
     };
     Ok(ConnectionsPage {
         connections: page,
         total,
         truncated: !complete && q.filtered(),
     })
+}
+
+/// One batch of a node's connection records.
+#[derive(Debug, Default)]
+struct ConnBatch {
+    /// Where the next batch starts; 0 when this was the last.
+    next: u64,
+    /// Records read, counting unreadable ones (they cost the scan all the same).
+    scanned: usize,
+    /// The readable ones: conn id and record.
+    entries: Vec<(String, ConnInfo)>,
+}
+
+/// The batch of `node`'s connection records at `cursor`: an HSCAN page on
+/// Redis; every record at once on the memory engine, which has no round trips
+/// to save.
+async fn read_conn_batch(
+    engine: &Engine,
+    keys: &Keys,
+    node: &str,
+    cursor: u64,
+) -> Result<ConnBatch, redis::RedisError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => {
+            let mut entries: Vec<(String, ConnInfo)> = m
+                .connections(node)
+                .into_iter()
+                .map(|c| (c.conn_id.clone(), c))
+                .collect();
+            // In a stable order, so that offsets page through the same sequence.
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            return Ok(ConnBatch {
+                next: 0,
+                scanned: entries.len(),
+                entries,
+            });
+        }
+    };
+    let (next, flat): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+        .arg(keys.node_connections(node))
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(HSCAN_COUNT)
+        .query_async(&mut conn)
+        .await?;
+    let scanned = flat.len();
+    let entries = flat
+        .into_iter()
+        .filter_map(
+            |(conn_id, json)| match serde_json::from_str::<ConnInfo>(&json) {
+                Ok(info) => Some((conn_id, info)),
+                Err(_) => {
+                    tracing::debug!(%node, %conn_id, "unreadable connection entry");
+                    None
+                }
+            },
+        )
+        .collect();
+    Ok(ConnBatch {
+        next,
+        scanned,
+        entries,
+    })
+}
+
+/// How many connection records `nodes` have in all.
+async fn count_connections(
+    engine: &Engine,
+    keys: &Keys,
+    nodes: &[String],
+) -> Result<u64, redis::RedisError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => return Ok(nodes.iter().map(|n| m.connection_count(n)).sum()),
+    };
+    let mut pipe = redis::pipe();
+    for node in nodes {
+        pipe.cmd("HLEN").arg(keys.node_connections(node));
+    }
+    let lens: Vec<u64> = pipe.query_async(&mut conn).await?;
+    Ok(lens.iter().sum())
 }
 
 /// Server-Sent Events: one `overview` event per sample.
@@ -299,30 +365,20 @@ impl Drop for StreamGuard {
 
 async fn disconnect_conn(
     _admin: AdminKey,
-    State(mut s): State<AppState>,
+    State(s): State<AppState>,
     Path(conn_id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_id("conn_id", &conn_id)?;
-    send_control(
-        &mut s,
-        "disconnect_conn",
-        &Control::DisconnectConn { conn_id },
-    )
-    .await
+    send_control(&s, "disconnect_conn", &Control::DisconnectConn { conn_id }).await
 }
 
 async fn disconnect_user(
     _admin: AdminKey,
-    State(mut s): State<AppState>,
+    State(s): State<AppState>,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_id("user", &user_id)?;
-    send_control(
-        &mut s,
-        "disconnect_user",
-        &Control::DisconnectUser { user_id },
-    )
-    .await
+    send_control(&s, "disconnect_user", &Control::DisconnectUser { user_id }).await
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
@@ -336,15 +392,14 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 
 /// Publishes a control command to every gateway; the owner of the target acts on it.
 async fn send_control(
-    s: &mut AppState,
+    s: &AppState,
     action: &'static str,
     control: &Control,
 ) -> Result<Response, ApiError> {
     let json = serde_json::to_string(control).map_err(ApiError::internal)?;
-    let gateways: u64 = redis::cmd("PUBLISH")
-        .arg(s.keys.control())
-        .arg(&json)
-        .query_async(&mut s.conn.clone())
+    let gateways = s
+        .engine
+        .publish_raw(&s.keys.control(), json.clone())
         .await
         .inspect_err(|_| s.metrics.redis_errors_total.inc())?;
     s.metrics

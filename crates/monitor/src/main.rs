@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     let (config, settings) = config::load(SERVICE, Config::validate);
     telemetry::init(&config.common.log);
     telemetry::redact(&[settings.admin_key.as_deref()]);
-    let result = async { monitor::run(bind(settings.listen)?, config, shutdown_signal()).await };
+    let result =
+        async { monitor::run(bind(settings.listen)?, config, None, shutdown_signal()).await };
     exit_code(SERVICE, result.await)
 }

@@ -1,18 +1,20 @@
 //! The background work: once a second, read the node registry, every node's
-//! stats and channel counts and the new rate-limit events from Redis, drop nodes
-//! that have been down for five minutes, and swap in a new [`Snapshot`]; on its
-//! own interval, probe every listed node's `/healthz`.
+//! stats and channel counts and the new rate-limit events from the engine, drop
+//! nodes that have been down for five minutes, and swap in a new [`Snapshot`]; on
+//! its own interval, probe every listed node's `/healthz`.
 //!
-//! Requests never touch this path: they read the latest snapshot.
+//! Requests never touch this path: they read the latest snapshot. The storage
+//! reads are the functions under "Reads", one per operation, each with its Redis
+//! commands and its [`MemoryEngine`] twin; everything around them is shared.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use herald_common::engine::{Engine, MemoryEngine, RedisEngine};
 use herald_common::keys::Keys;
 use herald_common::runtime::Gate;
 use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
@@ -32,6 +34,7 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const EVENTS_PER_READ: usize = 500;
 const EVENT_READS_PER_ROUND: usize = 4;
 
+/// Why a round failed (only the Redis engine can fail a read).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SampleError {
     #[error("redis: {0}")]
@@ -86,11 +89,11 @@ impl Shared {
 /// from one round to the next.
 #[derive(Debug)]
 pub(crate) struct Sampler {
-    conn: ConnectionManager,
+    engine: Engine,
     keys: Keys,
     shared: Arc<Shared>,
     metrics: Metrics,
-    /// Whether the last round reached Redis: this is `/readyz`.
+    /// Whether the last round reached the engine: this is `/readyz`.
     ready: Gate,
     rates: HashMap<String, Rates>,
     tally: Tally,
@@ -100,14 +103,14 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     pub(crate) fn new(
-        conn: ConnectionManager,
+        engine: Engine,
         keys: Keys,
         shared: Arc<Shared>,
         metrics: Metrics,
         ready: Gate,
     ) -> Self {
         Self {
-            conn,
+            engine,
             keys,
             shared,
             metrics,
@@ -149,7 +152,7 @@ impl Sampler {
                     .record_sample(&snapshot.overview.totals, &statuses, &mut self.shown);
                 self.shared.replace(snapshot);
                 if !self.ready.is_met() {
-                    tracing::info!("sampling the cluster from Redis");
+                    tracing::info!("sampling the cluster from {}", self.engine.name());
                 }
                 self.ready.set(true);
             }
@@ -167,22 +170,10 @@ impl Sampler {
 
     async fn read(&mut self) -> Result<(u64, Vec<NodeReading>), SampleError> {
         let now = now_ms();
-        let registry: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(self.keys.nodes())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut self.conn)
-            .await?;
+        let registry = read_registry(&self.engine, &self.keys).await?;
         let mut listed = Vec::with_capacity(registry.len());
         let mut expired = Vec::new();
-        for (id, score) in registry {
-            // Beats are whole milliseconds, well inside f64's exact range.
-            let beat_ms = if score.is_finite() && score > 0.0 {
-                score as u64
-            } else {
-                0
-            };
+        for (id, beat_ms) in registry {
             if sample::expired(now, beat_ms) {
                 expired.push(id);
             } else {
@@ -200,21 +191,7 @@ impl Sampler {
     /// Drops nodes silent for longer than the retention, with everything they left.
     async fn prune(&mut self, now: u64, ids: &[String]) -> Result<(), SampleError> {
         let cutoff = now.saturating_sub(sample::DOWN_RETENTION_MS);
-        let mut pipe = redis::pipe();
-        // By score, not by id: a node that beat again in the meantime stays.
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(self.keys.nodes())
-            .arg("-inf")
-            .arg(format!("({cutoff}"))
-            .ignore();
-        for id in ids {
-            pipe.cmd("DEL")
-                .arg(self.keys.node(id))
-                .arg(self.keys.node_connections(id))
-                .arg(self.keys.node_channels(id))
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn).await?;
+        prune_nodes(&self.engine, &self.keys, cutoff, ids).await?;
         self.metrics.nodes_pruned_total.inc_by(ids.len() as u64);
         tracing::info!(nodes = ?ids, "dropped nodes down for five minutes");
         Ok(())
@@ -228,15 +205,7 @@ impl Sampler {
         if listed.is_empty() {
             return Ok(Vec::new());
         }
-        let infos: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(
-                listed
-                    .iter()
-                    .map(|(id, _)| self.keys.node(id))
-                    .collect::<Vec<_>>(),
-            )
-            .query_async(&mut self.conn)
-            .await?;
+        let infos = read_infos(&self.engine, &self.keys, &listed).await?;
         // Only live nodes' channel counts matter; a down gateway's subscribers are gone.
         let live: Vec<usize> = listed
             .iter()
@@ -244,27 +213,17 @@ impl Sampler {
             .filter(|(_, (_, beat))| sample::classify(now, *beat).is_live())
             .map(|(i, _)| i)
             .collect();
-        let mut channel_maps: Vec<HashMap<String, String>> = Vec::new();
-        if !live.is_empty() {
-            let mut pipe = redis::pipe();
-            for &i in &live {
-                pipe.cmd("HGETALL")
-                    .arg(self.keys.node_channels(&listed[i].0));
-            }
-            channel_maps = pipe.query_async(&mut self.conn).await?;
-        }
-        let mut channels_of: HashMap<usize, HashMap<String, String>> =
+        let live_ids: Vec<&str> = live.iter().map(|&i| listed[i].0.as_str()).collect();
+        let channel_maps = read_channels(&self.engine, &self.keys, &live_ids).await?;
+        let mut channels_of: HashMap<usize, HashMap<String, ChannelStat>> =
             live.into_iter().zip(channel_maps).collect();
         let readings = listed
             .into_iter()
             .zip(infos)
             .enumerate()
             .map(|(i, ((id, beat_ms), info))| NodeReading {
-                info: info.and_then(|json| parse_node(&id, &json)),
-                channels: channels_of
-                    .remove(&i)
-                    .map(|m| parse_channels(&id, m))
-                    .unwrap_or_default(),
+                info,
+                channels: channels_of.remove(&i).unwrap_or_default(),
                 id,
                 beat_ms,
             })
@@ -274,55 +233,232 @@ impl Sampler {
 
     /// Reads rate-limit events newer than the last one counted.
     async fn read_events(&mut self) -> Result<(), SampleError> {
-        let key = self.keys.ratelimit_events();
-        // A Redis that restarted empty starts its ids over: notice and start over too.
+        // A Redis that restarted empty starts its ids over: notice and start over
+        // too (the memory engine lives as long as this process, so never).
         if let Some(last) = self.tally.last_id {
-            let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.conn)
-                .await?;
-            let newest = newest.ids.first().and_then(|e| StreamId::parse(&e.id));
+            let newest = newest_event_id(&self.engine, &self.keys).await?;
             if newest.is_none_or(|n| n < last) {
                 self.tally.last_id = None;
             }
         }
         for _ in 0..EVENT_READS_PER_ROUND {
-            let start = match self.tally.last_id {
-                Some(id) => format!("({id}"),
-                None => "-".to_owned(),
-            };
-            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg(start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(EVENTS_PER_READ)
-                .query_async(&mut self.conn)
-                .await?;
-            let n = reply.ids.len();
-            for entry in reply.ids {
-                let Some(id) = StreamId::parse(&entry.id) else {
-                    continue;
-                };
-                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-                let event = RateLimitEvent {
-                    who: field("who"),
-                    kind: LimitKind::parse(&field("kind")),
-                    node: field("node"),
-                    at_ms: entry.get::<u64>("at_ms").unwrap_or(id.ms),
-                };
+            let batch = read_events_after(&self.engine, &self.keys, self.tally.last_id).await?;
+            for (id, event) in batch.events {
                 self.tally.record(id, event);
             }
-            if n < EVENTS_PER_READ {
+            if batch.read < EVENTS_PER_READ {
                 break;
             }
         }
         Ok(())
     }
+}
+
+// === Reads ===
+//
+// One function per storage operation: the Redis commands, and the memory
+// engine's answer with the same meaning. The memory engine cannot fail.
+
+/// Every registered node with its last beat (ms).
+async fn read_registry(engine: &Engine, keys: &Keys) -> Result<Vec<(String, u64)>, SampleError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => return Ok(m.nodes()),
+    };
+    let registry: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys.nodes())
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await?;
+    Ok(registry
+        .into_iter()
+        .map(|(id, score)| {
+            // Beats are whole milliseconds, well inside f64's exact range.
+            let beat_ms = if score.is_finite() && score > 0.0 {
+                score as u64
+            } else {
+                0
+            };
+            (id, beat_ms)
+        })
+        .collect())
+}
+
+/// Drops the nodes that last beat before `cutoff` from the registry, and the
+/// stats, connections and channels of `ids`.
+async fn prune_nodes(
+    engine: &Engine,
+    keys: &Keys,
+    cutoff: u64,
+    ids: &[String],
+) -> Result<(), SampleError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => {
+            m.prune(cutoff, ids);
+            return Ok(());
+        }
+    };
+    let mut pipe = redis::pipe();
+    // By score, not by id: a node that beat again in the meantime stays.
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(keys.nodes())
+        .arg("-inf")
+        .arg(format!("({cutoff}"))
+        .ignore();
+    for id in ids {
+        pipe.cmd("DEL")
+            .arg(keys.node(id))
+            .arg(keys.node_connections(id))
+            .arg(keys.node_channels(id))
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn).await?;
+    Ok(())
+}
+
+/// The stats of each listed node, in order; `None` where they are gone or unreadable.
+async fn read_infos(
+    engine: &Engine,
+    keys: &Keys,
+    listed: &[(String, u64)],
+) -> Result<Vec<Option<NodeInfo>>, SampleError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => return Ok(listed.iter().map(|(id, _)| m.node_info(id)).collect()),
+    };
+    let infos: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(
+            listed
+                .iter()
+                .map(|(id, _)| keys.node(id))
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut conn)
+        .await?;
+    Ok(listed
+        .iter()
+        .zip(infos)
+        .map(|((id, _), info)| info.and_then(|json| parse_node(id, &json)))
+        .collect())
+}
+
+/// The channel stats of each of `nodes`, in order.
+async fn read_channels(
+    engine: &Engine,
+    keys: &Keys,
+    nodes: &[&str],
+) -> Result<Vec<HashMap<String, ChannelStat>>, SampleError> {
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => {
+            return Ok(nodes
+                .iter()
+                .map(|id| m.channels(id).into_iter().collect())
+                .collect());
+        }
+    };
+    let mut pipe = redis::pipe();
+    for id in nodes {
+        pipe.cmd("HGETALL").arg(keys.node_channels(id));
+    }
+    let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+    Ok(nodes
+        .iter()
+        .zip(maps)
+        .map(|(id, m)| parse_channels(id, m))
+        .collect())
+}
+
+/// The id of the newest rate-limit event retained.
+async fn newest_event_id(engine: &Engine, keys: &Keys) -> Result<Option<StreamId>, SampleError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => return Ok(m.newest_ratelimit_id().map(stream_id)),
+    };
+    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.ratelimit_events())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    Ok(newest.ids.first().and_then(|e| StreamId::parse(&e.id)))
+}
+
+/// One read of the rate-limit events.
+#[derive(Debug, Default)]
+struct EventBatch {
+    /// Entries read, counting any whose id could not be parsed: a full read
+    /// means more may follow.
+    read: usize,
+    /// The readable ones, oldest first.
+    events: Vec<(StreamId, RateLimitEvent)>,
+}
+
+/// Up to [`EVENTS_PER_READ`] rate-limit events after `after` (from the oldest
+/// retained without one).
+async fn read_events_after(
+    engine: &Engine,
+    keys: &Keys,
+    after: Option<StreamId>,
+) -> Result<EventBatch, SampleError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(m) => return Ok(memory_events_after(m, after)),
+    };
+    let start = match after {
+        Some(id) => format!("({id}"),
+        None => "-".to_owned(),
+    };
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.ratelimit_events())
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(EVENTS_PER_READ)
+        .query_async(&mut conn)
+        .await?;
+    let read = reply.ids.len();
+    let events = reply
+        .ids
+        .into_iter()
+        .filter_map(|entry| {
+            let id = StreamId::parse(&entry.id)?;
+            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+            let event = RateLimitEvent {
+                who: field("who"),
+                kind: LimitKind::parse(&field("kind")),
+                node: field("node"),
+                at_ms: entry.get::<u64>("at_ms").unwrap_or(id.ms),
+            };
+            Some((id, event))
+        })
+        .collect();
+    Ok(EventBatch { read, events })
+}
+
+fn memory_events_after(m: &MemoryEngine, after: Option<StreamId>) -> EventBatch {
+    let events: Vec<(StreamId, RateLimitEvent)> = m
+        .ratelimit_events(after.map(|id| (id.ms, id.seq)), EVENTS_PER_READ)
+        .into_iter()
+        .map(|(id, event)| (stream_id(id), event))
+        .collect();
+    EventBatch {
+        read: events.len(),
+        events,
+    }
+}
+
+/// The memory engine numbers its events `(ms, seq)`, as a Redis stream does.
+fn stream_id((ms, seq): (u64, u64)) -> StreamId {
+    StreamId { ms, seq }
 }
 
 /// A node's stats; a node that writes garbage is still listed, without them.

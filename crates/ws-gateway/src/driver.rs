@@ -1,5 +1,5 @@
-//! The Pub/Sub driver: one task per gateway that owns the Redis subscription
-//! connection. It SUBSCRIBEs to exactly the channels with local subscribers, hands
+//! The Pub/Sub driver: one task per gateway that owns the engine's subscription
+//! (a dedicated connection on Redis). It SUBSCRIBEs to exactly the channels with local subscribers, hands
 //! each message to the hub, and keeps delivery gapless and in order per channel:
 //! it tracks the last offset seen, fills a gap from history, drops duplicates, and
 //! after any reconnect catches every channel up from history.
@@ -15,14 +15,13 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use herald_common::backoff::{self, Backoff};
+use herald_common::engine::Engine;
 use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
 use herald_common::runtime::Gate;
@@ -51,8 +50,7 @@ struct Position {
 #[derive(Debug)]
 pub(crate) struct Driver {
     pub(crate) hub: Arc<Hub>,
-    pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) engine: Engine,
     pub(crate) publisher: Publisher,
     pub(crate) keys: Keys,
     pub(crate) node_id: String,
@@ -112,11 +110,11 @@ impl Driver {
         token: &CancellationToken,
         first: bool,
     ) -> redis::RedisResult<Exit> {
-        let pubsub = timeout(self.client.get_async_pubsub()).await?;
-        let (mut sink, mut stream) = pubsub.split();
+        let sub = timeout(self.engine.subscriber()).await?;
+        let (mut sink, mut stream) = (sub.sink, sub.stream);
         let control = self.keys.control();
         let probe = self.keys.probe(&self.node_id);
-        timeout(sink.subscribe(&[control.as_str(), probe.as_str()])).await?;
+        timeout(sink.subscribe(&[control.clone(), probe.clone()])).await?;
 
         // Everything that has local demand now, including what queued up while down.
         let mut subscribed: HashSet<Arc<str>> = HashSet::new();
@@ -126,7 +124,7 @@ impl Driver {
         let wanted = self.hub.channel_names();
         if !wanted.is_empty() {
             let names: Vec<String> = wanted.iter().map(|c| self.keys.channel(c)).collect();
-            timeout(sink.subscribe(names)).await?;
+            timeout(sink.subscribe(&names)).await?;
         }
         for c in wanted {
             self.hub.mark_ready(&c);
@@ -152,18 +150,18 @@ impl Driver {
                 () = token.cancelled() => return Ok(Exit::Shutdown),
                 msg = stream.next() => {
                     let Some(msg) = msg else { return Ok(Exit::Reconnect("stream ended")) };
-                    let name = msg.get_channel_name();
+                    let name = msg.channel();
                     if let Some(channel) = name.strip_prefix(prefix.as_str()) {
-                        self.on_message(channel, msg.get_payload_bytes(), positions).await;
+                        self.on_message(channel, msg.payload(), positions).await;
                     } else if name == probe {
-                        if let Ok(n) = std::str::from_utf8(msg.get_payload_bytes()).unwrap_or("").parse::<u64>()
+                        if let Ok(n) = std::str::from_utf8(msg.payload()).unwrap_or("").parse::<u64>()
                             && outstanding.is_some_and(|(want, _)| want == n)
                         {
                             outstanding = None;
                             self.healthy.set(true);
                         }
                     } else if name == control {
-                        self.on_control(msg.get_payload_bytes());
+                        self.on_control(msg.payload());
                     }
                 }
                 cmd = cmds.recv() => {
@@ -171,14 +169,14 @@ impl Driver {
                     match cmd {
                         Cmd::Subscribe(c) => {
                             if self.hub.wants(&c) && !subscribed.contains(&c) {
-                                timeout(sink.subscribe(self.keys.channel(&c))).await?;
+                                timeout(sink.subscribe(&[self.keys.channel(&c)])).await?;
                                 subscribed.insert(c.clone());
                             }
                             self.hub.mark_ready(&c);
                         }
                         Cmd::Unsubscribe(c) => {
                             if !self.hub.wants(&c) && subscribed.remove(&c) {
-                                timeout(sink.unsubscribe(self.keys.channel(&c))).await?;
+                                timeout(sink.unsubscribe(&self.keys.channel(&c))).await?;
                                 positions.remove(&c);
                             }
                         }
@@ -196,12 +194,11 @@ impl Driver {
                         None => {
                             let n: u64 = rand::random::<u64>() >> 1;
                             outstanding = Some((n, Instant::now()));
-                            let mut conn = self.conn.clone();
+                            let engine = self.engine.clone();
                             let probe = probe.clone();
                             let errors = self.metrics.redis_errors.clone();
                             self.tasks.spawn(async move {
-                                let r: redis::RedisResult<()> = redis::cmd("PUBLISH").arg(probe).arg(n).query_async(&mut conn).await;
-                                if r.is_err() {
+                                if engine.publish_raw(&probe, n.to_string()).await.is_err() {
                                     errors.inc();
                                 }
                             });
@@ -216,8 +213,7 @@ impl Driver {
     async fn catch_up(&self, positions: &mut HashMap<Arc<str>, Position>) {
         let channels: Vec<Arc<str>> = positions.keys().cloned().collect();
         for channel in channels {
-            let mut conn = self.conn.clone();
-            let Ok(Some((top, epoch))) = self.publisher.position(&mut conn, &channel).await else {
+            let Ok(Some((top, epoch))) = self.publisher.position(&channel).await else {
                 continue;
             };
             let Some(pos) = positions.get(&channel).cloned() else {
@@ -241,8 +237,7 @@ impl Driver {
 
     /// Delivers offsets `from..=to` of `channel` from history.
     async fn fill(&self, channel: &Arc<str>, epoch: &str, from: u64, to: u64) {
-        let mut conn = self.conn.clone();
-        match self.publisher.range(&mut conn, channel, from, to).await {
+        match self.publisher.range(channel, from, to).await {
             Ok(frames) => {
                 for (offset, frame) in frames {
                     self.metrics.gap_fills.inc();

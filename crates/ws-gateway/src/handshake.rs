@@ -108,10 +108,9 @@ pub(crate) async fn ws_handler(
         return refuse(&state, ws, speaks_herald, e);
     }
     let ip = peer.ip();
-    let mut redis = state.redis.clone();
     let slot = match state
         .ips
-        .acquire(&mut redis, ip, state.ip_release.clone())
+        .acquire(&state.engine, ip, state.ip_release.clone())
         .await
     {
         Ok(slot) => slot,
@@ -152,7 +151,7 @@ pub(crate) async fn ws_handler(
                 tracing::info!(reason = e.reason(), %ip, "WebSocket login refused at the handshake");
                 // A refused handshake must not hold this address's slot, not even until
                 // the next batched release: give it back before answering.
-                slot.release(&mut redis).await;
+                slot.release(&state.engine).await;
                 let e = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "authentication_failed",

@@ -32,6 +32,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use herald_common::engine::Engine;
 use herald_common::jwt::{Alg, Verifier};
 use herald_common::runtime::{Gate, Runtime};
 use herald_common::serve::Limits;
@@ -54,6 +55,7 @@ const JWKS_RETRY: Duration = Duration::from_secs(1);
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    engine: Option<Engine>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut settings = config.validate()?;
@@ -62,16 +64,9 @@ pub async fn run(
         .context("cannot read the listen address")?;
     let metrics = Metrics::new().context("cannot register metrics")?;
     let registry = metrics.registry.clone();
-    let rt = Runtime::start(SERVICE, &config.common, registry, BACKGROUND_GRACE).await?;
-    let redis = rt.conn().clone();
+    let rt = Runtime::start(SERVICE, &config.common, registry, BACKGROUND_GRACE, engine).await?;
     config.jwt.warn_if_dev_secret(settings.alg, settings.dev);
-    let (state, queues) = State::new(
-        &config,
-        settings.clone(),
-        &rt,
-        redis.clone(),
-        metrics.clone(),
-    );
+    let (state, queues) = State::new(&config, settings.clone(), &rt, metrics.clone());
     if state.any_origin {
         tracing::warn!("HERALD_DEV=1 and no HERALD_ALLOWED_ORIGINS: accepting every Origin");
     }
@@ -86,8 +81,7 @@ pub async fn run(
     }
     let driver = driver::Driver {
         hub: state.hub.clone(),
-        client: rt.client().clone(),
-        conn: redis.clone(),
+        engine: rt.engine().clone(),
         publisher: state.publisher.clone(),
         keys: state.keys.clone(),
         node_id: rt.node_id().to_owned(),
@@ -98,7 +92,7 @@ pub async fn run(
     };
     rt.spawn(driver.run(queues.cmds, rt.token()));
     rt.spawn(presence::run(
-        redis.clone(),
+        rt.engine().clone(),
         state.keys.clone(),
         rt.node_id().to_owned(),
         state.hub.clone(),

@@ -1,6 +1,6 @@
 //! Per-IP limits that hold across the whole cluster: live connections per IP and
-//! connection attempts per second per IP, counted in Redis by one script per
-//! connection attempt (never per message).
+//! connection attempts per second per IP, counted in the engine (on Redis by one
+//! script) once per connection attempt (never per message).
 //!
 //! Each gateway's share of an IP's connections is a field of one HASH, stamped with
 //! the time the gateway last confirmed it; shares not confirmed for
@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+
+use herald_common::engine::Engine;
 
 use herald_common::keys::Keys;
 use herald_proto::node::LimitKind;
@@ -118,13 +119,20 @@ impl IpSlot {
     /// address — on any gateway — no longer counts it. For connections refused
     /// before they were ever served; falls back to the batched release if Redis
     /// does not answer in time.
-    pub(crate) async fn release(mut self, conn: &mut ConnectionManager) {
+    pub(crate) async fn release(mut self, engine: &Engine) {
         self.released = true;
         self.limiter.release_local(self.ip);
         if !self.in_redis {
             let _ = self.release.send(self.ip);
             return;
         }
+        let conn = match engine {
+            Engine::Redis(r) => &mut r.conn.clone(),
+            Engine::Memory(m) => {
+                m.ip_add(self.ip, &self.limiter.node, -1);
+                return;
+            }
+        };
         let res: redis::RedisResult<i64> = tokio::time::timeout(
             RELEASE_TIMEOUT,
             redis::cmd("HINCRBY")
@@ -183,16 +191,14 @@ impl IpLimiter {
         self.local().iter().map(|(k, v)| (*k, *v)).collect()
     }
 
-    /// Takes a slot for `ip`, or says why not.
-    pub(crate) async fn acquire(
-        self: &Arc<Self>,
-        conn: &mut ConnectionManager,
+    /// The acquire script's answer (see `ACQUIRE_LUA`).
+    async fn acquire_in_redis(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
         ip: IpAddr,
-        release: tokio::sync::mpsc::UnboundedSender<IpAddr>,
-    ) -> Result<IpSlot, Refusal> {
-        let now = now_ms();
-        let res: redis::RedisResult<i64> = self
-            .script
+        now: u64,
+    ) -> redis::RedisResult<i64> {
+        self.script
             .key(self.keys.ip_connections(ip))
             .key(self.keys.ip_attempts(ip, now / 1000))
             .arg(&self.node)
@@ -202,7 +208,23 @@ impl IpLimiter {
             .arg(self.max_rate)
             .arg(KEY_TTL_MS)
             .invoke_async(conn)
-            .await;
+            .await
+    }
+
+    /// Takes a slot for `ip`, or says why not.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        engine: &Engine,
+        ip: IpAddr,
+        release: tokio::sync::mpsc::UnboundedSender<IpAddr>,
+    ) -> Result<IpSlot, Refusal> {
+        let now = now_ms();
+        let res: redis::RedisResult<i64> = match engine {
+            Engine::Redis(r) => self.acquire_in_redis(&mut r.conn.clone(), ip, now).await,
+            Engine::Memory(m) => {
+                Ok(m.ip_acquire(ip, &self.node, STALE_MS, self.max_conns, self.max_rate))
+            }
+        };
         let in_redis = match res {
             Ok(-2) => return Err(Refusal::TooFast),
             Ok(n) if n < 0 => return Err(Refusal::TooMany),

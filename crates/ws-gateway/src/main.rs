@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(cause = %e, "cannot raise the open-file limit"),
     }
-    let result = async { ws_gateway::run(bind(settings.listen)?, config, shutdown_signal()).await };
+    let result =
+        async { ws_gateway::run(bind(settings.listen)?, config, None, shutdown_signal()).await };
     exit_code(SERVICE, result.await)
 }

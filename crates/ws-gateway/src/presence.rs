@@ -1,6 +1,6 @@
-//! Keeps the monitor's view of this gateway in Redis: its connections
-//! (`node:<id>:conns`), its channels (`node:<id>:channels`) and its share of each
-//! IP's connection count. Writes are batched and incremental (proportional to
+//! Keeps the monitor's view of this gateway in the engine: its connections
+//! (on Redis `node:<id>:conns`), its channels (`node:<id>:channels`) and its share
+//! of each IP's connection count. Writes are batched and incremental (proportional to
 //! churn, not to the number of connections), and everything carries a TTL that the
 //! beat refreshes, so a crashed gateway leaves nothing behind for long.
 
@@ -9,10 +9,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use herald_common::engine::Engine;
 use herald_common::keys::Keys;
 use herald_common::store::Health;
 use herald_proto::node::{ChannelStat, ConnInfo};
@@ -42,7 +42,7 @@ pub(crate) enum Event {
 /// Runs until `token` is cancelled, then removes this node's presence keys.
 #[allow(clippy::too_many_arguments, reason = "one call site, wiring only")]
 pub(crate) async fn run(
-    mut conn: ConnectionManager,
+    engine: Engine,
     keys: Keys,
     node: String,
     hub: Arc<Hub>,
@@ -80,18 +80,11 @@ pub(crate) async fn run(
                 if pending.is_empty() && released.is_empty() {
                     continue;
                 }
-                let mut pipe = redis::pipe();
-                for (id, info) in pending.drain() {
-                    match info.and_then(|i| serde_json::to_string(&i).ok()) {
-                        Some(json) => pipe.hset(&conns_key, id, json).ignore(),
-                        None => pipe.hdel(&conns_key, id).ignore(),
-                    };
-                }
-                for ip in released.drain(..) {
-                    pipe.hincr(keys.ip_connections(ip), &node, -1).ignore();
-                }
-                pipe.pexpire(&conns_key, PRESENCE_TTL_MS as i64).ignore();
-                let res = pipe.query_async::<()>(&mut conn).await;
+                let changes = Changes {
+                    conns: pending.drain().collect(),
+                    released: std::mem::take(&mut released),
+                };
+                let res = changes.write(&engine, &keys, &node, &conns_key).await;
                 health.record(&res);
                 if res.is_err() {
                     metrics.redis_errors.inc();
@@ -103,7 +96,7 @@ pub(crate) async fn run(
                 if ticks.is_multiple_of(COUNTERS_EVERY) {
                     refresh_counters(&hub, &node, &mut written_counters, &mut pending);
                 }
-                let res = refresh_all(&mut conn, &keys, &node, &hub, &ips, &chans_key, &conns_key, &mut written_channels, resync).await;
+                let res = refresh_all(&engine, &keys, &node, &hub, &ips, &chans_key, &conns_key, &mut written_channels, resync).await;
                 health.record(&res);
                 if res.is_ok() {
                     resync = false;
@@ -115,13 +108,60 @@ pub(crate) async fn run(
             }
         }
     }
-    let _: redis::RedisResult<()> = redis::pipe()
-        .del(&conns_key)
-        .ignore()
-        .del(&chans_key)
-        .ignore()
-        .query_async(&mut conn)
-        .await;
+    match &engine {
+        Engine::Redis(r) => {
+            let _: redis::RedisResult<()> = redis::pipe()
+                .del(&conns_key)
+                .ignore()
+                .del(&chans_key)
+                .ignore()
+                .query_async(&mut r.conn.clone())
+                .await;
+        }
+        Engine::Memory(m) => m.clear_presence(&node),
+    }
+}
+
+/// Connection records and IP slots changed since the last flush.
+struct Changes {
+    conns: Vec<(String, Option<ConnInfo>)>,
+    released: Vec<IpAddr>,
+}
+
+impl Changes {
+    async fn write(
+        self,
+        engine: &Engine,
+        keys: &Keys,
+        node: &str,
+        conns_key: &str,
+    ) -> redis::RedisResult<()> {
+        let r = match engine {
+            Engine::Redis(r) => r,
+            Engine::Memory(m) => {
+                for (id, info) in self.conns {
+                    m.set_connection(node, &id, info, PRESENCE_TTL_MS);
+                }
+                for ip in self.released {
+                    m.ip_add(ip, node, -1);
+                }
+                m.touch_presence(node, PRESENCE_TTL_MS);
+                return Ok(());
+            }
+        };
+        let mut pipe = redis::pipe();
+        for (id, info) in self.conns {
+            match info.and_then(|i| serde_json::to_string(&i).ok()) {
+                Some(json) => pipe.hset(conns_key, id, json).ignore(),
+                None => pipe.hdel(conns_key, id).ignore(),
+            };
+        }
+        for ip in self.released {
+            pipe.hincr(keys.ip_connections(ip), node, -1).ignore();
+        }
+        pipe.pexpire(conns_key, PRESENCE_TTL_MS as i64).ignore();
+        pipe.query_async::<()>(&mut r.conn.clone()).await
+    }
 }
 
 /// Queues the records of connections whose message counters moved since last time.
@@ -152,7 +192,7 @@ fn refresh_counters(
 /// outage (`full`), rewrites everything from local truth.
 #[allow(clippy::too_many_arguments, reason = "internal helper")]
 async fn refresh_all(
-    conn: &mut ConnectionManager,
+    engine: &Engine,
     keys: &Keys,
     node: &str,
     hub: &Hub,
@@ -162,6 +202,13 @@ async fn refresh_all(
     written: &mut HashMap<Arc<str>, ChannelStat>,
     full: bool,
 ) -> redis::RedisResult<()> {
+    let r = match engine {
+        Engine::Redis(r) => r,
+        Engine::Memory(m) => {
+            refresh_memory(m, node, hub, ips, written, full);
+            return Ok(());
+        }
+    };
     let now = now_ms();
     let mut pipe = redis::pipe();
     if full {
@@ -200,11 +247,48 @@ async fn refresh_all(
     }
     pipe.pexpire(chans_key, PRESENCE_TTL_MS as i64).ignore();
     pipe.pexpire(conns_key, PRESENCE_TTL_MS as i64).ignore();
-    let res = pipe.query_async::<()>(conn).await;
+    let res = pipe.query_async::<()>(&mut r.conn.clone()).await;
     if res.is_ok() {
         *written = live;
     }
     res
+}
+
+/// [`refresh_all`] on the memory engine: the same records, written in place
+/// (nothing to batch, and nothing can fail).
+fn refresh_memory(
+    m: &herald_common::engine::MemoryEngine,
+    node: &str,
+    hub: &Hub,
+    ips: &IpLimiter,
+    written: &mut HashMap<Arc<str>, ChannelStat>,
+    full: bool,
+) {
+    if full {
+        m.clear_presence(node);
+        for c in hub.all_conns() {
+            m.set_connection(node, &c.conn_id, Some(conn_info(&c, node)), PRESENCE_TTL_MS);
+        }
+    }
+    let mut live: HashMap<Arc<str>, ChannelStat> = HashMap::new();
+    for (name, subscribers, messages) in hub.channel_stats() {
+        let stat = ChannelStat {
+            subscribers,
+            messages,
+        };
+        if full || written.get(&name) != Some(&stat) {
+            m.set_channel(node, &name, Some(stat), PRESENCE_TTL_MS);
+        }
+        live.insert(name, stat);
+    }
+    for gone in written.keys().filter(|k| !live.contains_key(*k)) {
+        m.set_channel(node, gone, None, PRESENCE_TTL_MS);
+    }
+    for (ip, n) in ips.snapshot() {
+        m.ip_confirm(ip, node, full.then_some(n));
+    }
+    m.touch_presence(node, PRESENCE_TTL_MS);
+    *written = live;
 }
 
 /// The monitor's record of one connection.

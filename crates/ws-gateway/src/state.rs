@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use herald_common::engine::Engine;
 use herald_common::jwt::{AuthError, Verifier};
 use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
@@ -35,7 +35,7 @@ pub(crate) struct State {
     pub(crate) hub: Arc<Hub>,
     pub(crate) verifier: Verifier,
     pub(crate) publisher: Publisher,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) engine: Engine,
     /// Whether Redis answered the last request; `/readyz` follows it.
     pub(crate) health: herald_common::store::Health,
     pub(crate) keys: Keys,
@@ -65,13 +65,11 @@ pub(crate) struct Queues {
 }
 
 impl State {
-    /// The shared state of a gateway with these settings on `rt`'s node, talking
-    /// to `redis`.
+    /// The shared state of a gateway with these settings on `rt`'s node and engine.
     pub(crate) fn new(
         config: &Config,
         settings: Settings,
         rt: &Runtime,
-        redis: ConnectionManager,
         metrics: Metrics,
     ) -> (Arc<Self>, Queues) {
         let keys = Keys::new(config.common.redis_prefix.clone());
@@ -95,8 +93,8 @@ impl State {
             node_id: rt.node_id().to_owned(),
             hub,
             verifier: Verifier::from_config(&config.jwt, settings.alg, settings.secret.as_deref()),
-            publisher: Publisher::new(keys.clone(), settings.history),
-            redis,
+            publisher: Publisher::new(rt.engine().clone(), keys.clone(), settings.history),
+            engine: rt.engine().clone(),
             health: rt.health().clone(),
             keys,
             metrics,
@@ -122,12 +120,7 @@ impl State {
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verifier.verify(token).await?;
         if let Some(jti) = &claims.jti {
-            let mut redis = self.redis.clone();
-            let revoked: redis::RedisResult<bool> = redis::cmd("EXISTS")
-                .arg(self.keys.revoked(jti))
-                .query_async(&mut redis)
-                .await;
-            match revoked {
+            match self.engine.is_revoked(&self.keys, jti).await {
                 Ok(true) => return Err(AuthError::Revoked),
                 Ok(false) => {}
                 // Fail open: an outage must not lock every client out; revocations
@@ -144,7 +137,7 @@ impl State {
     /// Records a limit hit for the monitor (`herald:ratelimit`), off the caller's
     /// path: on the connection tracker, so shutdown waits for it.
     pub(crate) fn report_ratelimit(&self, who: &str, kind: LimitKind) {
-        let (mut redis, keys) = (self.redis.clone(), self.keys.clone());
+        let (engine, keys) = (self.engine.clone(), self.keys.clone());
         let errors = self.metrics.redis_errors.clone();
         let event = RateLimitEvent {
             who: who.to_owned(),
@@ -153,7 +146,7 @@ impl State {
             at_ms: now_ms(),
         };
         self.tracker.spawn(async move {
-            if store::record_ratelimit(&mut redis, &keys, &event)
+            if store::record_ratelimit(&engine, &keys, &event)
                 .await
                 .is_err()
             {

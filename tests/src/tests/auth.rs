@@ -8,12 +8,12 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::{
-    ADMIN_KEY, Redis, Service, ServiceBuilder, TEST_SECRET, dead_redis, eventually, http_json,
-    run_bin, within,
+    ADMIN_KEY, Backend, Redis, Service, ServiceBuilder, Store, TEST_SECRET, dead_redis, eventually,
+    http_json, run_bin, within,
 };
 
-pub(super) async fn auth_svc(redis: &Redis) -> Service {
-    ServiceBuilder::new("auth-svc").redis(redis).spawn().await
+pub(super) async fn auth_svc(store: &impl Store) -> Service {
+    ServiceBuilder::new("auth-svc").on(store).spawn().await
 }
 
 /// Creates a user through the admin API.
@@ -140,10 +140,8 @@ async fn the_users_api_needs_the_admin_key() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn creating_a_user_answers_201_without_the_hash_and_a_duplicate_409() {
-    let redis = Redis::start().await;
-    let svc = auth_svc(&redis).await;
+async fn creating_a_user_answers_201_without_the_hash_and_a_duplicate_409(backend: Backend) {
+    let svc = auth_svc(&backend).await;
     let (s, b) = http_json(Method::POST, &users(&svc), Some(ADMIN_KEY), Some(alice())).await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["username"], "alice");
@@ -153,10 +151,8 @@ async fn creating_a_user_answers_201_without_the_hash_and_a_duplicate_409() {
 }
 
 /// A body that is not JSON is 400 `invalid_json`; JSON of the wrong shape is 422.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_bodies_are_400_when_not_json_and_422_when_misshapen() {
-    let redis = Redis::start().await;
-    let svc = auth_svc(&redis).await;
+async fn bad_bodies_are_400_when_not_json_and_422_when_misshapen(backend: Backend) {
+    let svc = auth_svc(&backend).await;
     let users = users(&svc);
     let (s, _, b) = raw(Method::POST, &users, Some(ADMIN_KEY), "{nope").await;
     assert_eq!(s, 400, "{b}");
@@ -401,3 +397,8 @@ async fn login_and_refresh_answer_cors_for_allowed_origins_only() {
         "https://app.example"
     );
 }
+
+crate::both_engines!(
+    creating_a_user_answers_201_without_the_hash_and_a_duplicate_409,
+    bad_bodies_are_400_when_not_json_and_422_when_misshapen,
+);

@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::{
-    API_KEY, Redis, Service, ServiceBuilder, dead_redis, eventually, eventually_within, http_json,
-    run_bin, within,
+    API_KEY, Backend, Redis, Service, ServiceBuilder, Store, dead_redis, eventually,
+    eventually_within, http_json, run_bin, within,
 };
 
 // === Helpers ===
@@ -27,24 +26,26 @@ pub(super) struct Delivered {
     pub(super) frame: Value,
 }
 
-/// A Pub/Sub subscriber to Herald channels.
+/// A subscriber to Herald channels, on the engine the services run on.
 pub(super) struct Sub {
-    stream: redis::aio::PubSubStream,
+    stream: herald_common::engine::SubStream,
+    /// Subscriptions last as long as their sink.
+    _sink: herald_common::engine::SubSink,
 }
 
 impl Sub {
-    pub(super) async fn new(redis: &Redis, channels: &[&str]) -> Self {
-        let client = redis::Client::open(redis.url()).expect("redis url");
-        let mut ps = within("a pubsub connection", client.get_async_pubsub())
+    pub(super) async fn new(store: &impl Store, channels: &[&str]) -> Self {
+        let sub = within("a subscription", store.engine().await.subscriber())
             .await
-            .expect("pubsub");
-        for c in channels {
-            within("subscribe", ps.subscribe(format!("herald:ch:{c}")))
-                .await
-                .expect("subscribe");
-        }
+            .expect("subscriber");
+        let (mut sink, stream) = (sub.sink, sub.stream);
+        let names: Vec<String> = channels.iter().map(|c| format!("herald:ch:{c}")).collect();
+        within("subscribe", sink.subscribe(&names))
+            .await
+            .expect("subscribe");
         Self {
-            stream: ps.into_on_message(),
+            stream,
+            _sink: sink,
         }
     }
 
@@ -53,11 +54,11 @@ impl Sub {
             .await
             .expect("pubsub closed");
         let channel = msg
-            .get_channel_name()
+            .channel()
             .strip_prefix("herald:ch:")
             .expect("herald channel")
             .to_owned();
-        let payload = msg.get_payload_bytes();
+        let payload = msg.payload();
         let env = herald_proto::envelope::decode(payload).expect("payload has the envelope header");
         let text = std::str::from_utf8(&payload[env.frame_start..])
             .expect("utf-8 frame")
@@ -82,17 +83,14 @@ impl Sub {
         if let Ok(Some(msg)) = tokio::time::timeout(d, self.stream.next()).await {
             panic!(
                 "unexpected frame: {}",
-                String::from_utf8_lossy(msg.get_payload_bytes())
+                String::from_utf8_lossy(msg.payload())
             );
         }
     }
 }
 
-pub(super) async fn start(redis: &Redis) -> Service {
-    ServiceBuilder::new("broadcaster")
-        .redis(redis)
-        .spawn()
-        .await
+pub(super) async fn start(store: &impl Store) -> Service {
+    ServiceBuilder::new("broadcaster").on(store).spawn().await
 }
 
 pub(super) async fn post(svc: &Service, path: &str, body: Value) -> (u16, Value) {
@@ -154,13 +152,15 @@ pub(super) async fn finished(svc: &Service, id: &str, limit: Duration) -> Value 
     .await
 }
 
-pub(super) async fn history_len(redis: &Redis, channel: &str) -> u64 {
-    let mut c = redis.conn().await;
-    redis::cmd("XLEN")
-        .arg(format!("herald:hist:{{{channel}}}"))
-        .query_async(&mut c)
+/// How many messages `channel`'s history holds.
+pub(super) async fn history_len(store: &impl Store, channel: &str) -> u64 {
+    use herald_common::publish::{HistoryConfig, Publisher};
+    let keys = herald_common::keys::Keys::new("herald:");
+    let publisher = Publisher::new(store.engine().await, keys, HistoryConfig::default());
+    let frames = within("a history read", publisher.range(channel, 1, u64::MAX))
         .await
-        .expect("XLEN")
+        .expect("history");
+    frames.len() as u64
 }
 
 pub(super) async fn metrics(svc: &Service) -> String {
@@ -177,11 +177,9 @@ pub(super) async fn metrics(svc: &Service) -> String {
 
 // === Publishing ===
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_assigns_increasing_offsets_and_passes_the_message_through() {
-    let redis = Redis::start().await;
-    let bc = start(&redis).await;
-    let mut sub = Sub::new(&redis, &["news"]).await;
+async fn publish_assigns_increasing_offsets_and_passes_the_message_through(backend: Backend) {
+    let bc = start(&backend).await;
+    let mut sub = Sub::new(&backend, &["news"]).await;
 
     // Odd spacing and number formats must reach clients byte for byte.
     let raw = r#"{"b": 1, "a":[1.50, "x"]}"#;
@@ -225,15 +223,13 @@ async fn publish_assigns_increasing_offsets_and_passes_the_message_through() {
         assert_eq!(d.offset, i as u64 + 2);
         assert_eq!(d.frame["message"], msg);
     }
-    assert_eq!(history_len(&redis, "news").await, 3);
+    assert_eq!(history_len(&backend, "news").await, 3);
     assert!(metrics(&bc).await.contains("herald_publish_total 3"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_key_publishes_once() {
-    let redis = Redis::start().await;
-    let bc = start(&redis).await;
-    let mut sub = Sub::new(&redis, &["orders"]).await;
+async fn idempotency_key_publishes_once(backend: Backend) {
+    let bc = start(&backend).await;
+    let mut sub = Sub::new(&backend, &["orders"]).await;
     let body = json!({"channel":"orders","message":{"id":7},"idempotency_key":"order-7"});
 
     let (status, first) = post(&bc, "/v1/publish", body.clone()).await;
@@ -247,7 +243,7 @@ async fn idempotency_key_publishes_once() {
     let d = sub.next().await;
     assert_eq!(d.frame["message"], json!({"id": 7}));
     sub.assert_quiet(Duration::from_millis(500)).await;
-    assert_eq!(history_len(&redis, "orders").await, 1);
+    assert_eq!(history_len(&backend, "orders").await, 1);
 
     // Another key is another publish.
     let (_, other) = post(
@@ -259,6 +255,7 @@ async fn idempotency_key_publishes_once() {
     assert_eq!(other["offset"], 2);
     assert_eq!(sub.next().await.offset, 2);
     // The key is remembered for HERALD_IDEMPOTENCY_TTL_MS (5 minutes by default).
+    let Some(redis) = backend.redis() else { return };
     let mut c = redis.conn().await;
     let ttl: i64 = redis::cmd("PTTL")
         .arg("herald:once:{orders}:idem:order-7")
@@ -268,11 +265,9 @@ async fn idempotency_key_publishes_once() {
     assert!(ttl > 290_000 && ttl <= 300_000, "{ttl}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_publishes_to_every_channel() {
-    let redis = Redis::start().await;
-    let bc = start(&redis).await;
-    let mut sub = Sub::new(&redis, &["a", "b", "c:1"]).await;
+async fn broadcast_publishes_to_every_channel(backend: Backend) {
+    let bc = start(&backend).await;
+    let mut sub = Sub::new(&backend, &["a", "b", "c:1"]).await;
     // Give channel `b` a history first, so offsets differ per channel.
     post(&bc, "/v1/publish", json!({"channel":"b","message":0})).await;
     assert_eq!(sub.next().await.channel, "b");
@@ -331,11 +326,9 @@ async fn broadcast_publishes_to_every_channel() {
     sub.assert_quiet(Duration::from_millis(300)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn system_notifications_and_user_messages() {
-    let redis = Redis::start().await;
-    let bc = start(&redis).await;
-    let mut sub = Sub::new(&redis, &["system", "user:u9"]).await;
+async fn system_notifications_and_user_messages(backend: Backend) {
+    let bc = start(&backend).await;
+    let mut sub = Sub::new(&backend, &["system", "user:u9"]).await;
 
     let (status, v) = post(&bc, "/v1/system", json!({"content":"maintenance at 5"})).await;
     assert_eq!(status, 200, "{v}");
@@ -364,10 +357,8 @@ async fn system_notifications_and_user_messages() {
 
 // === Errors, configuration, operations ===
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_errors() {
-    let redis = Redis::start().await;
-    let bc = start(&redis).await;
+async fn http_errors(backend: Backend) {
+    let bc = start(&backend).await;
     let body = r#"{"channel":"news","message":1}"#;
     for key in [None, Some("wrong-key")] {
         let (status, v) = post_raw(&bc, "/v1/publish", key, body).await;
@@ -520,3 +511,11 @@ async fn heartbeat_metrics_and_graceful_stop() {
         .expect("ZSCORE");
     assert_eq!(score, None, "a graceful stop deregisters the node");
 }
+
+crate::both_engines!(
+    publish_assigns_increasing_offsets_and_passes_the_message_through,
+    idempotency_key_publishes_once,
+    broadcast_publishes_to_every_channel,
+    system_notifications_and_user_messages,
+    http_errors,
+);

@@ -7,13 +7,11 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::broadcaster::{Sub, finished, get_job, history_len, metrics, post, start, submit};
-use crate::{API_KEY, Redis, ServiceBuilder, eventually, http_json};
+use crate::{API_KEY, Backend, Redis, ServiceBuilder, eventually, http_json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_run_and_publish_their_results() {
-    let redis = Redis::start().await;
-    let bc = start(&redis).await;
-    let mut sub = Sub::new(&redis, &["results"]).await;
+async fn jobs_run_and_publish_their_results(backend: Backend) {
+    let bc = start(&backend).await;
+    let mut sub = Sub::new(&backend, &["results"]).await;
 
     let id = submit(&bc, "data_processing", json!([1, 2, 3, 4]), "results").await;
     let v = finished(&bc, &id, Duration::from_secs(10)).await;
@@ -192,3 +190,5 @@ async fn a_reclaimed_job_whose_result_was_already_published_is_not_published_aga
     sub.assert_quiet(Duration::from_millis(500)).await;
     assert_eq!(history_len(&redis, "work2").await, 0);
 }
+
+crate::both_engines!(jobs_run_and_publish_their_results,);

@@ -9,6 +9,7 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use herald_common::engine::{Engine, RedisEngine};
 use herald_common::keys::Keys;
 use herald_common::publish::{HistoryConfig, Publisher};
 use herald_proto::channel::SYSTEM_CHANNEL;
@@ -112,18 +113,19 @@ async fn the_publish_script_writes_what_envelope_encode_writes() {
             .expect("subscribe");
     }
     let mut messages = pubsub.into_on_message();
-    let publisher = Publisher::new(keys.clone(), HistoryConfig::default());
+    let engine = Engine::Redis(RedisEngine {
+        client: client.clone(),
+        conn: conn.clone(),
+    });
+    let publisher = Publisher::new(engine, keys.clone(), HistoryConfig::default());
 
     // (channel, epoch) of every publish so far.
     let mut seen: Vec<(&str, String)> = Vec::new();
     for (what, channel, template) in templates() {
         let published_ms = now_ms();
-        let (offset, epoch) = within(
-            what,
-            publisher.publish(&mut conn, channel, &template, published_ms),
-        )
-        .await
-        .expect("publish");
+        let (offset, epoch) = within(what, publisher.publish(channel, &template, published_ms))
+            .await
+            .expect("publish");
         let before = seen.iter().filter(|(c, _)| *c == channel).count();
         assert_eq!(
             offset,
@@ -175,4 +177,40 @@ async fn the_publish_script_writes_what_envelope_encode_writes() {
         assert!(of_channel.all(|e| e == first), "{channel}: {seen:?}");
     }
     drop(redis);
+}
+
+/// The memory engine's publish writes the same envelope and history as the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_engine_writes_what_envelope_encode_writes() {
+    let keys = Keys::new("herald:");
+    let engine = Engine::memory();
+    let mut sub = within("a subscription", engine.subscriber())
+        .await
+        .expect("subscriber");
+    let names = [keys.channel(CHANNEL), keys.channel(SYSTEM_CHANNEL)];
+    within("subscribe", sub.sink.subscribe(&names))
+        .await
+        .expect("subscribe");
+    let publisher = Publisher::new(engine, keys.clone(), HistoryConfig::default());
+    for (what, channel, template) in templates() {
+        let published_ms = now_ms();
+        let (offset, epoch) = within(what, publisher.publish(channel, &template, published_ms))
+            .await
+            .expect("publish");
+        let msg = within(what, sub.stream.next())
+            .await
+            .expect("the subscription stays open");
+        assert_eq!(msg.channel(), keys.channel(channel), "{what}");
+        let frame = template.fill(offset, &epoch);
+        let expected = envelope::encode(offset, &epoch, published_ms, &frame);
+        assert_eq!(msg.payload(), expected.as_bytes(), "{what}: byte for byte");
+        let stored = within(what, publisher.range(channel, offset, offset))
+            .await
+            .expect("range");
+        assert_eq!(
+            stored,
+            vec![(offset, frame)],
+            "{what}: history holds the frame"
+        );
+    }
 }

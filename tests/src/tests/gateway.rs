@@ -5,12 +5,14 @@
 
 use serde_json::{Value, json};
 
-use crate::{Redis, Service, ServiceBuilder, Ws, eventually, token, token_with, within};
+use crate::{
+    Backend, Redis, Service, ServiceBuilder, Store, Ws, eventually, token, token_with, within,
+};
 
 /// A gateway with limits relaxed so tests can open many connections quickly.
-pub(super) fn gateway(redis: &Redis) -> ServiceBuilder {
+pub(super) fn gateway(store: &impl Store) -> ServiceBuilder {
     ServiceBuilder::new("ws-gateway")
-        .redis(redis)
+        .on(store)
         .env("HERALD_MAX_CONNECTIONS_PER_IP", "1000")
         .env("HERALD_CONNECT_RATE_PER_IP", "1000")
         .env("HERALD_PUBSUB_PROBE_INTERVAL_MS", "300")
@@ -58,11 +60,9 @@ pub(super) async fn metric(svc: &Service, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cross_gateway_fanout_and_message_shape() {
-    let redis = Redis::start().await;
-    let gw1 = gateway(&redis).spawn().await;
-    let gw2 = gateway(&redis).spawn().await;
+async fn cross_gateway_fanout_and_message_shape(backend: Backend) {
+    let gw1 = gateway(&backend).spawn().await;
+    let gw2 = gateway(&backend).spawn().await;
     let t = token("alice", &["news"], &["news"]);
     let (mut a, ok) = Ws::auth(&gw1, &t, &["news"]).await;
     assert_eq!(ok["user_id"], "alice");
@@ -91,10 +91,8 @@ async fn cross_gateway_fanout_and_message_shape() {
     a.recv_type("message").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_design_client_works_unchanged() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis).spawn().await;
+async fn python_design_client_works_unchanged(backend: Backend) {
+    let gw = gateway(&backend).spawn().await;
     let mut ws = Ws::connect(&format!("ws://{}/", gw.addr)).await;
     // The original client: first frame without `type`, then subscribe/broadcast.
     ws.send(json!({"token": token("py", &["chat:*"], &["chat:*"]), "channels": ["chat:lobby"]}))
@@ -119,10 +117,8 @@ async fn python_design_client_works_unchanged() {
     assert_eq!(ok["channels"], json!(["user:old"]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_is_cut_off_and_others_keep_up() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+async fn slow_consumer_is_cut_off_and_others_keep_up(backend: Backend) {
+    let gw = gateway(&backend)
         .env("HERALD_OUTBOUND_QUEUE_FRAMES", "32")
         .env("HERALD_RATE_LIMIT_MESSAGES", "100000")
         .spawn()
@@ -166,10 +162,8 @@ async fn slow_consumer_is_cut_off_and_others_keep_up() {
     assert!(metric(&gw, "herald_slow_consumer_disconnects_total").await >= 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_with_and_without_a_gap() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+async fn recovery_with_and_without_a_gap(backend: Backend) {
+    let gw = gateway(&backend)
         .env("HERALD_HISTORY_SIZE", "50")
         .env("HERALD_RATE_LIMIT_MESSAGES", "100000")
         .spawn()
@@ -388,10 +382,8 @@ async fn wedged_pubsub_is_detected_and_nothing_is_lost() {
     assert!(metric(&gw, "herald_pubsub_reconnects_total").await >= 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batching_clients_get_batch_messages() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+async fn batching_clients_get_batch_messages(backend: Backend) {
+    let gw = gateway(&backend)
         .env("HERALD_BATCH_WINDOW_MS", "50")
         .env("HERALD_RATE_LIMIT_MESSAGES", "100000")
         .spawn()
@@ -430,3 +422,11 @@ async fn batching_clients_get_batch_messages() {
         "ten quick messages within a 50 ms window come batched"
     );
 }
+
+crate::both_engines!(
+    cross_gateway_fanout_and_message_shape,
+    python_design_client_works_unchanged,
+    slow_consumer_is_cut_off_and_others_keep_up,
+    recovery_with_and_without_a_gap,
+    batching_clients_get_batch_messages,
+);

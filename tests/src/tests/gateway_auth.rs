@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::gateway::{gateway, metric, now};
-use crate::{Redis, Service, Ws, eventually, serve_json, token, token_with};
+use crate::{
+    Backend, Redis, Service, Store, Ws, eventually, serve_json, token, token_with, within,
+};
 
 /// A fixed Ed25519 key for tests (generated once with openssl; not a secret).
 const TEST_ED25519_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIPufUHCNl0tUVBEe0QpyOaPiJ8g6J3rf93izWyOZL4M8\n-----END PRIVATE KEY-----\n";
@@ -19,10 +21,10 @@ const TEST_ED25519_X: &str = "zKapNbIGb1JSYfcvyUK8oIhr8d1TpL6Fr9kpfgTrqi8";
 
 /// A gateway in EdDSA mode whose JWKS (key `k1`, [`TEST_ED25519_X`]) comes from a
 /// local key server; returns the gateway, the JWKS URL and the key server's task.
-async fn eddsa_gateway(redis: &Redis) -> (Service, String, tokio::task::JoinHandle<()>) {
+async fn eddsa_gateway(store: &impl Store) -> (Service, String, tokio::task::JoinHandle<()>) {
     let jwks = json!({"keys":[{"kty":"OKP","crv":"Ed25519","x":TEST_ED25519_X,"kid":"k1","alg":"EdDSA","use":"sig"}]});
     let (url, server) = serve_json(jwks.to_string()).await;
-    let gw = gateway(redis)
+    let gw = gateway(store)
         .env("HERALD_JWT_ALG", "EdDSA")
         .env("HERALD_JWKS_URL", &url)
         .spawn()
@@ -30,10 +32,8 @@ async fn eddsa_gateway(redis: &Redis) -> (Service, String, tokio::task::JoinHand
     (gw, url, server)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_auth_header_and_query() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis).spawn().await;
+async fn handshake_auth_header_and_query(backend: Backend) {
+    let gw = gateway(&backend).spawn().await;
     let t = token("hq", &["news"], &[]);
     let url = format!("{}?token={t}&channels=news,system", gw.ws());
     let mut ws = Ws::connect(&url).await;
@@ -60,11 +60,9 @@ async fn handshake_auth_header_and_query() {
 }
 
 /// Every way a first-frame token can be wrong closes with 1008.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_failures_close_1008() {
+async fn auth_failures_close_1008(backend: Backend) {
     use base64::Engine;
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+    let gw = gateway(&backend)
         .env("HERALD_AUTH_TIMEOUT_MS", "500")
         .env("HERALD_JWT_LEEWAY_S", "0")
         .spawn()
@@ -143,13 +141,13 @@ async fn auth_failures_close_1008() {
     let t = token_with(
         json!({"sub":"u","exp":now()+60,"iss":"herald-auth","aud":"herald","jti":"gone"}),
     );
-    let mut r = redis.conn().await;
-    let _: () = redis::cmd("SET")
-        .arg("herald:revoked:gone")
-        .arg(1)
-        .query_async(&mut r)
-        .await
-        .expect("set");
+    let keys = herald_common::keys::Keys::new("herald:");
+    within(
+        "a revocation",
+        backend.engine().await.revoke(&keys, "gone", 60_000),
+    )
+    .await
+    .expect("revoked");
     let mut ws = Ws::connect(&gw.ws()).await;
     ws.send(json!({"type":"auth","token":t})).await;
     assert_eq!(ws.closed().await.0.code, 1008);
@@ -255,10 +253,8 @@ async fn jwks_outage_keeps_cached_keys_and_never_blocks() {
     hanging.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_expiry_and_heartbeats() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+async fn token_expiry_and_heartbeats(backend: Backend) {
+    let gw = gateway(&backend)
         .env("HERALD_JWT_LEEWAY_S", "0")
         .env("HERALD_HEARTBEAT_INTERVAL_MS", "300")
         .spawn()
@@ -281,23 +277,15 @@ async fn token_expiry_and_heartbeats() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoke_and_admin_disconnect_close_connections() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis).spawn().await;
+async fn revoke_and_admin_disconnect_close_connections(backend: Backend) {
+    let gw = gateway(&backend).spawn().await;
     let t = token_with(
         json!({"sub":"v","exp":now()+600,"iss":"herald-auth","aud":"herald","jti":"j-1"}),
     );
     let (mut ws, _) = Ws::auth(&gw, &t, &[]).await;
     let (mut other, _) = Ws::auth(&gw, &token("w", &[], &[]), &[]).await;
-    let mut r = redis.conn().await;
     let started = std::time::Instant::now();
-    let _: () = redis::cmd("PUBLISH")
-        .arg("herald:control")
-        .arg(json!({"type":"revoke","jti":"j-1"}).to_string())
-        .query_async(&mut r)
-        .await
-        .expect("publish");
+    backend.control(&json!({"type":"revoke","jti":"j-1"})).await;
     let (closed, frames) = ws.closed().await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -309,11 +297,15 @@ async fn revoke_and_admin_disconnect_close_connections() {
     other.send(json!({"type":"ping","id":1})).await;
     other.recv_type("pong").await;
     // Disconnect a user by name.
-    let _: () = redis::cmd("PUBLISH")
-        .arg("herald:control")
-        .arg(json!({"type":"disconnect_user","user_id":"w"}).to_string())
-        .query_async(&mut r)
-        .await
-        .expect("publish");
+    backend
+        .control(&json!({"type":"disconnect_user","user_id":"w"}))
+        .await;
     assert_eq!(other.closed().await.0.code, 1008);
 }
+
+crate::both_engines!(
+    handshake_auth_header_and_query,
+    auth_failures_close_1008,
+    token_expiry_and_heartbeats,
+    revoke_and_admin_disconnect_close_connections,
+);

@@ -7,12 +7,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::gateway::gateway;
-use crate::{Redis, ServiceBuilder, Ws, eventually, token, within};
+use crate::{Backend, Redis, ServiceBuilder, Ws, eventually, token, within};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_capacity_and_origin_checks() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+async fn node_capacity_and_origin_checks(backend: Backend) {
+    let gw = gateway(&backend)
         .env("HERALD_MAX_CONNECTIONS", "2")
         .env("HERALD_ALLOWED_ORIGINS", "https://app.example")
         .spawn()
@@ -22,7 +20,7 @@ async fn node_capacity_and_origin_checks() {
     let (_b, _) = Ws::auth(&gw, &t, &[]).await;
     assert_eq!(Ws::try_connect(&gw.ws(), &[]).await.err(), Some(503));
     drop((_a, _b));
-    let gw2 = gateway(&redis)
+    let gw2 = gateway(&backend)
         .env("HERALD_ALLOWED_ORIGINS", "https://app.example")
         .spawn()
         .await;
@@ -38,7 +36,7 @@ async fn node_capacity_and_origin_checks() {
     ok.send(json!({"token": t})).await;
     ok.recv_type("auth_success").await;
     // Without an allow-list, browsers (requests with Origin) are refused outside dev mode.
-    let gw3 = gateway(&redis).spawn().await;
+    let gw3 = gateway(&backend).spawn().await;
     assert_eq!(
         Ws::try_connect(&gw3.ws(), &[("origin", "https://app.example")])
             .await
@@ -168,14 +166,12 @@ async fn herald_v1_clients_get_refusals_as_close_codes() {
     assert_eq!(Ws::try_connect(&gw.ws(), &[ok]).await.err(), Some(429));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_ip_connection_cap_holds_across_gateways() {
-    let redis = Redis::start().await;
-    let gw1 = gateway(&redis)
+async fn per_ip_connection_cap_holds_across_gateways(backend: Backend) {
+    let gw1 = gateway(&backend)
         .env("HERALD_MAX_CONNECTIONS_PER_IP", "3")
         .spawn()
         .await;
-    let gw2 = gateway(&redis)
+    let gw2 = gateway(&backend)
         .env("HERALD_MAX_CONNECTIONS_PER_IP", "3")
         .spawn()
         .await;
@@ -194,15 +190,13 @@ async fn per_ip_connection_cap_holds_across_gateways() {
     drop(ws);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_rate_per_ip() {
-    let redis = Redis::start().await;
+async fn connect_rate_per_ip(backend: Backend) {
     // Two gateways share the per-IP attempt budget through Redis.
-    let gw1 = gateway(&redis)
+    let gw1 = gateway(&backend)
         .env("HERALD_CONNECT_RATE_PER_IP", "5")
         .spawn()
         .await;
-    let gw2 = gateway(&redis)
+    let gw2 = gateway(&backend)
         .env("HERALD_CONNECT_RATE_PER_IP", "5")
         .spawn()
         .await;
@@ -227,3 +221,9 @@ async fn connect_rate_per_ip() {
     }
     assert!(refused >= 5, "refused {refused} of 12");
 }
+
+crate::both_engines!(
+    node_capacity_and_origin_checks,
+    per_ip_connection_cap_holds_across_gateways,
+    connect_rate_per_ip,
+);

@@ -1,5 +1,5 @@
 //! The all-in-one `herald` binary: the four services in one process, each on the port
-//! it prints, working together over one Redis.
+//! it prints, working together over one Redis, or with no Redis on its memory engine.
 
 use std::process::Stdio;
 
@@ -12,10 +12,11 @@ use crate::{Redis, Ws, bin_path, eventually, http_json, signal, token, within};
 
 const API_KEY: &str = "herald-all-in-one-api-key";
 
-/// The address each service printed: `herald: <service> <url>`, one line each.
-async fn printed_urls(stdout: tokio::process::ChildStdout) -> Vec<(String, String)> {
+/// What herald printed before serving: the address of each service
+/// (`herald: <service> <url>`, one line each) and its other lines.
+async fn printed(stdout: tokio::process::ChildStdout) -> (Vec<(String, String)>, Vec<String>) {
     let mut lines = BufReader::new(stdout).lines();
-    let mut urls = Vec::new();
+    let (mut urls, mut notes) = (Vec::new(), Vec::new());
     while urls.len() < 4 {
         let line = within("herald prints where it listens", lines.next_line())
             .await
@@ -23,21 +24,42 @@ async fn printed_urls(stdout: tokio::process::ChildStdout) -> Vec<(String, Strin
             .expect("herald exited before listing its services");
         let mut words = line.split_whitespace();
         assert_eq!(words.next(), Some("herald:"), "{line}");
-        let (Some(service), Some(url)) = (words.next(), words.next()) else {
-            panic!("not a service line: {line}");
-        };
-        urls.push((service.to_owned(), url.to_owned()));
+        match (words.next(), words.next(), words.next()) {
+            (Some(service), Some(url), None) => urls.push((service.to_owned(), url.to_owned())),
+            _ => notes.push(line),
+        }
     }
-    urls
+    (urls, notes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_serves_publish_recovery_and_the_monitor() {
     let redis = Redis::start().await;
-    let mut child = Command::new(bin_path("herald"))
-        .env_clear()
+    let notes = serves_a_cluster(Some(&redis)).await;
+    assert!(notes.is_empty(), "{notes:?}");
+}
+
+/// No Redis anywhere: the in-memory engine, announced in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_one_process_is_the_whole_cluster() {
+    let notes = serves_a_cluster(None).await;
+    assert_eq!(
+        notes,
+        [
+            "herald: no HERALD_REDIS_URL: running on the in-memory engine (one process; \
+          nothing is kept across restarts)"
+        ]
+    );
+}
+
+/// Starts `herald` (on `redis`, or on its own memory), then publishes through the
+/// broadcaster, receives through the gateway, recovers with `since`, finds every
+/// service in the monitor and stops it with SIGTERM. Returns the lines it printed
+/// besides the addresses.
+async fn serves_a_cluster(redis: Option<&Redis>) -> Vec<String> {
+    let mut cmd = Command::new(bin_path("herald"));
+    cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HERALD_REDIS_URL", redis.url())
         .env("HERALD_JWT_SECRET", crate::TEST_SECRET)
         .env("HERALD_API_KEY", API_KEY)
         .env("HERALD_LOG", "warn")
@@ -47,10 +69,12 @@ async fn one_process_serves_publish_recovery_and_the_monitor() {
         .env("HERALD_MONITOR_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald starts");
-    let urls = printed_urls(child.stdout.take().expect("piped")).await;
+        .kill_on_drop(true);
+    if let Some(redis) = redis {
+        cmd.env("HERALD_REDIS_URL", redis.url());
+    }
+    let mut child = cmd.spawn().expect("herald starts");
+    let (urls, notes) = printed(child.stdout.take().expect("piped")).await;
     let url = |service: &str| {
         urls.iter()
             .find(|(s, _)| s == service)
@@ -126,6 +150,7 @@ async fn one_process_serves_publish_recovery_and_the_monitor() {
         .await
         .expect("exit status");
     assert!(status.success(), "{status}");
+    notes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,5 +171,14 @@ async fn settings_one_service_owns_are_refused_with_the_per_service_ones_named()
     assert!(
         err.contains("HERALD_ADMIN_LISTEN would be bound by both"),
         "{err}"
+    );
+    // Without Redis, a service left out would run where it cannot see this memory.
+    let (code, _, err) = crate::run_bin_clean("herald", &["--only", "ws-gateway"], &[]).await;
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(
+        err.trim(),
+        "herald: configuration error: --only (HERALD_ONLY) needs HERALD_REDIS_URL: without \
+         Redis the services share this process's memory, which services in other processes \
+         cannot see"
     );
 }

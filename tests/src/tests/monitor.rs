@@ -13,7 +13,9 @@ use redis::aio::MultiplexedConnection;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::{ADMIN_KEY, Redis, Service, ServiceBuilder, eventually, http_json, run_bin, within};
+use crate::{
+    ADMIN_KEY, Backend, Redis, Service, ServiceBuilder, eventually, http_json, run_bin, within,
+};
 
 const PREFIX: &str = "herald:";
 
@@ -586,3 +588,63 @@ async fn bad_config_and_unreachable_redis_fail_fast() {
         "{err}"
     );
 }
+
+/// A whole cluster on one engine: a client's subscription and a publish through the
+/// broadcaster show in the monitor's overview, and a gateway's graceful stop says
+/// goodbye to its clients and takes it off the list.
+async fn the_overview_follows_a_live_cluster_and_a_graceful_stop(backend: Backend) {
+    let gw = super::gateway::gateway(&backend).spawn().await;
+    let bc = super::broadcaster::start(&backend).await;
+    let mut m = ServiceBuilder::new("monitor").on(&backend).spawn().await;
+    let (mut ws, ok) = crate::Ws::auth(&gw, &crate::token("ann", &["news"], &[]), &["news"]).await;
+    let node = ok["node"].as_str().expect("node").to_owned();
+    let (status, v) =
+        super::broadcaster::post(&bc, "/v1/publish", json!({"channel":"news","message":"hi"}))
+            .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(ws.recv_type("message").await["message"], "hi");
+
+    let o = eventually(
+        "the gateway's connection and channel in the overview",
+        || async {
+            let o = overview(&m).await;
+            let n = find_node(&o, &node)?;
+            let news = o["top_channels"]
+                .as_array()?
+                .iter()
+                .find(|c| c["channel"] == "news")?;
+            (n["status"] == "up" && n["connections"] == 1 && news["subscribers"] == 1).then_some(o)
+        },
+    )
+    .await;
+    for service in ["ws-gateway", "broadcaster", "monitor"] {
+        assert!(
+            o["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["service"] == service)),
+            "{service} is listed: {o}"
+        );
+    }
+    let (status, page) = http_json(
+        Method::GET,
+        &format!("{}/api/v1/connections?channel=news", m.http()),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["connections"][0]["user"], "ann", "{page}");
+
+    let mut gw = gw;
+    let ((), (closed, _)) = tokio::join!(gw.stop(), ws.closed());
+    assert_eq!((closed.code, closed.reason.as_str()), (1001, "going away"));
+    eventually("the stopped gateway off the list", || async {
+        find_node(&overview(&m).await, &node)
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    m.stop().await;
+}
+
+crate::both_engines!(the_overview_follows_a_live_cluster_and_a_graceful_stop);

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::gateway::{broadcast, gateway, metric, subscribe};
-use crate::{Redis, Service, Ws, token};
+use crate::{Backend, Redis, Service, Ws, token};
 
 /// The frame limit of [`carol`]'s gateway, in bytes.
 const MAX_FRAME_BYTES: usize = 1024;
@@ -163,10 +163,8 @@ async fn binary_frame_closes_1003() {
     assert_eq!(ws.closed().await.0.code, 1003);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn channel_cap_per_connection() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+async fn channel_cap_per_connection(backend: Backend) {
+    let gw = gateway(&backend)
         .env("HERALD_RATE_LIMIT_MESSAGES", "100000")
         .spawn()
         .await;
@@ -187,10 +185,8 @@ async fn channel_cap_per_connection() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_rate_limit() {
-    let redis = Redis::start().await;
-    let gw = gateway(&redis)
+async fn message_rate_limit(backend: Backend) {
+    let gw = gateway(&backend)
         .env("HERALD_RATE_LIMIT_MESSAGES", "5")
         .env("HERALD_RATE_LIMIT_WINDOW_MS", "60000")
         .spawn()
@@ -220,3 +216,5 @@ async fn message_rate_limit() {
     assert!(frames.iter().any(|f| f["type"] == "disconnect"));
     assert!(metric(&gw, "herald_ratelimit_hits_total{kind=\"message\"}").await >= 14.0);
 }
+
+crate::both_engines!(channel_cap_per_connection, message_rate_limit,);

@@ -17,8 +17,8 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use redis::aio::ConnectionManager;
 
+use herald_common::engine::Engine;
 use herald_common::http::{ApiError, RequiredKey, layers};
 use herald_common::jwt::JwtConfig;
 use herald_common::keys::Keys;
@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::password::{PasswordError, Passwords};
 use crate::refresh::RefreshStore;
 use crate::signing::{KeyError, KeyStore, Signer};
+use crate::store::AuthStore;
 use crate::throttle::Throttle;
 use crate::users::UserStore;
 
@@ -39,7 +40,10 @@ pub(crate) struct AppState(pub(crate) Arc<Inner>);
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) conn: ConnectionManager,
+    /// What the services share: revocations, control messages, rate-limit events.
+    pub(crate) engine: Engine,
+    /// auth-svc's own records: users, refresh tokens, throttle counters, keys.
+    pub(crate) store: AuthStore,
     pub(crate) keys: Keys,
     pub(crate) jwt: JwtConfig,
     /// What the admin endpoints require: `HERALD_ADMIN_KEY`.

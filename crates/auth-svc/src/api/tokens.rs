@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -46,7 +45,6 @@ impl AppState {
     /// token before it is handed out.
     async fn token_pair(
         &self,
-        conn: &mut ConnectionManager,
         user: &User,
         refresh: &RefreshToken,
         grant: &str,
@@ -59,8 +57,10 @@ impl AppState {
             self.access_ttl_s,
         );
         let (access_token, kid) = self.signer.sign_with_kid(&claims)?;
-        if let (Some(store), Some(kid)) = (&self.key_store, kid) {
-            store.record_expiry(conn, &kid, claims.exp).await?;
+        if let (Some(key_store), Some(kid)) = (&self.key_store, kid) {
+            key_store
+                .record_expiry(&self.store, &kid, claims.exp)
+                .await?;
         }
         self.metrics.tokens_issued.with_label_values(&[grant]).inc();
         Ok(Json(TokenResponse {
@@ -72,14 +72,14 @@ impl AppState {
     }
 
     /// Tells the monitor about a throttled login; best effort.
-    async fn report_throttled(&self, conn: &mut ConnectionManager, who: &str) {
+    async fn report_throttled(&self, who: &str) {
         let event = RateLimitEvent {
             who: who.to_owned(),
             kind: LimitKind::Login,
             node: self.node_id.clone(),
             at_ms: now_ms(),
         };
-        if let Err(e) = store::record_ratelimit(conn, &self.keys, &event).await {
+        if let Err(e) = store::record_ratelimit(&self.engine, &self.keys, &event).await {
             self.metrics.redis_errors.inc();
             tracing::debug!(cause = %e, "cannot record a rate-limit event");
         }
@@ -93,8 +93,7 @@ pub(super) async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, AppError> {
     let ip = peer.ip().to_canonical();
-    let mut conn = s.conn.clone();
-    if let Some(wait) = s.throttle.check(&mut conn, &req.username, ip).await? {
+    if let Some(wait) = s.throttle.check(&s.store, &req.username, ip).await? {
         s.metrics
             .auth_failures
             .with_label_values(&["throttled"])
@@ -104,7 +103,7 @@ pub(super) async fn login(
         } else {
             ip.to_string()
         };
-        s.report_throttled(&mut conn, &who).await;
+        s.report_throttled(&who).await;
         let mut e = ApiError::too_many(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
         e.message = "too many failed logins; retry later".to_owned();
         return Err(e.into());
@@ -112,24 +111,24 @@ pub(super) async fn login(
     // An impossible name skips the lookup but not the hashing work, so it costs
     // the same as any unknown user.
     let user = if users::valid_username(&req.username) {
-        s.users.get(&mut conn, &req.username).await?
+        s.users.get(&s.store, &req.username).await?
     } else {
         None
     };
     let hash = user.as_ref().map(|u| u.password_hash.as_str());
     let ok = s.passwords.verify(hash, &req.password).await;
     let Some(user) = user.filter(|_| ok) else {
-        s.throttle.failed(&mut conn, &req.username, ip).await?;
+        s.throttle.failed(&s.store, &req.username, ip).await?;
         s.metrics
             .auth_failures
             .with_label_values(&["invalid_credentials"])
             .inc();
         return Err(invalid_credentials());
     };
-    s.throttle.succeeded(&mut conn, &user.username).await?;
-    let refresh = s.refresh.issue(&mut conn, &user.username).await?;
+    s.throttle.succeeded(&s.store, &user.username).await?;
+    let refresh = s.refresh.issue(&s.store, &user.username).await?;
     tracing::info!(user = %user.username, "login");
-    s.token_pair(&mut conn, &user, &refresh, "password").await
+    s.token_pair(&user, &refresh, "password").await
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,8 +151,7 @@ pub(super) async fn refresh(
         ));
     };
     let next = old.next();
-    let mut conn = s.conn.clone();
-    match s.refresh.rotate(&mut conn, &old, &next).await? {
+    match s.refresh.rotate(&s.store, &old, &next).await? {
         Rotation::Unknown => {
             fail("invalid_refresh");
             Err(invalid_grant(
@@ -169,11 +167,11 @@ pub(super) async fn refresh(
             ))
         }
         Rotation::Rotated { user } => {
-            let Some(user) = s.users.get(&mut conn, &user).await? else {
+            let Some(user) = s.users.get(&s.store, &user).await? else {
                 fail("unknown_user");
                 return Err(invalid_grant("the user no longer exists"));
             };
-            s.token_pair(&mut conn, &user, &next, "refresh").await
+            s.token_pair(&user, &next, "refresh").await
         }
     }
 }
@@ -228,20 +226,7 @@ pub(super) async fn revoke(
     };
     let control = serde_json::to_string(&Control::Revoke { jti: jti.clone() })
         .map_err(|e| AppError::Internal(e.to_string()))?;
-    let mut conn = s.conn.clone();
-    redis::pipe()
-        .cmd("SET")
-        .arg(s.keys.revoked(&jti))
-        .arg(1)
-        .arg("PX")
-        .arg(ttl_ms.max(1000))
-        .ignore()
-        .cmd("PUBLISH")
-        .arg(s.keys.control())
-        .arg(control)
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await?;
+    crate::store::revoke(&s.engine, &s.keys, &jti, ttl_ms, control).await?;
     s.metrics.tokens_revoked.inc();
     tracing::info!(%jti, "token revoked");
     Ok(Json(json!({"revoked": true, "jti": jti})))
@@ -252,12 +237,11 @@ pub(super) async fn revoke(
 /// How long clients may cache the JWKS; gateways refetch on an unknown `kid` anyway.
 const JWKS_MAX_AGE: &str = "public, max-age=60";
 
-/// `GET /.well-known/jwks.json`: read fresh from Redis, so a key another instance
+/// `GET /.well-known/jwks.json`: the ring read fresh, so a key another instance
 /// just started signing with is always listed; the last known ring otherwise.
 pub(super) async fn jwks(State(s): State<AppState>) -> Response {
-    if let (Some(store), Some(prev)) = (&s.key_store, s.signer.current_ring()) {
-        let mut conn = s.conn.clone();
-        match store.load(&mut conn, Some(&prev)).await {
+    if let (Some(key_store), Some(prev)) = (&s.key_store, s.signer.current_ring()) {
+        match key_store.load(&s.store, Some(&prev)).await {
             Ok(ring) => s.signer.set_ring(ring),
             Err(e) => {
                 if matches!(e, KeyError::Redis(_)) {
@@ -279,7 +263,7 @@ pub(super) async fn jwks(State(s): State<AppState>) -> Response {
 
 /// Rereads the key ring every [`crate::signing::KEY_RELOAD_INTERVAL`] until cancelled.
 pub(crate) async fn reload_keys(s: AppState, token: tokio_util::sync::CancellationToken) {
-    let Some(store) = s.key_store.clone() else {
+    let Some(key_store) = s.key_store.clone() else {
         return;
     };
     let mut tick = tokio::time::interval(crate::signing::KEY_RELOAD_INTERVAL);
@@ -290,10 +274,9 @@ pub(crate) async fn reload_keys(s: AppState, token: tokio_util::sync::Cancellati
             () = token.cancelled() => return,
         }
         let prev = s.signer.current_ring();
-        let mut conn = s.conn.clone();
         match tokio::time::timeout(
             Duration::from_secs(3),
-            store.load(&mut conn, prev.as_deref()),
+            key_store.load(&s.store, prev.as_deref()),
         )
         .await
         {

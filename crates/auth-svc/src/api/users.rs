@@ -46,8 +46,7 @@ pub(super) async fn create_user(
         publish: req.publish,
         created_at: now_rfc3339(),
     };
-    let mut conn = s.conn.clone();
-    if !s.users.create(&mut conn, &user).await? {
+    if !s.users.create(&s.store, &user).await? {
         return Err(ApiError::conflict("user already exists").into());
     }
     tracing::info!(user = %user.username, "user created");
@@ -59,8 +58,7 @@ pub(super) async fn list_users(
     State(s): State<AppState>,
     _admin: AdminKey,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let mut conn = s.conn.clone();
-    let names = s.users.list(&mut conn).await?;
+    let names = s.users.list(&s.store).await?;
     Ok(Json(json!({ "users": names })))
 }
 
@@ -71,8 +69,7 @@ pub(super) async fn get_user(
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let user = if users::valid_username(&name) {
-        let mut conn = s.conn.clone();
-        s.users.get(&mut conn, &name).await?
+        s.users.get(&s.store, &name).await?
     } else {
         None
     };
@@ -88,10 +85,7 @@ pub(super) async fn delete_user(
     _admin: AdminKey,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    let deleted = users::valid_username(&name) && {
-        let mut conn = s.conn.clone();
-        s.users.delete(&mut conn, &name).await?
-    };
+    let deleted = users::valid_username(&name) && s.users.delete(&s.store, &name).await?;
     if deleted {
         tracing::info!(user = %name, "user deleted");
         Ok(StatusCode::NO_CONTENT)

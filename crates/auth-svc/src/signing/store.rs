@@ -1,4 +1,4 @@
-//! The key ring in Redis, shared by every auth-svc instance.
+//! The key ring, in Redis shared by every auth-svc instance.
 //!
 //! Redis layout (one hash tag, so the install script works on a cluster):
 //! - `herald:auth:{keys}` HASH kid → PKCS#8 PEM private key. Redis is trusted
@@ -13,16 +13,20 @@
 //!   published, and verifiable, for its whole life.
 //!
 //! A rotated-out key leaves the JWKS once both times have passed.
+//!
+//! On the memory engine the same four records live in this process
+//! ([`MemoryRing`]) and follow the same rules. They are not durable: each start
+//! generates a key, as a first start with Redis does (or installs the configured
+//! one), so tokens signed before a restart no longer verify after it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-use redis::aio::ConnectionManager;
 
 use herald_common::keys::Keys;
 use herald_proto::time::now_ms;
 
 use super::{EXPIRY_STEP_MS, Ed25519Key, KeyError, Ring};
+use crate::store::{AuthStore, lock};
 
 /// Installs a key: with mode `if_none`, only when there is no usable current key
 /// (first start; concurrent first starts agree on one key); with `force`, makes
@@ -67,8 +71,8 @@ pub(super) fn until_step(exp: u64, leeway_ms: u64) -> u64 {
         .saturating_mul(EXPIRY_STEP_MS)
 }
 
-/// The ring as read from Redis: PEMs by kid, the current kid, retirements
-/// and `until`s by kid.
+/// The ring as read: PEMs by kid, the current kid, retirements and `until`s
+/// by kid.
 type RingFields = (
     HashMap<String, String>,
     Option<String>,
@@ -76,7 +80,7 @@ type RingFields = (
     HashMap<String, u64>,
 );
 
-/// Where the ring lives in Redis.
+/// Where the ring lives (its Redis keys) and the rules it follows.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     ring: String,
@@ -107,11 +111,17 @@ impl KeyStore {
 
     async fn install(
         &self,
-        conn: &mut ConnectionManager,
+        store: &AuthStore,
         key: &Ed25519Key,
         force: bool,
     ) -> Result<String, KeyError> {
         let now = now_ms();
+        let mut conn = match store {
+            AuthStore::Redis(c) => c.clone(),
+            AuthStore::Memory(m) => {
+                return Ok(m.ring.install(key, force, now, now + self.retention_ms));
+            }
+        };
         let kid: String = redis::Script::new(INSTALL_SCRIPT)
             .key(&self.ring)
             .key(&self.current)
@@ -122,35 +132,35 @@ impl KeyStore {
             .arg(if force { "force" } else { "if_none" })
             .arg(now)
             .arg(now + self.retention_ms)
-            .invoke_async(conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(kid)
     }
 
     /// Makes sure a current key exists: `configured` (from
     /// `HERALD_JWT_PRIVATE_KEY_FILE`) becomes current, or a key is generated when
-    /// Redis has none. Returns the current kid.
+    /// the ring has none. Returns the current kid.
     pub async fn ensure(
         &self,
-        conn: &mut ConnectionManager,
+        store: &AuthStore,
         configured: Option<&Ed25519Key>,
     ) -> Result<String, KeyError> {
         match configured {
-            Some(k) => self.install(conn, k, true).await,
-            None => self.install(conn, &Ed25519Key::generate()?, false).await,
+            Some(k) => self.install(store, k, true).await,
+            None => self.install(store, &Ed25519Key::generate()?, false).await,
         }
     }
 
     /// Adds a new current key; the previous one is retired after the retention.
-    pub async fn rotate(&self, conn: &mut ConnectionManager) -> Result<String, KeyError> {
-        self.install(conn, &Ed25519Key::generate()?, true).await
+    pub async fn rotate(&self, store: &AuthStore) -> Result<String, KeyError> {
+        self.install(store, &Ed25519Key::generate()?, true).await
     }
 
     /// Keeps `kid` published until a token it signed with `exp` (seconds) has
     /// expired, leeway included. Call it before handing the token out.
     pub async fn record_expiry(
         &self,
-        conn: &mut ConnectionManager,
+        store: &AuthStore,
         kid: &str,
         exp: u64,
     ) -> Result<(), KeyError> {
@@ -163,14 +173,20 @@ impl KeyStore {
         if done {
             return Ok(());
         }
-        let known: i64 = redis::Script::new(RECORD_SCRIPT)
-            .key(&self.ring)
-            .key(&self.until)
-            .arg(kid)
-            .arg(step)
-            .invoke_async(conn)
-            .await?;
-        if known == 0 {
+        let known = match store {
+            AuthStore::Redis(c) => {
+                let known: i64 = redis::Script::new(RECORD_SCRIPT)
+                    .key(&self.ring)
+                    .key(&self.until)
+                    .arg(kid)
+                    .arg(step)
+                    .invoke_async(&mut c.clone())
+                    .await?;
+                known != 0
+            }
+            AuthStore::Memory(m) => m.ring.record(kid, step),
+        };
+        if !known {
             tracing::warn!(kid, "signed with a key that is no longer in the key ring");
             return Ok(());
         }
@@ -184,22 +200,23 @@ impl KeyStore {
     }
 
     /// Reads the ring, reusing already parsed keys from `previous`.
-    pub async fn load(
-        &self,
-        conn: &mut ConnectionManager,
-        previous: Option<&Ring>,
-    ) -> Result<Ring, KeyError> {
-        let (pems, current, retire, until): RingFields = redis::pipe()
-            .cmd("HGETALL")
-            .arg(&self.ring)
-            .cmd("GET")
-            .arg(&self.current)
-            .cmd("HGETALL")
-            .arg(&self.retire)
-            .cmd("HGETALL")
-            .arg(&self.until)
-            .query_async(conn)
-            .await?;
+    pub async fn load(&self, store: &AuthStore, previous: Option<&Ring>) -> Result<Ring, KeyError> {
+        let (pems, current, retire, until): RingFields = match store {
+            AuthStore::Redis(c) => {
+                redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(&self.ring)
+                    .cmd("GET")
+                    .arg(&self.current)
+                    .cmd("HGETALL")
+                    .arg(&self.retire)
+                    .cmd("HGETALL")
+                    .arg(&self.until)
+                    .query_async(&mut c.clone())
+                    .await?
+            }
+            AuthStore::Memory(m) => m.ring.fields(),
+        };
         let now = now_ms();
         let mut keys = HashMap::new();
         for (kid, pem) in pems {
@@ -225,5 +242,75 @@ impl KeyStore {
             .and_then(|kid| keys.get(&kid).cloned())
             .ok_or(KeyError::NoCurrent)?;
         Ok(Ring { current, keys })
+    }
+}
+
+/// The key ring on the memory engine: the four Redis records, under one lock
+/// (the scripts' atomicity).
+#[derive(Default)]
+pub(crate) struct MemoryRing(Mutex<RingState>);
+
+impl std::fmt::Debug for MemoryRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Private keys stay out of logs.
+        f.debug_struct("MemoryRing")
+            .field("keys", &lock(&self.0).pems.len())
+            .finish()
+    }
+}
+
+#[derive(Default, Clone)]
+struct RingState {
+    pems: HashMap<String, String>,
+    current: Option<String>,
+    retire: HashMap<String, u64>,
+    until: HashMap<String, u64>,
+}
+
+impl MemoryRing {
+    /// The install script's steps, on the maps: see [`INSTALL_SCRIPT`].
+    fn install(&self, key: &Ed25519Key, force: bool, now: u64, retire_at: u64) -> String {
+        let mut guard = lock(&self.0);
+        let s = &mut *guard;
+        let cur = s.current.clone().filter(|c| s.pems.contains_key(c));
+        if let Some(cur) = &cur
+            && (!force || *cur == key.kid)
+        {
+            return cur.clone();
+        }
+        s.pems.insert(key.kid.clone(), key.pem.clone());
+        s.retire.remove(&key.kid);
+        if let Some(cur) = cur {
+            s.retire.insert(cur, retire_at);
+        }
+        s.current = Some(key.kid.clone());
+        let gone: Vec<String> = s
+            .retire
+            .iter()
+            .filter(|(kid, at)| (**at).max(s.until.get(*kid).copied().unwrap_or(0)) < now)
+            .map(|(kid, _)| kid.clone())
+            .collect();
+        for kid in gone {
+            s.pems.remove(&kid);
+            s.retire.remove(&kid);
+            s.until.remove(&kid);
+        }
+        key.kid.clone()
+    }
+
+    /// Raises `kid`'s `until` to `step`; false when the key is not in the ring.
+    fn record(&self, kid: &str, step: u64) -> bool {
+        let mut s = lock(&self.0);
+        if !s.pems.contains_key(kid) {
+            return false;
+        }
+        let until = s.until.entry(kid.to_owned()).or_insert(0);
+        *until = (*until).max(step);
+        true
+    }
+
+    fn fields(&self) -> RingFields {
+        let s = lock(&self.0).clone();
+        (s.pems, s.current, s.retire, s.until)
     }
 }

@@ -1,4 +1,5 @@
-//! Handler tests: `router(…).oneshot(request)`, with a Redis nobody listens on.
+//! Handler tests: `router(…).oneshot(request)`, with a Redis nobody listens on, or
+//! on the memory engine.
 
 use axum::body::Body;
 use axum::http::{Method, header};
@@ -6,19 +7,38 @@ use clap::Parser;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower::ServiceExt;
 
+use herald_common::engine::{Engine, RedisEngine};
+use herald_common::runtime::Runtime;
+
 use super::*;
 use crate::Config;
 
 const KEY: &str = "test-key";
 
-/// An app whose Redis is a closed port: everything before Redis is exercised for
-/// real, and every Redis call fails fast, as during an outage.
-fn app(api_key: Option<&str>) -> Router {
+/// The shared state of a broadcaster on `engine`, and its runtime.
+fn state(api_key: Option<&str>, engine: impl FnOnce(&Config) -> Engine) -> (AppState, Runtime) {
     let mut args = vec!["broadcaster", "--redis-url", "redis://127.0.0.1:1"];
     if let Some(k) = api_key {
         args.extend(["--api-key", k]);
     }
     let config = Config::try_parse_from(args).unwrap();
+    let engine = engine(&config);
+    let settings = config.validate().unwrap();
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    let rt = Runtime::new(
+        crate::SERVICE,
+        &config.common,
+        metrics.registry.clone(),
+        crate::SHUTDOWN_GRACE,
+        engine,
+    );
+    let ctx = AppState::new(config, &settings, &rt, metrics);
+    (ctx, rt)
+}
+
+/// A Redis engine on a closed port: connected lazily, so every request fails fast,
+/// as during an outage.
+fn unreachable_redis(config: &Config) -> Engine {
     let client = redis::Client::open(config.common.redis_url.as_str()).unwrap();
     let conn = ConnectionManager::new_lazy_with_config(
         client.clone(),
@@ -27,17 +47,13 @@ fn app(api_key: Option<&str>) -> Router {
             .set_number_of_retries(0),
     )
     .unwrap();
-    let settings = config.validate().unwrap();
-    let metrics = crate::metrics::Metrics::new().unwrap();
-    let rt = herald_common::runtime::Runtime::new(
-        crate::SERVICE,
-        &config.common,
-        metrics.registry.clone(),
-        crate::SHUTDOWN_GRACE,
-        client,
-        conn,
-    );
-    let ctx = AppState::new(config, &settings, &rt, metrics);
+    Engine::Redis(RedisEngine { client, conn })
+}
+
+/// An app whose Redis is a closed port: everything before Redis is exercised for
+/// real, and every Redis call fails fast, as during an outage.
+fn app(api_key: Option<&str>) -> Router {
+    let (ctx, rt) = state(api_key, unreachable_redis);
     router(ctx, rt.ops_routes())
 }
 
@@ -289,4 +305,64 @@ fn validation() {
     assert!(check_broadcast_channels(&vec!["a".to_owned(); 101]).is_err());
     assert!(check_user_id("u1").is_ok());
     assert!(check_user_id("").is_err());
+}
+
+#[tokio::test]
+async fn publishes_and_runs_jobs_on_the_memory_engine() {
+    let (ctx, rt) = state(Some(KEY), |_| Engine::memory());
+    crate::jobs::worker::spawn(&ctx, &rt);
+    crate::bridge::spawn(&ctx, &rt);
+    let app = router(ctx.clone(), rt.ops_routes());
+    let k = Some(KEY);
+
+    let (status, _, _) = call(&app, Method::GET, "/readyz", None, "").await;
+    assert_eq!(status, 200);
+
+    let body = r#"{"channel":"news","message":{"a":1},"idempotency_key":"k1"}"#;
+    let (status, first, _) = call(&app, Method::POST, "/v1/publish", k, body).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["offset"], 1);
+    assert!(first["epoch"].is_string() && first.get("duplicate").is_none());
+    let (_, replay, _) = call(&app, Method::POST, "/v1/publish", k, body).await;
+    assert_eq!(
+        (&replay["offset"], &replay["epoch"], &replay["duplicate"]),
+        (&first["offset"], &first["epoch"], &Value::Bool(true))
+    );
+    let body = r#"{"channels":["news","other"],"message":"hi"}"#;
+    let (status, v, _) = call(&app, Method::POST, "/v1/broadcast", k, body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["results"][0]["offset"], 2);
+    assert_eq!(v["results"][1]["offset"], 1);
+    let history = ctx.publisher.range("news", 1, 2).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history[0].1.contains(r#""message":{"a":1}"#), "{history:?}");
+
+    let body = r#"{"job_type":"data_processing","data":[1,2,3],"target_channel":"results"}"#;
+    let (status, v, _) = call(&app, Method::POST, "/v1/jobs", k, body).await;
+    assert_eq!(status, 202, "{v}");
+    let uri = format!("/v1/jobs/{}", v["job_id"].as_str().unwrap());
+    let job = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            let (status, job, _) = call(&app, Method::GET, &uri, k, "").await;
+            assert_eq!(status, 200, "{job}");
+            if job["status"] == "done" {
+                return job;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the job finishes");
+    assert_eq!(job["attempts"], 1);
+    assert!(job["result"].is_object(), "{job}");
+    // Its result was published once, on its target channel.
+    let results = ctx.publisher.range("results", 1, 10).await.unwrap();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(
+        results[0].1.contains(r#""type":"processing_result""#),
+        "{results:?}"
+    );
+    assert!(results[0].1.contains(r#""status":"done""#), "{results:?}");
+
+    rt.stop().await;
 }

@@ -1,5 +1,8 @@
-//! Job state and queue in Redis.
+//! Job state and queue, on the engine: [`JobStore`] gives the workers and the API
+//! one set of operations, kept in Redis or, on the memory engine, in this process
+//! ([`MemoryJobs`](super::memory::MemoryJobs), not durable across restarts).
 //!
+//! On Redis:
 //! - `herald:job:<id>`: a HASH with `status` (`queued|running|done|failed`),
 //!   `job_type`, `target_channel`, `data`, `result`, `error`, `attempts`,
 //!   `worker`, `created_ms`, `updated_ms`; it expires [`JOB_TTL_MS`] after its
@@ -14,10 +17,12 @@ use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script};
 use serde_json::{Value, json};
 
+use herald_common::engine::Engine;
 use herald_common::keys::Keys;
 use herald_proto::time::now_ms;
 
 use super::kinds::hex;
+pub use super::memory::MemoryJobs;
 
 /// The consumer group every broadcaster's workers read the job stream through.
 pub const GROUP: &str = "workers";
@@ -53,10 +58,186 @@ pub fn is_job_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// A job's lifecycle, as the `status` field names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Done or failed: a worker that finds it so only acknowledges the entry.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+/// Where jobs live: the Redis of a Redis engine (shared by every broadcaster of
+/// the cluster, surviving restarts), or this process's memory on the memory
+/// engine. Cheap to clone. Errors only come from Redis.
+#[derive(Debug, Clone)]
+pub enum JobStore {
+    Redis(RedisJobs),
+    Memory(MemoryJobs),
+}
+
+/// The Redis job store: the connection its requests go on, a client for
+/// connections of their own (the workers' blocking reads), and the key names.
+#[derive(Clone)]
+pub struct RedisJobs {
+    pub conn: ConnectionManager,
+    pub client: redis::Client,
+    pub keys: Keys,
+}
+
+impl std::fmt::Debug for RedisJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisJobs")
+    }
+}
+
+impl JobStore {
+    /// The job store of `engine`: its Redis, or a new, empty in-memory store
+    /// (created once per service run, so every worker and handler sees the same).
+    pub fn new(engine: &Engine, keys: &Keys) -> Self {
+        match engine {
+            Engine::Redis(r) => Self::Redis(RedisJobs {
+                conn: r.conn.clone(),
+                client: r.client.clone(),
+                keys: keys.clone(),
+            }),
+            Engine::Memory(_) => Self::Memory(MemoryJobs::new()),
+        }
+    }
+
+    /// Records a queued job and queues it for a worker.
+    pub async fn submit(
+        &self,
+        id: &str,
+        job_type: &str,
+        target_channel: &str,
+        data: &Value,
+    ) -> RedisResult<()> {
+        match self {
+            Self::Redis(r) => {
+                submit(
+                    &mut r.conn.clone(),
+                    &r.keys,
+                    id,
+                    job_type,
+                    target_channel,
+                    data,
+                )
+                .await
+            }
+            Self::Memory(m) => {
+                m.submit(id, job_type, target_channel, data);
+                Ok(())
+            }
+        }
+    }
+
+    /// The stored job, or `None` if unknown (or expired).
+    pub async fn get(&self, id: &str) -> RedisResult<Option<JobRecord>> {
+        match self {
+            Self::Redis(r) => get(&mut r.conn.clone(), &r.keys, id).await,
+            Self::Memory(m) => Ok(m.get(id)),
+        }
+    }
+
+    /// Marks a job running for `worker` (unless it finished) and loads what running
+    /// it needs.
+    pub async fn start(&self, id: &str, worker: &str) -> RedisResult<Start> {
+        match self {
+            Self::Redis(r) => start(&mut r.conn.clone(), &r.keys, id, worker).await,
+            Self::Memory(m) => Ok(m.start(id, worker)),
+        }
+    }
+
+    /// Writes a job's final state: `done` with its result, or `failed` with an error.
+    pub async fn finish(&self, id: &str, outcome: &Result<String, String>) -> RedisResult<()> {
+        match self {
+            Self::Redis(r) => finish(&mut r.conn.clone(), &r.keys, id, outcome).await,
+            Self::Memory(m) => {
+                m.finish(id, outcome);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a queue entry for good: its job is finished.
+    pub async fn ack(&self, entry: &str) -> RedisResult<()> {
+        match self {
+            Self::Redis(r) => ack(&mut r.conn.clone(), &r.keys, entry).await,
+            Self::Memory(m) => {
+                m.ack(entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Resets a pending entry's idle time: "this worker is alive and still on it".
+    pub async fn keep_alive(&self, worker: &str, entry: &str) -> RedisResult<()> {
+        match self {
+            Self::Redis(r) => keep_alive(&mut r.conn.clone(), &r.keys, worker, entry).await,
+            Self::Memory(m) => {
+                m.keep_alive(worker, entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes sure the queue can be read (on Redis, that the consumer group exists).
+    pub async fn ensure_group(&self) -> RedisResult<()> {
+        match self {
+            Self::Redis(r) => ensure_group(&mut r.conn.clone(), &r.keys).await,
+            // Nothing to create: the memory queue lives as long as the store.
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
+    /// The next new entry for `worker`, waiting up to `block_ms`.
+    pub async fn read_new(&self, worker: &str, block_ms: u64) -> RedisResult<Option<Entry>> {
+        match self {
+            Self::Redis(r) => read_new(&mut r.conn.clone(), &r.keys, worker, block_ms).await,
+            Self::Memory(m) => Ok(m.read_new(worker, block_ms).await),
+        }
+    }
+
+    /// Claims for `worker` one entry pending longer than `idle_ms`, scanning from
+    /// `cursor`; returns the next cursor (`0-0` when the scan is complete) and the entry.
+    pub async fn auto_claim(
+        &self,
+        worker: &str,
+        idle_ms: u64,
+        cursor: &str,
+    ) -> RedisResult<(String, Option<Entry>)> {
+        match self {
+            Self::Redis(r) => {
+                auto_claim(&mut r.conn.clone(), &r.keys, worker, idle_ms, cursor).await
+            }
+            Self::Memory(m) => Ok(m.auto_claim(worker, idle_ms, cursor)),
+        }
+    }
+}
+
+// === Redis ===
+
 /// Creates the consumer group (and the stream), accepting one that exists. It reads
 /// from the start of the stream, so jobs queued while no group existed (a Redis
 /// restart) are still run.
-pub async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<()> {
+async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<()> {
     let res: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(keys.jobs())
@@ -72,7 +253,7 @@ pub async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> RedisRes
 }
 
 /// Records a queued job and appends it to the stream.
-pub async fn submit(
+async fn submit(
     conn: &mut ConnectionManager,
     keys: &Keys,
     id: &str,
@@ -172,7 +353,7 @@ impl JobRecord {
 }
 
 /// The stored job, or `None` if unknown (or expired).
-pub async fn get(
+async fn get(
     conn: &mut ConnectionManager,
     keys: &Keys,
     id: &str,
@@ -201,7 +382,7 @@ pub enum Start {
 }
 
 /// Marks a job running (unless it finished) and loads what running it needs.
-pub async fn start(
+async fn start(
     conn: &mut ConnectionManager,
     keys: &Keys,
     id: &str,
@@ -240,7 +421,7 @@ pub async fn start(
 }
 
 /// Writes a job's final state: `done` with its result, or `failed` with an error.
-pub async fn finish(
+async fn finish(
     conn: &mut ConnectionManager,
     keys: &Keys,
     id: &str,
@@ -265,7 +446,7 @@ pub async fn finish(
 }
 
 /// Acknowledges and deletes a stream entry: the job is finished for good.
-pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, entry: &str) -> RedisResult<()> {
+async fn ack(conn: &mut ConnectionManager, keys: &Keys, entry: &str) -> RedisResult<()> {
     redis::pipe()
         .cmd("XACK")
         .arg(keys.jobs())
@@ -281,7 +462,7 @@ pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, entry: &str) -> Redi
 }
 
 /// Resets a pending entry's idle time: "this worker is alive and still on it".
-pub async fn keep_alive(
+async fn keep_alive(
     conn: &mut ConnectionManager,
     keys: &Keys,
     worker: &str,
@@ -307,7 +488,7 @@ fn entry(e: &redis::streams::StreamId) -> Entry {
 }
 
 /// The next new entry for `worker`, waiting up to `block_ms`.
-pub async fn read_new(
+async fn read_new(
     conn: &mut ConnectionManager,
     keys: &Keys,
     worker: &str,
@@ -337,7 +518,7 @@ pub async fn read_new(
 
 /// Claims for `worker` one entry pending longer than `idle_ms`, scanning from
 /// `cursor`; returns the next cursor (`0-0` when the scan is complete) and the entry.
-pub async fn auto_claim(
+async fn auto_claim(
     conn: &mut ConnectionManager,
     keys: &Keys,
     worker: &str,

@@ -1,4 +1,6 @@
-//! The job workers of one node.
+//! The job workers of one node, over the [`JobStore`] of its engine (the same loop
+//! on Redis and in memory; the Redis commands named here have in-process
+//! equivalents in [`super::memory`]).
 //!
 //! One fetch loop per node reads the job stream through the consumer group (the
 //! consumer name is the node id) and runs up to `HERALD_JOB_WORKERS` jobs at once.
@@ -30,7 +32,7 @@ use herald_common::store;
 use herald_proto::{channel, envelope, time::now_rfc3339};
 
 use super::kinds::{Job, JobError};
-use super::store::{self as jobs, Entry, JOB_TTL_MS, Start};
+use super::store::{Entry, JOB_TTL_MS, JobStore, RedisJobs, Start};
 use crate::AppState;
 
 /// How long one `XREADGROUP` blocks; also bounds how late a cancel or a due
@@ -58,9 +60,13 @@ pub fn spawn(ctx: &AppState, rt: &Runtime) {
     ));
 }
 
-/// A connection of its own for the blocking reads, which would otherwise hold up
-/// every other request multiplexed on the shared connection.
-fn reader(ctx: &AppState) -> redis::RedisResult<ConnectionManager> {
+/// The store the blocking reads go to: on Redis, a connection of its own, as they
+/// would otherwise hold up every other request multiplexed on the shared
+/// connection. In memory a waiting read holds up nothing else.
+fn reader(ctx: &AppState) -> redis::RedisResult<JobStore> {
+    let JobStore::Redis(r) = &ctx.jobs else {
+        return Ok(ctx.jobs.clone());
+    };
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(store::CONNECT_TIMEOUT))
         .set_response_timeout(Some(
@@ -68,12 +74,13 @@ fn reader(ctx: &AppState) -> redis::RedisResult<ConnectionManager> {
         ))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(ctx.client.clone(), config)
+    let conn = ConnectionManager::new_lazy_with_config(r.client.clone(), config)?;
+    Ok(JobStore::Redis(RedisJobs { conn, ..r.clone() }))
 }
 
 async fn fetch_loop(ctx: AppState, tracker: TaskTracker, token: CancellationToken, workers: usize) {
-    let mut conn = match reader(&ctx) {
-        Ok(c) => c,
+    let reader = match reader(&ctx) {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(cause = %e, "job workers cannot open a Redis connection; jobs will not run on this node");
             return;
@@ -100,12 +107,11 @@ async fn fetch_loop(ctx: AppState, tracker: TaskTracker, token: CancellationToke
         };
         let step = async {
             if !group_ready {
-                jobs::ensure_group(&mut conn, &ctx.keys).await?;
+                reader.ensure_group().await?;
                 group_ready = true;
             }
             if Instant::now() >= next_claim {
-                let (next, claimed) =
-                    jobs::auto_claim(&mut conn, &ctx.keys, &ctx.node_id, idle_ms, &cursor).await?;
+                let (next, claimed) = reader.auto_claim(&ctx.node_id, idle_ms, &cursor).await?;
                 let scan_done = next == "0-0";
                 cursor = next;
                 let claimed = claimed.filter(|(_, id)| !is_in_flight(&in_flight, id.as_deref()));
@@ -117,7 +123,7 @@ async fn fetch_loop(ctx: AppState, tracker: TaskTracker, token: CancellationToke
                     next_claim = Instant::now() + claim_every;
                 }
             }
-            jobs::read_new(&mut conn, &ctx.keys, &ctx.node_id, READ_BLOCK_MS).await
+            reader.read_new(&ctx.node_id, READ_BLOCK_MS).await
         };
         let got: redis::RedisResult<Option<Entry>> = tokio::select! {
             r = step => r,
@@ -173,8 +179,7 @@ fn start_job(
         // Not written by us: drop it rather than have it claimed forever.
         tracing::warn!(%entry, "job stream entry without an id; deleting it");
         tracker.spawn(async move {
-            let mut conn = ctx.conn.clone();
-            let _ = jobs::ack(&mut conn, &ctx.keys, &entry).await;
+            let _ = ctx.jobs.ack(&entry).await;
             drop(permit);
         });
         return;
@@ -221,10 +226,9 @@ async fn keep_alive(ctx: &AppState, entry: &str) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut conn = ctx.conn.clone();
     loop {
         tick.tick().await;
-        if let Err(e) = jobs::keep_alive(&mut conn, &ctx.keys, &ctx.node_id, entry).await {
+        if let Err(e) = ctx.jobs.keep_alive(&ctx.node_id, entry).await {
             ctx.metrics.redis_errors_total.inc();
             ctx.health.failed(&e);
             tracing::debug!(cause = %e, %entry, "job keep-alive failed");
@@ -233,28 +237,26 @@ async fn keep_alive(ctx: &AppState, entry: &str) {
 }
 
 /// Runs one job to its single published result. Any Redis failure leaves the entry
-/// pending, to be reclaimed and retried.
+/// pending, to be reclaimed and retried (the memory store does not fail).
 async fn run_job(ctx: &AppState, entry: &str, job_id: &str, token: &CancellationToken) {
-    let mut conn = ctx.conn.clone();
-    let (attempts, job_type, target, data) =
-        match jobs::start(&mut conn, &ctx.keys, job_id, &ctx.node_id).await {
-            Ok(Start::Run {
-                attempts,
-                job_type,
-                target_channel,
-                data,
-            }) => (attempts, job_type, target_channel, data),
-            Ok(Start::Missing | Start::Finished) => {
-                if let Err(e) = jobs::ack(&mut conn, &ctx.keys, entry).await {
-                    ctx.redis_failed(e);
-                }
-                return;
-            }
-            Err(e) => {
+    let (attempts, job_type, target, data) = match ctx.jobs.start(job_id, &ctx.node_id).await {
+        Ok(Start::Run {
+            attempts,
+            job_type,
+            target_channel,
+            data,
+        }) => (attempts, job_type, target_channel, data),
+        Ok(Start::Missing | Start::Finished) => {
+            if let Err(e) = ctx.jobs.ack(entry).await {
                 ctx.redis_failed(e);
-                return;
             }
-        };
+            return;
+        }
+        Err(e) => {
+            ctx.redis_failed(e);
+            return;
+        }
+    };
     tracing::info!(%job_id, %job_type, attempts, "job running");
 
     let outcome: Result<serde_json::Value, String> = if attempts > MAX_ATTEMPTS {
@@ -305,11 +307,11 @@ async fn run_job(ctx: &AppState, entry: &str, job_id: &str, token: &Cancellation
     } else {
         tracing::warn!(%job_id, target = %target, "job has an invalid target channel; result not published");
     }
-    if let Err(e) = jobs::finish(&mut conn, &ctx.keys, job_id, &stored).await {
+    if let Err(e) = ctx.jobs.finish(job_id, &stored).await {
         ctx.redis_failed(e);
         return;
     }
-    if let Err(e) = jobs::ack(&mut conn, &ctx.keys, entry).await {
+    if let Err(e) = ctx.jobs.ack(entry).await {
         ctx.redis_failed(e);
         return;
     }

@@ -152,13 +152,27 @@ pub fn parse_or_exit<T: Parser>() -> (T, Vec<String>) {
 /// name) instead of the process's: the all-in-one binary reads each service's settings
 /// from the environment alone.
 pub fn parse_args_or_exit<T: Parser>(args: Vec<OsString>) -> (T, Vec<String>) {
-    let mut built = T::command();
+    parse_adjusted_or_exit(args, |c| c)
+}
+
+/// [`parse_or_exit`] with the command adjusted first (a help text built at run time).
+pub fn parse_or_exit_with<T: Parser>(
+    adjust: impl Fn(clap::Command) -> clap::Command,
+) -> (T, Vec<String>) {
+    parse_adjusted_or_exit(std::env::args_os().collect(), adjust)
+}
+
+fn parse_adjusted_or_exit<T: Parser>(
+    args: Vec<OsString>,
+    adjust: impl Fn(clap::Command) -> clap::Command,
+) -> (T, Vec<String>) {
+    let mut built = adjust(T::command());
     built.build();
     let mut bad = Vec::new();
     collect_env_problems(&built, &mut Vec::new(), &mut bad);
 
     // Parse again without the bad variables: their settings fall back to defaults.
-    let mut cmd = T::command();
+    let mut cmd = adjust(T::command());
     for b in &bad {
         cmd = without_env(cmd, &b.path, &b.id);
     }

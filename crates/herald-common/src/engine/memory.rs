@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use herald_proto::envelope::FrameTemplate;
+use herald_proto::envelope::{self, FrameTemplate};
 use herald_proto::node::{ChannelStat, ConnInfo, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
 
@@ -109,7 +109,8 @@ impl MemoryEngine {
         let mut channels = lock(&self.0.channels);
         channels.sweep(now);
         if let Some((id, _)) = once
-            && let Some((offset, epoch, until)) = channels.once.get(&(channel.to_owned(), id.to_owned()))
+            && let Some((offset, epoch, until)) =
+                channels.once.get(&(channel.to_owned(), id.to_owned()))
             && *until > now
         {
             return (*offset, epoch.clone(), true);
@@ -118,10 +119,7 @@ impl MemoryEngine {
         let ch = channels.live(channel, now, meta_ttl);
         ch.offset += 1;
         let offset = ch.offset;
-        let text = format!(
-            "{}{offset},\"epoch\":\"{}\"{}",
-            frame.head, ch.epoch, frame.tail
-        );
+        let text = frame.fill(offset, &ch.epoch);
         if history.size > 0 {
             ch.history.push_back((offset, text.clone()));
             while ch.history.len() as u64 > history.size {
@@ -131,8 +129,8 @@ impl MemoryEngine {
         }
         ch.meta_until = now + meta_ttl;
         let epoch = ch.epoch.clone();
-        // The same envelope as the Redis publish script's: `offset epoch ms\nframe`.
-        let payload = Bytes::from(format!("{offset} {epoch} {published_ms}\n{text}"));
+        // The same envelope the Redis publish script writes.
+        let payload = Bytes::from(envelope::encode(offset, &epoch, published_ms, &text));
         // Handed over under the channel lock: the next publish's offset cannot
         // overtake this one on its way to a subscriber.
         self.publish_raw(pubsub, payload);
@@ -216,7 +214,9 @@ impl MemoryEngine {
     pub fn position(&self, channel: &str) -> Option<(u64, String)> {
         let now = now_ms();
         let mut channels = lock(&self.0.channels);
-        channels.get(channel, now).map(|c| (c.offset, c.epoch.clone()))
+        channels
+            .get(channel, now)
+            .map(|c| (c.offset, c.epoch.clone()))
     }
 
     // === Pub/Sub ===
@@ -409,14 +409,24 @@ impl MemoryEngine {
     /// Adds `delta` to `node`'s share of `ip`'s connections (`-1`: a release).
     pub fn ip_add(&self, ip: IpAddr, node: &str, delta: i64) {
         let mut ips = lock(&self.0.ips);
-        let share = ips.shares.entry(ip).or_default().entry(node.to_owned()).or_default();
+        let share = ips
+            .shares
+            .entry(ip)
+            .or_default()
+            .entry(node.to_owned())
+            .or_default();
         share.count += delta;
     }
 
     /// Confirms `node`'s share of `ip` (and with `count`, sets it: a resync).
     pub fn ip_confirm(&self, ip: IpAddr, node: &str, count: Option<u32>) {
         let mut ips = lock(&self.0.ips);
-        let share = ips.shares.entry(ip).or_default().entry(node.to_owned()).or_default();
+        let share = ips
+            .shares
+            .entry(ip)
+            .or_default()
+            .entry(node.to_owned())
+            .or_default();
         if let Some(n) = count {
             share.count = i64::from(n);
         }
@@ -448,7 +458,9 @@ impl MemoryEngine {
     ) -> Vec<((u64, u64), RateLimitEvent)> {
         let ev = lock(&self.0.events);
         let range = match after {
-            Some(id) => ev.entries.range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+            Some(id) => ev
+                .entries
+                .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
             None => ev.entries.range(..),
         };
         range.take(count).map(|(k, v)| (*k, v.clone())).collect()
@@ -456,7 +468,10 @@ impl MemoryEngine {
 
     /// The newest event's id.
     pub fn newest_ratelimit_id(&self) -> Option<(u64, u64)> {
-        lock(&self.0.events).entries.last_key_value().map(|(k, _)| *k)
+        lock(&self.0.events)
+            .entries
+            .last_key_value()
+            .map(|(k, _)| *k)
     }
 
     // === Revocations ===

@@ -116,7 +116,11 @@ impl Engine {
 
     /// Sends `payload` to every current subscriber of the Pub/Sub channel `name`
     /// (control commands, probes); returns how many there were.
-    pub async fn publish_raw(&self, name: &str, payload: impl Into<Bytes>) -> redis::RedisResult<u64> {
+    pub async fn publish_raw(
+        &self,
+        name: &str,
+        payload: impl Into<Bytes>,
+    ) -> redis::RedisResult<u64> {
         match self {
             Self::Redis(r) => {
                 let payload: Bytes = payload.into();
@@ -156,7 +160,11 @@ impl Engine {
     }
 
     /// Whether a token id was revoked (and its revocation has not expired).
-    pub async fn is_revoked(&self, keys: &crate::keys::Keys, jti: &str) -> redis::RedisResult<bool> {
+    pub async fn is_revoked(
+        &self,
+        keys: &crate::keys::Keys,
+        jti: &str,
+    ) -> redis::RedisResult<bool> {
         match self {
             Self::Redis(r) => {
                 store::within(

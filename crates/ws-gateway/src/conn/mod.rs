@@ -94,7 +94,7 @@ pub(crate) async fn serve<S: Socket>(
             Ok(v) => v,
             Err(refusal) => {
                 // Never served: the slot is given back before the client hears of it.
-                slot.release(&mut state.redis.clone()).await;
+                slot.release(&state.engine).await;
                 if let Some(why) = refusal {
                     outbound::close(&mut socket, &why).await;
                 }

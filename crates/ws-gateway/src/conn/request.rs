@@ -207,11 +207,10 @@ impl<S: Socket> Conn<S> {
             );
         }
         let frame = envelope::message(channel, message, Some(&self.shared.user), &now_rfc3339());
-        let mut redis = self.state.redis.clone();
         match self
             .state
             .publisher
-            .publish(&mut redis, channel, &frame, now_ms())
+            .publish(channel, &frame, now_ms())
             .await
         {
             Ok((offset, epoch)) => {
@@ -287,12 +286,10 @@ impl<S: Socket> Conn<S> {
         let confirmed = tokio::time::timeout(SUBSCRIBE_READY_TIMEOUT, ready.wait_for(|r| *r))
             .await
             .is_ok_and(|r| r.is_ok());
-        let mut redis = self.state.redis.clone();
         let recovery = if confirmed {
             self.state
                 .publisher
                 .recover(
-                    &mut redis,
                     channel,
                     since.as_ref().map(|s| (s.offset, s.epoch.as_str())),
                 )

@@ -150,10 +150,12 @@ fn harness(args: &[&str]) -> Harness {
         &config.common,
         metrics.registry.clone(),
         Duration::from_secs(1),
-        client,
-        redis.clone(),
+        herald_common::engine::Engine::Redis(herald_common::engine::RedisEngine {
+            client,
+            conn: redis,
+        }),
     );
-    let (state, queues) = State::new(&config, settings, &rt, redis, metrics);
+    let (state, queues) = State::new(&config, settings, &rt, metrics);
     Harness {
         state,
         _queues: queues,
