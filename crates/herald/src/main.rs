@@ -19,10 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use herald_common::config::{ConfigErrors, load_from, parse_or_exit_with};
 use herald_common::engine::Engine;
+use herald_common::jwt::Alg;
 use herald_common::runtime::bind;
 use herald_common::{shutdown::shutdown_signal, telemetry};
 
 const NAME: &str = "herald";
+/// The admin and API keys of development mode when none is set.
+const DEV_ADMIN_KEY: &str = "dev-admin-key";
+const DEV_API_KEY: &str = "dev-api-key";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +46,14 @@ struct Cli {
 enum Command {
     /// Serve (what `herald` alone does).
     Serve(Serve),
+    /// Mint an access token and print it, as `auth-svc token` does (`--user`,
+    /// `--channels`, `--publish`, `--ttl`); with the shared secret (HS256) it needs
+    /// neither Redis nor a running server.
+    #[command(disable_help_flag = true)]
+    Token {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -127,6 +139,34 @@ impl Ready {
         }
     }
 
+    /// In development mode, gives an unset admin or API key its development value
+    /// (the ones `just dev` sets), so that a first try can publish and create users;
+    /// returns whether it did.
+    fn fill_dev_keys(&mut self) -> bool {
+        let (key, dev, value) = match self {
+            Self::Auth(c) => (&mut c.admin_key, c.common.dev, DEV_ADMIN_KEY),
+            Self::Monitor(c) => (&mut c.admin_key, c.common.dev, DEV_ADMIN_KEY),
+            Self::Broadcaster(c) => (&mut c.api_key, c.common.dev, DEV_API_KEY),
+            Self::Gateway(_) => return false,
+        };
+        if !dev || key.is_some() {
+            return false;
+        }
+        *key = Some(value.to_owned());
+        true
+    }
+
+    /// Whether this service verifies or signs HS256 tokens with the built-in
+    /// development secret (HERALD_DEV=1 and no HERALD_JWT_SECRET).
+    fn signs_with_dev_secret(&self) -> bool {
+        let (jwt, common) = match self {
+            Self::Gateway(c) => (&c.jwt, &c.common),
+            Self::Auth(c) => (&c.jwt, &c.common),
+            Self::Broadcaster(_) | Self::Monitor(_) => return false,
+        };
+        common.dev && jwt.jwt_alg == Alg::Hs256 && jwt.jwt_secret.is_none()
+    }
+
     fn log(&self) -> &str {
         match self {
             Self::Gateway(c) => &c.common.log,
@@ -142,6 +182,7 @@ async fn main() -> ExitCode {
     let (cli, unparsed): (Cli, _) = parse_or_exit_with(|c| c.after_help(settings_help()));
     let serve = match cli.command {
         Some(Command::Serve(s)) => s,
+        Some(Command::Token { args }) => return token(args).await,
         None => cli.serve,
     };
     let services = if serve.only.is_empty() {
@@ -200,6 +241,12 @@ async fn main() -> ExitCode {
         };
         ready.push((service, config, addr));
     }
+    // Tokens signed with the development secret are what a first try needs.
+    let dev_secret = ready.iter().any(|(_, c, _)| c.signs_with_dev_secret());
+    let mut dev_keys = false;
+    for (_, c, _) in &mut ready {
+        dev_keys |= c.fill_dev_keys();
+    }
     let Some((_, first, _)) = ready.first() else {
         return ExitCode::SUCCESS;
     };
@@ -232,6 +279,18 @@ async fn main() -> ExitCode {
         println!(
             "{NAME}: no HERALD_REDIS_URL: running on the in-memory engine (one process; \
              nothing is kept across restarts)"
+        );
+    }
+    if dev_keys {
+        println!(
+            "{NAME}: development keys where none is set (HERALD_DEV=1): admin \
+             {DEV_ADMIN_KEY}, API {DEV_API_KEY}"
+        );
+    }
+    if dev_secret {
+        println!(
+            "{NAME}: a token to try it with (HERALD_DEV=1): \
+             herald token --user alice --channels news --publish news"
         );
     }
     let stop = CancellationToken::new();
@@ -317,6 +376,18 @@ fn check_shared_settings(services: &[Service], errors: &mut ConfigErrors) {
              them here (--only) or unset it",
         );
     }
+}
+
+/// `herald token …`: auth-svc's `token` command, configured from the environment as
+/// `auth-svc token …` would be.
+async fn token(args: Vec<OsString>) -> ExitCode {
+    let mut argv = vec![OsString::from(auth_svc::SERVICE), OsString::from("token")];
+    argv.extend(args);
+    let (cli, mode) = load_from(auth_svc::SERVICE, argv, auth_svc::Cli::validate);
+    let auth_svc::config::Mode::Command(command) = mode else {
+        unreachable!("the token subcommand was given");
+    };
+    auth_svc::cli::run(command, cli.config).await
 }
 
 /// Whether a variable is set to something (an empty one counts as unset).

@@ -35,33 +35,54 @@ async fn printed(stdout: tokio::process::ChildStdout) -> (Vec<(String, String)>,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_serves_publish_recovery_and_the_monitor() {
     let redis = Redis::start().await;
-    let notes = serves_a_cluster(Some(&redis)).await;
+    let notes = serves_a_cluster(Some(&redis), Mode::Configured).await;
     assert!(notes.is_empty(), "{notes:?}");
 }
 
 /// No Redis anywhere: the in-memory engine, announced in one line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_one_process_is_the_whole_cluster() {
-    let notes = serves_a_cluster(None).await;
+    let notes = serves_a_cluster(None, Mode::Configured).await;
+    assert_eq!(notes, [MEMORY_NOTICE]);
+}
+
+/// A newcomer's first try: `HERALD_DEV=1` and nothing else. The development keys and
+/// a `herald token` are all it takes to publish and receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_try_needs_nothing_but_development_mode() {
+    let notes = serves_a_cluster(None, Mode::Development).await;
     assert_eq!(
         notes,
         [
-            "herald: no HERALD_REDIS_URL: running on the in-memory engine (one process; \
-          nothing is kept across restarts)"
+            MEMORY_NOTICE,
+            "herald: development keys where none is set (HERALD_DEV=1): admin dev-admin-key, \
+             API dev-api-key",
+            "herald: a token to try it with (HERALD_DEV=1): herald token --user alice \
+             --channels news --publish news",
         ]
     );
+}
+
+const MEMORY_NOTICE: &str = "herald: no HERALD_REDIS_URL: running on the in-memory engine \
+                             (one process; nothing is kept across restarts)";
+
+/// How the test configures `herald`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A JWT secret and an API key of the test's own.
+    Configured,
+    /// `HERALD_DEV=1` alone: tokens from `herald token`, the development API key.
+    Development,
 }
 
 /// Starts `herald` (on `redis`, or on its own memory), then publishes through the
 /// broadcaster, receives through the gateway, recovers with `since`, finds every
 /// service in the monitor and stops it with SIGTERM. Returns the lines it printed
 /// besides the addresses.
-async fn serves_a_cluster(redis: Option<&Redis>) -> Vec<String> {
+async fn serves_a_cluster(redis: Option<&Redis>, mode: Mode) -> Vec<String> {
     let mut cmd = Command::new(bin_path("herald"));
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HERALD_JWT_SECRET", crate::TEST_SECRET)
-        .env("HERALD_API_KEY", API_KEY)
         .env("HERALD_LOG", "warn")
         .env("HERALD_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("HERALD_AUTH_LISTEN", "127.0.0.1:0")
@@ -73,6 +94,24 @@ async fn serves_a_cluster(redis: Option<&Redis>) -> Vec<String> {
     if let Some(redis) = redis {
         cmd.env("HERALD_REDIS_URL", redis.url());
     }
+    let (t, api_key) = match mode {
+        Mode::Configured => {
+            cmd.env("HERALD_JWT_SECRET", crate::TEST_SECRET)
+                .env("HERALD_API_KEY", API_KEY);
+            (token("u1", &["news"], &[]), API_KEY)
+        }
+        Mode::Development => {
+            cmd.env("HERALD_DEV", "1");
+            let (code, out, err) = crate::run_bin_clean(
+                "herald",
+                &["token", "--user", "u1", "--channels", "news"],
+                &[("HERALD_DEV", "1")],
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+            (out.trim().to_owned(), "dev-api-key")
+        }
+    };
     let mut child = cmd.spawn().expect("herald starts");
     let (urls, notes) = printed(child.stdout.take().expect("piped")).await;
     let url = |service: &str| {
@@ -84,7 +123,6 @@ async fn serves_a_cluster(redis: Option<&Redis>) -> Vec<String> {
     };
 
     // Published through the broadcaster, delivered by the gateway.
-    let t = token("u1", &["news"], &[]);
     let mut ws = Ws::connect(&url("ws-gateway")).await;
     ws.send(json!({"type":"auth","token":t,"channels":["news"]}))
         .await;
@@ -98,7 +136,7 @@ async fn serves_a_cluster(redis: Option<&Redis>) -> Vec<String> {
         let (status, _) = http_json(
             Method::POST,
             &publish,
-            Some(API_KEY),
+            Some(api_key),
             Some(json!({"channel":"news","message":{"n":n}})),
         )
         .await;
