@@ -2,13 +2,15 @@
 # Runs every scenario of BENCHMARKS.md (`just bench`): release build, one gateway pinned
 # to core 0, the load generator pinned to core 1, loopback only. Results go to
 # target/bench/results.jsonl (one JSON object per run) and a summary table is printed.
+# The scenarios marked "(embedded)" run the all-in-one `herald` on its in-memory engine
+# (no Redis) in the gateway's place, pinned to core 0 with everything it runs.
 #
 # When run as root, everything runs inside a network namespace made for the run: its
 # loopback has no firewall rules or connection tracking (on this machine Docker's rules
 # add about 20 % to every loopback packet). HERALD_BENCH_NETNS=0 runs on the host.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p ws-gateway -p herald-bench -p broadcaster
+cargo build --release -p ws-gateway -p herald-bench -p broadcaster -p herald
 bin=$PWD/target/release
 out=$PWD/target/bench
 mkdir -p "$out"
@@ -98,9 +100,12 @@ start_gw
 for rate in 2 5 10 20; do
     run "1. fan-out 10k subscribers, $rate pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate "$rate" --duration 10 --payload 100
 done
+run "1. fan-out 10k subscribers, 40 pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate 40 --duration 10 --payload 100
 run "1. fan-out 10k subscribers, saturation" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --rate 0 --publishers 4 --window 64 --duration 10 --payload 100
 start_gw
 run "2. latency 1k subscribers, 100 pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 1000 --rate 100 --duration 20 --payload 100
+start_gw
+run "2. latency 1 subscriber, 200 pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 1 --rate 200 --duration 10 --payload 100
 start_gw
 run "3. 10k own channels + shared" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --channels 10000 --shared-every 10 --rate 1000 --duration 10 --payload 100
 
@@ -132,22 +137,62 @@ pids+=("$bc")
 sleep 1
 run "6. HTTP publish via broadcaster" fanout "${target[@]}" --pid "$bc" --subscribers 1 --rate 0 --duration 10 --publish http --publishers 1 --window 64 --api-url "http://127.0.0.1:$aport" --api-key bench-key
 
+kill "$bc" 2>/dev/null || true
+wait "$bc" 2>/dev/null || true
+stop_gw
+
+# The embedded engine: `herald` without HERALD_REDIS_URL, the same scenarios against its
+# gateway (the publishes of scenario 6 through its broadcaster, in the same process).
+hd=""
+start_herald() {
+    stop_herald
+    HERALD_JWT_SECRET=$secret HERALD_API_KEY=bench-key HERALD_GATEWAY_LISTEN=127.0.0.1:$gport \
+        HERALD_BROADCASTER_LISTEN=127.0.0.1:$aport HERALD_AUTH_LISTEN=127.0.0.1:$(free_port) \
+        HERALD_MONITOR_LISTEN=127.0.0.1:$(free_port) \
+        HERALD_MAX_CONNECTIONS_PER_IP=100000 HERALD_CONNECT_RATE_PER_IP=100000 \
+        HERALD_RATE_LIMIT_MESSAGES=100000000 HERALD_LOG=warn \
+        "${NS[@]}" taskset -c 0 "$bin/herald" >>"$out/herald.log" 2>&1 &
+    hd=$!
+    pids+=("$hd")
+    for _ in $(seq 50); do "${NS[@]}" python3 -c "import socket; socket.create_connection(('127.0.0.1',$gport),0.2); socket.create_connection(('127.0.0.1',$aport),0.2)" 2>/dev/null && break; sleep 0.1; done
+}
+stop_herald() {
+    if [[ -n $hd ]]; then kill "$hd" 2>/dev/null || true; wait "$hd" 2>/dev/null || true; hd=""; fi
+}
+start_herald
+run "4. connection setup 15k (embedded)" connections "${target[@]}" --pid "$hd" --count 15000 --hold 1 --connect-concurrency 1000
+start_herald
+run "4. idle connections 19k (embedded)" connections "${target[@]}" --pid "$hd" --count 19000 --hold 10
+start_herald
+run "1. fan-out 10k subscribers, 5 pub/s (embedded)" fanout "${target[@]}" --pid "$hd" --subscribers 10000 --rate 5 --duration 10 --payload 100
+run "1. fan-out 10k subscribers, 40 pub/s (embedded)" fanout "${target[@]}" --pid "$hd" --subscribers 10000 --rate 40 --duration 10 --payload 100
+# No saturation run here: an embedded publish is acknowledged without a Redis round
+# trip, so publishers with 64 in flight offer far more than one core can write and
+# the subscribers are cut off as slow consumers (BENCHMARKS.md, both engines).
+start_herald
+run "2. latency 1k subscribers, 100 pub/s (embedded)" fanout "${target[@]}" --pid "$hd" --subscribers 1000 --rate 100 --duration 20 --payload 100
+start_herald
+run "2. latency 1 subscriber, 200 pub/s (embedded)" fanout "${target[@]}" --pid "$hd" --subscribers 1 --rate 200 --duration 10 --payload 100
+start_herald
+run "6. HTTP publish via broadcaster (embedded)" fanout "${target[@]}" --pid "$hd" --subscribers 1 --rate 0 --duration 10 --publish http --publishers 1 --window 64 --api-url "http://127.0.0.1:$aport" --api-key bench-key
+stop_herald
+
 python3 - "$out/results.jsonl" <<'EOF'
 import json, sys
-print(f"\n{'scenario':<48} {'deliv/s':>9} {'lost':>5} {'srv µs/del':>10} {'cli µs/del':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+print(f"\n{'scenario':<52} {'deliv/s':>9} {'lost':>5} {'srv µs/del':>10} {'cli µs/del':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
 for line in open(sys.argv[1]):
     r = json.loads(line); name = r["scenario"]; d = r["result"]
     if "deliveries" in d:
         srv = d.get("gateway") or d.get("server") or {}
         cli = d.get("client") or {}
         lat = d.get("latency_ms") or {}
-        print(f"{name:<48} {d['deliveries']['per_sec']:>9.0f} {d['deliveries']['lost']:>5} "
+        print(f"{name:<52} {d['deliveries']['per_sec']:>9.0f} {d['deliveries']['lost']:>5} "
               f"{srv.get('cpu_us_per_delivery') or 0:>10.2f} {cli.get('cpu_us_per_delivery') or 0:>10.2f} "
               f"{lat.get('p50',0):>8.1f} {lat.get('p99',0):>8.1f} {lat.get('max',0):>8.1f}"
               + (f"   {d['publishes']['per_sec']:.0f} publishes/s" if 'publishes' in d else ""))
     else:
         g = d["gateway"]; c = d.get("client", {})
-        print(f"{name:<48} {d['setup_per_sec']:>9.0f} conn/s, server {g.get('setup_cpu_us_per_connection')} µs/conn, "
+        print(f"{name:<52} {d['setup_per_sec']:>9.0f} conn/s, server {g.get('setup_cpu_us_per_connection')} µs/conn, "
               f"client {c.get('setup_cpu_us_per_connection')} µs/conn, {g.get('rss_kib_per_connection')} KiB/conn")
 EOF
 echo "results: $out/results.jsonl"

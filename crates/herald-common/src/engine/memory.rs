@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -228,13 +228,17 @@ impl MemoryEngine {
             return 0;
         };
         let channel: Arc<str> = Arc::from(name);
-        // A subscriber whose stream is gone is dropped here.
-        subs.retain(|(_, tx)| {
-            tx.send(Msg {
-                channel: channel.clone(),
-                payload: payload.clone(),
-            })
-            .is_ok()
+        // A subscriber whose stream is gone, or that fell too far behind, is dropped.
+        subs.retain(|sub| {
+            if !sub.queue.take(payload.len()) {
+                return false;
+            }
+            sub.tx
+                .send(Msg {
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                })
+                .is_ok()
         });
         let n = subs.len() as u64;
         if subs.is_empty() {
@@ -247,14 +251,16 @@ impl MemoryEngine {
     pub fn subscriber(&self) -> (SubSink, SubStream) {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.0.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(Queue::default());
         (
             SubSink {
                 engine: self.clone(),
                 id,
                 tx,
+                queue: queue.clone(),
                 names: HashSet::new(),
             },
-            SubStream { rx },
+            SubStream { rx, queue },
         )
     }
 
@@ -556,7 +562,42 @@ impl Channels {
 #[derive(Default)]
 struct Bus {
     /// Pub/Sub name → its subscribers.
-    subs: HashMap<String, Vec<(u64, mpsc::UnboundedSender<Msg>)>>,
+    subs: HashMap<String, Vec<Subscriber>>,
+}
+
+/// One session's registration under a name.
+struct Subscriber {
+    id: u64,
+    tx: mpsc::UnboundedSender<Msg>,
+    queue: Arc<Queue>,
+}
+
+/// The most bytes a subscription may have waiting: Redis's default
+/// `client-output-buffer-limit pubsub` hard limit.
+pub const SUBSCRIBER_BUFFER_LIMIT: usize = 32 * 1024 * 1024;
+
+/// What a session has waiting. A session that falls [`SUBSCRIBER_BUFFER_LIMIT`]
+/// behind is cut off, as Redis cuts off a Pub/Sub client: its stream ends (the
+/// gateway reconnects and catches up from history) instead of its backlog
+/// growing without bound while publishers outrun it.
+#[derive(Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    cut: AtomicBool,
+}
+
+impl Queue {
+    /// Counts `n` more bytes waiting; false (and cut off) when over the limit.
+    fn take(&self, n: usize) -> bool {
+        if self.cut.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.bytes.fetch_add(n, Ordering::Relaxed) + n > SUBSCRIBER_BUFFER_LIMIT {
+            self.cut.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// One message a [`SubStream`] received.
@@ -572,6 +613,7 @@ pub struct SubSink {
     engine: MemoryEngine,
     id: u64,
     tx: mpsc::UnboundedSender<Msg>,
+    queue: Arc<Queue>,
     names: HashSet<String>,
 }
 
@@ -581,10 +623,11 @@ impl SubSink {
         let mut bus = lock(&self.engine.0.bus);
         for name in names {
             if self.names.insert(name.clone()) {
-                bus.subs
-                    .entry(name.clone())
-                    .or_default()
-                    .push((self.id, self.tx.clone()));
+                bus.subs.entry(name.clone()).or_default().push(Subscriber {
+                    id: self.id,
+                    tx: self.tx.clone(),
+                    queue: self.queue.clone(),
+                });
             }
         }
     }
@@ -595,7 +638,7 @@ impl SubSink {
         }
         let mut bus = lock(&self.engine.0.bus);
         if let Some(subs) = bus.subs.get_mut(name) {
-            subs.retain(|(id, _)| *id != self.id);
+            subs.retain(|sub| sub.id != self.id);
             if subs.is_empty() {
                 bus.subs.remove(name);
             }
@@ -615,12 +658,22 @@ impl Drop for SubSink {
 /// The receiving half of a memory subscription.
 pub struct SubStream {
     rx: mpsc::UnboundedReceiver<Msg>,
+    queue: Arc<Queue>,
 }
 
 impl SubStream {
-    /// The next message; `None` once the sink is gone.
+    /// The next message; `None` once the sink is gone or the session was cut off
+    /// for falling too far behind (what it had waiting is dropped, as a closed
+    /// connection drops it).
     pub async fn next(&mut self) -> Option<Msg> {
-        self.rx.recv().await
+        if self.queue.cut.load(Ordering::Relaxed) {
+            return None;
+        }
+        let msg = self.rx.recv().await?;
+        self.queue
+            .bytes
+            .fetch_sub(msg.payload.len(), Ordering::Relaxed);
+        Some(msg)
     }
 }
 
@@ -740,6 +793,24 @@ mod tests {
         assert_eq!(m.position("a"), Some((2, e1.clone())));
         drop(sink);
         assert_eq!(m.publish_raw("ch:a", Bytes::from_static(b"x")), 0);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_too_far_behind_is_cut_off() {
+        let m = MemoryEngine::new();
+        let (mut sink, mut stream) = m.subscriber();
+        sink.subscribe(&["x".to_owned()]);
+        let chunk = Bytes::from(vec![b'.'; 1024 * 1024]);
+        for _ in 0..SUBSCRIBER_BUFFER_LIMIT / chunk.len() {
+            assert_eq!(m.publish_raw("x", chunk.clone()), 1);
+        }
+        // Reading gives room back: still within the limit.
+        stream.next().await.expect("a message");
+        assert_eq!(m.publish_raw("x", chunk.clone()), 1);
+        // One more than fits: the session ends, and stops counting as a subscriber.
+        assert_eq!(m.publish_raw("x", chunk.clone()), 0);
+        assert!(stream.next().await.is_none());
+        assert_eq!(m.publish_raw("x", chunk), 0);
     }
 
     #[test]
