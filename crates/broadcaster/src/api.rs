@@ -1,7 +1,9 @@
 //! The HTTP API (docs/protocol.md): publish, broadcast, system notifications,
-//! user messages and jobs, all behind `Authorization: Bearer <HERALD_API_KEY>`.
+//! user messages, jobs and channel history, all behind
+//! `Authorization: Bearer <HERALD_API_KEY>`.
 
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use herald_common::http::{AdminKey, ApiError, ApiJson, layers};
+use herald_common::publish::HistoryQuery;
 use herald_proto::client::{MAX_MESSAGE_DEPTH, nests_deeper_than};
 use herald_proto::{channel, envelope, time::now_rfc3339};
 
@@ -36,6 +39,7 @@ pub fn router(ctx: AppState, ops: Router) -> Router {
         .route("/v1/user-messages", post(user_messages))
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/history/{channel}", get(history).delete(delete_history))
         // The key is checked before the body is read, so a caller without it
         // learns nothing about the body rules.
         .route_layer(middleware::from_extractor_with_state::<AdminKey, _>(
@@ -295,6 +299,85 @@ async fn get_job(
         .map_err(|e| ctx.redis_failed(e))?
         .ok_or_else(|| ApiError::not_found("no such job"))?;
     Ok(Json(record.to_json(&id)))
+}
+
+/// Messages one history read returns when the request does not say.
+pub const DEFAULT_HISTORY_LIMIT: u64 = 100;
+
+/// `GET /v1/history/{channel}?since=<offset>&epoch=<epoch>&limit=<n>&reverse=<bool>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<u64>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryPage<'a> {
+    channel: &'a str,
+    publications: Vec<&'a RawValue>,
+    offset: u64,
+    epoch: &'a str,
+}
+
+async fn history(
+    State(ctx): State<AppState>,
+    Path(channel): Path<String>,
+    q: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_channel("channel", &channel)?;
+    let Query(q) = q.map_err(|e| ApiError::unprocessable(e.body_text()))?;
+    let since = match (q.since, q.epoch.as_deref()) {
+        (Some(offset), Some(epoch)) => Some((offset, epoch)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::unprocessable(
+                "since and epoch go together: the position a client last saw",
+            ));
+        }
+    };
+    if q.limit == Some(0) {
+        return Err(ApiError::unprocessable("limit must be at least 1"));
+    }
+    let kept = ctx.config.history_size.max(1);
+    let query = HistoryQuery {
+        since,
+        limit: q.limit.unwrap_or(DEFAULT_HISTORY_LIMIT).min(kept),
+        reverse: q.reverse,
+    };
+    let h = ctx
+        .publisher
+        .history(&channel, query)
+        .await
+        .map_err(|e| ctx.redis_failed(e))?;
+    let publications = h
+        .frames
+        .iter()
+        .filter_map(|f| serde_json::from_str::<&RawValue>(f).ok())
+        .collect();
+    let page = HistoryPage {
+        channel: &channel,
+        publications,
+        offset: h.offset,
+        epoch: &h.epoch,
+    };
+    Ok(Json(page).into_response())
+}
+
+async fn delete_history(
+    State(ctx): State<AppState>,
+    Path(channel): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_channel("channel", &channel)?;
+    ctx.publisher
+        .delete_history(&channel)
+        .await
+        .map_err(|e| ctx.redis_failed(e))?;
+    tracing::info!(%channel, "history deleted");
+    Ok(Json(serde_json::json!({"ok": true})))
 }
 
 #[cfg(test)]

@@ -101,6 +101,60 @@ end
 return out
 "#;
 
+/// KEYS: meta, history. ARGV: after offset, since epoch ('' = none), limit,
+/// reverse (0/1), candidate epoch, meta ttl. Returns {top, epoch, frame...}: up to
+/// `limit` frames after `after` when the epoch is current (else from the oldest
+/// kept), oldest first or, reversed, newest first.
+const HISTORY_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local after = 0
+if ARGV[2] == epoch then after = tonumber(ARGV[1]) end
+local from = string.format('%d', after + 1) .. '-0'
+local entries
+if ARGV[4] == '1' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', from, 'COUNT', ARGV[3])
+else
+  entries = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', ARGV[3])
+end
+local out = {top, epoch}
+for i = 1, #entries do
+  local fields = entries[i][2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'f' then
+      out[#out + 1] = fields[j + 1]
+    end
+  end
+end
+return out
+"#;
+
+/// What a history read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The channel's latest offset.
+    pub offset: u64,
+    pub epoch: String,
+    /// Kept frames, in the order asked for.
+    pub frames: Vec<String>,
+}
+
+/// A history read: after which position, how many, which way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery<'a> {
+    /// Only frames after this offset, when the epoch is the channel's current one
+    /// (another epoch's offsets say nothing about this one: then from the oldest).
+    pub since: Option<(u64, &'a str)>,
+    pub limit: u64,
+    /// Newest first.
+    pub reverse: bool,
+}
+
 /// History settings shared by every publisher.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryConfig {
@@ -125,6 +179,7 @@ pub struct Publisher {
     history: HistoryConfig,
     publish: Script,
     recover: Script,
+    read_history: Script,
 }
 
 /// What a recovery read found.
@@ -152,6 +207,7 @@ impl Publisher {
             history,
             publish: Script::new(PUBLISH_LUA),
             recover: Script::new(RECOVER_LUA),
+            read_history: Script::new(HISTORY_LUA),
         }
     }
 
@@ -298,6 +354,69 @@ impl Publisher {
                 Some((offset, frame))
             })
             .collect())
+    }
+
+    /// The channel's kept messages as `query` asks, with its position (a channel
+    /// never published to gets its epoch here, as on subscribe).
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery<'_>,
+    ) -> redis::RedisResult<History> {
+        let meta_ttl = self.history.ttl_ms + META_EXTRA_TTL_MS;
+        let r = match &self.engine {
+            Engine::Redis(r) => r,
+            Engine::Memory(m) => return Ok(m.history(channel, query, meta_ttl)),
+        };
+        let (after, since_epoch) = query.since.unwrap_or((0, ""));
+        let reply: Vec<redis::Value> = self
+            .read_history
+            .key(self.keys.meta(channel))
+            .key(self.keys.history(channel))
+            .arg(after)
+            .arg(since_epoch)
+            .arg(query.limit.max(1))
+            .arg(u8::from(query.reverse))
+            .arg(new_epoch())
+            .arg(meta_ttl)
+            .invoke_async(&mut r.conn.clone())
+            .await?;
+        let bad = || {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "malformed history reply",
+            ))
+        };
+        let mut it = reply.into_iter();
+        let offset: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
+        let epoch: String = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
+        let frames = it
+            .map(redis::from_redis_value::<String>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(History {
+            offset,
+            epoch,
+            frames,
+        })
+    }
+
+    /// Forgets the channel's history and position: the next publish starts a new
+    /// epoch at offset 1, so a client recovering from the old one is told
+    /// `recovered:false` rather than given a wrong answer.
+    pub async fn delete_history(&self, channel: &str) -> redis::RedisResult<()> {
+        match &self.engine {
+            Engine::Redis(r) => {
+                redis::cmd("DEL")
+                    .arg(self.keys.meta(channel))
+                    .arg(self.keys.history(channel))
+                    .query_async(&mut r.conn.clone())
+                    .await
+            }
+            Engine::Memory(m) => {
+                m.delete_channel(channel);
+                Ok(())
+            }
+        }
     }
 
     /// The channel's `(offset, epoch)` without creating anything.

@@ -117,6 +117,25 @@ fn accepted(text: &str, msg: &ClientMsg) {
             is_str(&s, "channel", channel);
             echoes(&s, id.as_ref());
         }
+        ClientMsg::History {
+            channel, limit, id, ..
+        } => {
+            valid_channel(channel);
+            assert!(limit.is_none_or(|n| n > 0), "a zero limit was accepted");
+            let publication =
+                RawValue::from_string("{\"type\":\"message\"}".to_owned()).expect("a JSON object");
+            let frame = ServerMsg::History {
+                channel,
+                id: id.as_ref(),
+                publications: vec![&publication],
+                offset: 7,
+                epoch: "ep",
+            }
+            .to_json();
+            let h = object(&frame);
+            is_str(&h, "channel", channel);
+            echoes(&h, id.as_ref());
+        }
         ClientMsg::Unsubscribe { channel, id } => {
             valid_channel(channel);
             let frame = ServerMsg::Unsubscribed {

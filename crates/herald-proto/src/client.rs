@@ -224,6 +224,17 @@ pub enum ClientMsg {
     Ping {
         id: Option<Id>,
     },
+    /// `{"type":"history","channel":…,"since":{…}?,"limit":n?,"reverse":bool?}`: the
+    /// channel's kept messages (after `since` when it names the current epoch).
+    History {
+        channel: String,
+        since: Option<Since>,
+        /// How many at most; the gateway applies its default and cap.
+        limit: Option<u64>,
+        /// Newest first.
+        reverse: bool,
+        id: Option<Id>,
+    },
 }
 
 impl ClientMsg {
@@ -235,6 +246,7 @@ impl ClientMsg {
             Self::Unsubscribe { .. } => "unsubscribe",
             Self::Broadcast { .. } => "broadcast",
             Self::Ping { .. } => "ping",
+            Self::History { .. } => "history",
         }
     }
 
@@ -244,6 +256,7 @@ impl ClientMsg {
             | Self::Subscribe { id, .. }
             | Self::Unsubscribe { id, .. }
             | Self::Broadcast { id, .. }
+            | Self::History { id, .. }
             | Self::Ping { id } => id.as_ref(),
         }
     }
@@ -266,6 +279,10 @@ struct RawFrame<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default)]
     batch: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    limit: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reverse: Option<&'a RawValue>,
     /// `Some` whenever the key is present, `"message":null` included.
     #[serde(borrow, default, deserialize_with = "present")]
     message: Option<&'a RawValue>,
@@ -312,15 +329,25 @@ pub fn parse(text: &str) -> Result<ClientMsg, FrameError> {
         None if raw.token.is_some() => parse_auth(&raw, id),
         Some("subscribe") => Ok(ClientMsg::Subscribe {
             channel: channel_field(&raw, &id)?,
-            since: match raw.since {
+            since: since_field(&raw, &id)?,
+            id,
+        }),
+        Some("history") => Ok(ClientMsg::History {
+            channel: channel_field(&raw, &id)?,
+            since: since_field(&raw, &id)?,
+            limit: match raw.limit {
                 None => None,
                 Some(v) if v.get() == "null" => None,
-                Some(v) => Some(serde_json::from_str::<Since>(v.get()).map_err(|_| {
-                    FrameError::bad(
-                        "since must be {\"offset\": <integer>, \"epoch\": <string>}",
-                        &id,
-                    )
-                })?),
+                Some(v) => match serde_json::from_str::<u64>(v.get()) {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => return Err(FrameError::bad("limit must be a positive integer", &id)),
+                },
+            },
+            reverse: match raw.reverse {
+                None => false,
+                Some(v) if v.get() == "null" => false,
+                Some(v) => serde_json::from_str::<bool>(v.get())
+                    .map_err(|_| FrameError::bad("reverse must be a boolean", &id))?,
             },
             id,
         }),
@@ -377,6 +404,21 @@ fn parse_auth(raw: &RawFrame<'_>, id: Option<Id>) -> Result<ClientMsg, FrameErro
         batch,
         id,
     })
+}
+
+fn since_field(raw: &RawFrame<'_>, id: &Option<Id>) -> Result<Option<Since>, FrameError> {
+    match raw.since {
+        None => Ok(None),
+        Some(v) if v.get() == "null" => Ok(None),
+        Some(v) => serde_json::from_str::<Since>(v.get())
+            .map(Some)
+            .map_err(|_| {
+                FrameError::bad(
+                    "since must be {\"offset\": <integer>, \"epoch\": <string>}",
+                    id,
+                )
+            }),
+    }
 }
 
 fn channel_field(raw: &RawFrame<'_>, id: &Option<Id>) -> Result<String, FrameError> {

@@ -66,6 +66,16 @@ pub enum ServerMsg<'a> {
         id: Option<&'a Id>,
         timestamp: String,
     },
+    /// The answer to `history`: kept `message` frames (exactly as delivered), and
+    /// the channel's current position.
+    History {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+        publications: Vec<&'a RawValue>,
+        offset: u64,
+        epoch: &'a str,
+    },
     /// A request was refused; the connection stays open.
     Error {
         code: ErrorCode,

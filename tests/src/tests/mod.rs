@@ -23,6 +23,7 @@ mod gateway_auth;
 mod handshake;
 mod harness;
 mod herald;
+mod history;
 mod http_limits;
 mod js;
 mod limits;

@@ -21,7 +21,9 @@ use herald_proto::envelope::{self, FrameTemplate};
 use herald_proto::node::{ChannelStat, ConnInfo, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
 
-use crate::publish::{HistoryConfig, META_EXTRA_TTL_MS, Recovery, new_epoch};
+use crate::publish::{
+    History, HistoryConfig, HistoryQuery, META_EXTRA_TTL_MS, Recovery, new_epoch,
+};
 
 super::opaque_debug!(MemoryEngine, SubSink, SubStream);
 
@@ -194,6 +196,36 @@ impl MemoryEngine {
             _ => {}
         }
         out
+    }
+
+    /// Kept frames as `query` asks, with the channel's position (created, as on
+    /// subscribe, when the channel has none).
+    pub fn history(&self, channel: &str, query: HistoryQuery<'_>, meta_ttl: u64) -> History {
+        let now = now_ms();
+        let mut channels = lock(&self.0.channels);
+        channels.sweep(now);
+        let ch = channels.live(channel, now, meta_ttl);
+        let after = match query.since {
+            Some((offset, epoch)) if epoch == ch.epoch => offset,
+            _ => 0,
+        };
+        let limit = usize::try_from(query.limit.max(1)).unwrap_or(usize::MAX);
+        let kept = ch.history.iter().filter(|(o, _)| *o > after);
+        let frames = if query.reverse {
+            kept.rev().take(limit).map(|(_, f)| f.clone()).collect()
+        } else {
+            kept.take(limit).map(|(_, f)| f.clone()).collect()
+        };
+        History {
+            offset: ch.offset,
+            epoch: ch.epoch.clone(),
+            frames,
+        }
+    }
+
+    /// Forgets a channel's history and position (its next publish starts a new epoch).
+    pub fn delete_channel(&self, channel: &str) {
+        lock(&self.0.channels).map.remove(channel);
     }
 
     /// Frames with offsets `from..=to` still in history, oldest first.
@@ -832,6 +864,50 @@ mod tests {
         assert!(!r.recovered && r.offset == 5);
         let r = m.recover(history(3), "a", Some((3, &epoch)), 1);
         assert!(!r.recovered);
+    }
+
+    #[test]
+    fn history_reads_forward_backward_and_after_a_position() {
+        let m = MemoryEngine::new();
+        for _ in 0..5 {
+            m.publish(history(3), "a", "ch:a", &frame(), 0, None);
+        }
+        let offsets = |h: History| -> Vec<u64> {
+            h.frames
+                .iter()
+                .map(|f| {
+                    serde_json::from_str::<serde_json::Value>(f).unwrap()["offset"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let q = |since, limit, reverse| HistoryQuery {
+            since,
+            limit,
+            reverse,
+        };
+        let h = m.history("a", q(None, 10, false), 60_000);
+        assert_eq!(h.offset, 5);
+        let epoch = h.epoch.clone();
+        assert_eq!(offsets(h), [3, 4, 5]);
+        assert_eq!(offsets(m.history("a", q(None, 2, true), 60_000)), [5, 4]);
+        assert_eq!(
+            offsets(m.history("a", q(Some((3, &epoch)), 10, false), 60_000)),
+            [4, 5]
+        );
+        assert_eq!(
+            offsets(m.history("a", q(Some((4, &epoch)), 10, true), 60_000)),
+            [5]
+        );
+        // Another epoch's offset says nothing: from the oldest kept.
+        assert_eq!(
+            offsets(m.history("a", q(Some((4, "old")), 10, false), 60_000)),
+            [3, 4, 5]
+        );
+        m.delete_channel("a");
+        let h = m.history("a", q(None, 10, false), 60_000);
+        assert!(h.frames.is_empty() && h.offset == 0 && h.epoch != epoch);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use governor::clock::Clock;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use herald_common::publish::HistoryQuery;
 use herald_proto::client::{self, ClientMsg, ErrorCode, Id, Since};
 use herald_proto::disconnect::Disconnect;
 use herald_proto::envelope;
@@ -169,6 +170,64 @@ impl<S: Socket> Conn<S> {
             },
             ClientMsg::Auth { token, id, .. } => {
                 Reply::Frame(Box::pin(self.reauth(&token, id.as_ref())).await)
+            }
+            ClientMsg::History {
+                channel,
+                since,
+                limit,
+                reverse,
+                id,
+            } => {
+                let query = HistoryQuery {
+                    since: since.as_ref().map(|s| (s.offset, s.epoch.as_str())),
+                    limit: history_limit(limit, self.state.settings.history.size),
+                    reverse,
+                };
+                Reply::Frame(Box::pin(self.history(&channel, query, id.as_ref())).await)
+            }
+        }
+    }
+
+    /// A channel's kept messages, for whoever may subscribe to it.
+    async fn history(&mut self, channel: &str, query: HistoryQuery<'_>, id: Option<&Id>) -> String {
+        if !self.claims.may_subscribe(channel) {
+            return ServerMsg::channel_error(
+                ErrorCode::Forbidden,
+                "not allowed to read this channel's history",
+                id,
+                channel,
+            )
+            .to_json();
+        }
+        match self.state.publisher.history(channel, query).await {
+            Ok(h) => {
+                self.state.health.up();
+                // Frames in history are the JSON the publisher wrote; one that is
+                // not (never expected) is left out rather than breaking the reply.
+                let publications: Vec<&RawValue> = h
+                    .frames
+                    .iter()
+                    .filter_map(|f| serde_json::from_str(f).ok())
+                    .collect();
+                ServerMsg::History {
+                    channel,
+                    id,
+                    publications,
+                    offset: h.offset,
+                    epoch: &h.epoch,
+                }
+                .to_json()
+            }
+            Err(e) => {
+                self.state.metrics.redis_errors.inc();
+                self.state.health.failed(&e);
+                ServerMsg::channel_error(
+                    ErrorCode::Unavailable,
+                    "history temporarily unavailable; retry",
+                    id,
+                    channel,
+                )
+                .to_json()
             }
         }
     }
@@ -339,5 +398,28 @@ impl<S: Socket> Conn<S> {
             Flow::Continue => Ok(()),
             _ => Err(SubError::Broken),
         }
+    }
+}
+
+/// How many messages a history request gets: what it asked for (100 when it did not
+/// say), at most what a channel keeps.
+pub(crate) fn history_limit(asked: Option<u64>, kept: u64) -> u64 {
+    asked.unwrap_or(DEFAULT_HISTORY_LIMIT).min(kept.max(1))
+}
+
+/// Messages a history request gets when it does not say.
+pub(crate) const DEFAULT_HISTORY_LIMIT: u64 = 100;
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn history_limit_defaults_and_caps_at_what_a_channel_keeps() {
+        assert_eq!(history_limit(None, 1000), DEFAULT_HISTORY_LIMIT);
+        assert_eq!(history_limit(Some(7), 1000), 7);
+        assert_eq!(history_limit(Some(5000), 1000), 1000);
+        assert_eq!(history_limit(None, 10), 10);
+        assert_eq!(history_limit(Some(3), 0), 1);
     }
 }
