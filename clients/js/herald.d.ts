@@ -131,6 +131,28 @@ export interface PublishAck {
   epoch: string;
 }
 
+export interface HistoryOptions {
+  /** Only what was published after this position, when its epoch is the channel's
+   * current one; another epoch's position gets the answer from the oldest kept (and
+   * the answer's `epoch` shows the change). */
+  since?: Position | null;
+  /** How many at most, a positive integer; the server's default is 100 and its cap
+   * `HERALD_HISTORY_SIZE`. */
+  limit?: number | null;
+  /** Newest first. Default false: oldest first. */
+  reverse?: boolean | null;
+}
+
+/** What `history()` resolves with. */
+export interface HistoryResult {
+  /** The kept deliveries, as the server sent them (not turned into `Message`s), in the
+   * order asked for. */
+  publications: DeliveryFrame[];
+  /** The channel's latest position (offset 0 when nothing was ever published). */
+  offset: number;
+  epoch: string;
+}
+
 /** The part of a WebSocket the client uses: the browser's, or one given in
  * `options.WebSocket` (Node 20 has none of its own). */
 export interface WebSocketLike {
@@ -175,10 +197,12 @@ export interface HeraldOptions {
   maxReconnectDelay?: number;
   /** The backoff resets once a connection has stayed up this long, in ms. Default 10000. */
   stableAfter?: number;
-  /** A publish not acknowledged within this many ms rejects with `timeout`. Default 10000. */
+  /** A publish not acknowledged, or a history read not answered, within this many ms
+   * rejects with `timeout`. Default 10000. */
   publishTimeout?: number;
   /** Publishes pending at once (waiting to be sent or for their ack); more reject with
-   * `queue_full`. Default 100. */
+   * `queue_full`. History reads are bounded by the same number, counted apart. Default
+   * 100. */
   publishQueueSize?: number;
   /** A socket not authenticated within this many ms is given up. Default 15000. */
   connectTimeout?: number;
@@ -213,15 +237,18 @@ export interface SubscribeOptions {
   since?: Position | null;
 }
 
-/** A publish refusal or failure. `code` is the server's error code (`forbidden`,
- * `bad_request`, `unavailable`, `rate_limited`, …) or the client's own:
- * - `queue_full`: `publishQueueSize` publishes are already pending; not published;
- * - `timeout`: no acknowledgement within `publishTimeout`; it may or may not have been
- *   published;
- * - `disconnected`: the connection dropped after it was sent; it may or may not have
- *   been published, and is never resent automatically (that could publish it twice);
+/** A publish or history refusal or failure. `code` is the server's error code
+ * (`forbidden`, `bad_request`, `unavailable`, `rate_limited`, …) or the client's own:
+ * - `queue_full`: `publishQueueSize` publishes (or history reads) are already pending;
+ *   not sent;
+ * - `timeout`: no acknowledgement (answer) within `publishTimeout`; a publish may or
+ *   may not have been published;
+ * - `disconnected`: the connection dropped after it was sent; a publish may or may not
+ *   have been published, and is never resent automatically (that could publish it
+ *   twice); a history read is not resent either;
  * - `closed`: the client stopped (`close()`, or refused for good by the server) before
- *   it was sent or acknowledged. */
+ *   it was sent or answered;
+ * - `protocol`: the server's answer to a history read was malformed. */
 export class HeraldError extends Error {
   constructor(code: string, message?: string, details?: { channel?: string; retryAfterMs?: number });
   readonly code: string;
@@ -264,10 +291,18 @@ export class Herald {
   /** Publishes `message` to `channel`. While disconnected it waits in a bounded queue
    * and is sent after the next authentication; see HeraldError for the rejections. */
   publish(channel: string, message: unknown): Promise<PublishAck>;
+  /** Reads the messages `channel` keeps (what `subscribe` with `since` could recover),
+   * without subscribing; needs the right to subscribe to it. Like a publish, a read
+   * made while disconnected waits for the next authentication, under `publishTimeout`
+   * and `publishQueueSize`, and rejects with a HeraldError: the server's `forbidden`,
+   * `unavailable`, `bad_request`, `rate_limited`, or the client's `queue_full`,
+   * `timeout`, `disconnected`, `closed`, `protocol`. Bad arguments reject with a
+   * TypeError. */
+  history(channel: string, options?: HistoryOptions): Promise<HistoryResult>;
   /** Starts again after a stop (`close()` or a refusal for good); a no-op otherwise. */
   connect(): void;
-  /** Stops for good: state "disconnected" with code "closed", every pending publish
-   * rejected with `closed`, every timer cancelled. */
+  /** Stops for good: state "disconnected" with code "closed", every pending publish and
+   * history read rejected with `closed`, every timer cancelled. */
   close(): void;
 }
 

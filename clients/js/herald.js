@@ -11,6 +11,9 @@
 //   (socket, timers, listeners) they ask for;
 // - `Subscription`, the handle `Herald.subscribe` returns.
 //
+// Publishes and history reads are one-shot requests: a promise per call, sent after
+// authentication, answered by the reply frame carrying the request's id.
+//
 // The wire protocol is described in docs/protocol.md of the Herald repository.
 
 /** The WebSocket subprotocol that makes the gateway report handshake refusals as a
@@ -49,8 +52,9 @@ const DELIVERY_TYPES = new Set(["message", "system_notification", "user_message"
 
 // === errors ===
 
-/** The rejection of a publish, or a refused request: `code` is the server's error code
- * or one of the client's own (`queue_full`, `timeout`, `disconnected`, `closed`). */
+/** The rejection of a publish or a history read, or a refused request: `code` is the
+ * server's error code or one of the client's own (`queue_full`, `timeout`,
+ * `disconnected`, `closed`, `protocol`). */
 export class HeraldError extends Error {
   constructor(code, message, details = {}) {
     super(message || code);
@@ -540,8 +544,8 @@ export class Herald {
 
   /** channel → subscription record. */
   #subs = new Map();
-  /** Publishes not yet settled, queued or sent, in call order. */
-  #publishes = new Set();
+  /** Publishes and history reads not yet settled, queued or sent, in call order. */
+  #pending = new Set();
 
   #onOnline = () => this.#online();
   #onOffline = () => this.#offline();
@@ -613,8 +617,8 @@ export class Herald {
     this.#attemptConnect();
   }
 
-  /** Stops for good: closes the socket, rejects every pending publish with `closed`
-   * and cancels every timer. `connect()` starts again. */
+  /** Stops for good: closes the socket, rejects every pending publish and history read
+   * with `closed` and cancels every timer. `connect()` starts again. */
   close() {
     if (this.#stopped) return;
     const conn = this.#conn;
@@ -658,36 +662,85 @@ export class Herald {
     return record.sub;
   }
 
+  /** What every request checks before it is queued: false (and `reject` called) when
+   * the client is closed or the channel is no channel name. */
+  #admit(channel, reject) {
+    if (this.#stopped) {
+      reject(new HeraldError("closed", "the client is closed"));
+      return false;
+    }
+    if (typeof channel !== "string" || channel === "") {
+      reject(new TypeError("channel must be a non-empty string"));
+      return false;
+    }
+    return true;
+  }
+
   publish(channel, message) {
     return new Promise((resolve, reject) => {
-      if (this.#stopped) {
-        reject(new HeraldError("closed", "the client is closed"));
+      if (!this.#admit(channel, reject)) return;
+      this.#enqueue({ kind: "publish", channel, message: message === undefined ? null : message, resolve, reject });
+    });
+  }
+
+  /** Reads the messages `channel` keeps, without subscribing. Waits for the connection
+   * like a publish does, under the same `publishTimeout` and `publishQueueSize`. */
+  history(channel, options = {}) {
+    return new Promise((resolve, reject) => {
+      if (!this.#admit(channel, reject)) return;
+      if (options === null || typeof options !== "object") {
+        reject(new TypeError("history options must be an object"));
         return;
       }
-      if (typeof channel !== "string" || channel === "") {
-        reject(new TypeError("channel must be a non-empty string"));
+      const since = options.since ?? null;
+      const limit = options.limit ?? null;
+      const reverse = options.reverse ?? false;
+      if (since !== null && !isPosition(since)) {
+        reject(new TypeError("since must be {offset: integer >= 0, epoch: string}"));
         return;
       }
-      if (this.#publishes.size >= this.#opts.publishQueueSize) {
-        reject(new HeraldError("queue_full", "too many publishes waiting to be sent or acknowledged"));
+      // The server refuses 0 too (`bad_request`); caught here, it never costs a frame.
+      if (limit !== null && !(Number.isSafeInteger(limit) && limit > 0)) {
+        reject(new TypeError("limit must be a positive integer"));
         return;
       }
-      const entry = {
+      if (typeof reverse !== "boolean") {
+        reject(new TypeError("reverse must be a boolean"));
+        return;
+      }
+      this.#enqueue({
+        kind: "history",
         channel,
-        message: message === undefined ? null : message,
+        // A copy: the caller may reuse its object before the request is sent.
+        since: since && { offset: since.offset, epoch: since.epoch },
+        limit,
+        reverse,
         resolve,
         reject,
-        id: null,
-        conn: null,
-        timer: null,
-      };
-      entry.timer = this.#timers.after(this.#opts.publishTimeout, () => {
-        entry.timer = null;
-        this.#settle(entry, new HeraldError("timeout", "no acknowledgement in time; it may or may not have been published"));
       });
-      this.#publishes.add(entry);
-      if (this.#conn?.authed) this.#sendPublish(this.#conn, entry);
     });
+  }
+
+  /** Queues a request (`kind` "publish" or "history"), bounded per kind so that reads
+   * never crowd out publishes, with its deadline; sends it at once when authenticated. */
+  #enqueue(entry) {
+    let waiting = 0;
+    for (const e of this.#pending) if (e.kind === entry.kind) waiting++;
+    if (waiting >= this.#opts.publishQueueSize) {
+      const what = entry.kind === "publish" ? "publishes" : "history reads";
+      entry.reject(new HeraldError("queue_full", `too many ${what} waiting to be sent or answered`));
+      return;
+    }
+    entry.id = null;
+    entry.conn = null;
+    entry.timer = this.#timers.after(this.#opts.publishTimeout, () => {
+      entry.timer = null;
+      const message =
+        entry.kind === "publish" ? "no acknowledgement in time; it may or may not have been published" : "no answer in time";
+      this.#settle(entry, new HeraldError("timeout", message));
+    });
+    this.#pending.add(entry);
+    if (this.#conn?.authed) this.#sendRequest(this.#conn, entry);
   }
 
   // --- connecting ---
@@ -793,8 +846,8 @@ export class Herald {
     this.#scheduleRefresh();
     this.#state = "connected";
     for (const record of this.#subs.values()) this.#sendSubscribe(record);
-    for (const entry of this.#publishes) {
-      if (!entry.conn) this.#sendPublish(conn, entry);
+    for (const entry of this.#pending) {
+      if (!entry.conn) this.#sendRequest(conn, entry);
     }
     this.#log("connected to", conn.url);
     this.#setState({
@@ -836,6 +889,9 @@ export class Herald {
         break;
       case "ack":
         this.#onAck(conn, frame);
+        break;
+      case "history":
+        this.#onHistory(conn, frame);
         break;
       case "error":
         this.#onErrorFrame(conn, frame);
@@ -902,6 +958,18 @@ export class Herald {
     this.#settle(req.entry, null, { channel: frame.channel, offset: frame.offset, epoch: frame.epoch });
   }
 
+  #onHistory(conn, frame) {
+    const req = conn.requests.get(frame.id);
+    if (!req || req.kind !== "history") return;
+    if (!Array.isArray(frame.publications) || !Number.isSafeInteger(frame.offset) || typeof frame.epoch !== "string") {
+      // Resolving with a made-up empty page would pass for "nothing kept".
+      const error = new HeraldError("protocol", "the server's history answer is malformed", { channel: req.entry.channel });
+      this.#settle(req.entry, error);
+      return;
+    }
+    this.#settle(req.entry, null, { publications: frame.publications, offset: frame.offset, epoch: frame.epoch });
+  }
+
   #onErrorFrame(conn, frame) {
     const code = typeof frame.code === "string" ? frame.code : "unknown";
     const message = typeof frame.message === "string" ? frame.message : code;
@@ -910,6 +978,7 @@ export class Herald {
     if (req) conn.requests.delete(frame.id);
     switch (req?.kind) {
       case "publish":
+      case "history":
         this.#settle(req.entry, new HeraldError(code, message, { channel: frame.channel, retryAfterMs }));
         return;
       case "subscribe":
@@ -980,20 +1049,30 @@ export class Herald {
     this.#send(conn, frame);
   }
 
-  #sendPublish(conn, entry) {
+  #sendRequest(conn, entry) {
     entry.id = this.#nextId++;
     entry.conn = conn;
-    conn.requests.set(entry.id, { kind: "publish", entry });
-    this.#send(conn, { type: "broadcast", channel: entry.channel, message: entry.message, id: entry.id });
+    conn.requests.set(entry.id, { kind: entry.kind, entry });
+    if (entry.kind === "publish") {
+      this.#send(conn, { type: "broadcast", channel: entry.channel, message: entry.message, id: entry.id });
+      return;
+    }
+    const frame = { type: "history", channel: entry.channel };
+    if (entry.since) frame.since = entry.since;
+    if (entry.limit !== null) frame.limit = entry.limit;
+    if (entry.reverse) frame.reverse = true;
+    frame.id = entry.id;
+    this.#send(conn, frame);
   }
 
-  /** Settles a publish once: rejects with `error`, or resolves with `ack`. */
-  #settle(entry, error, ack) {
-    if (!this.#publishes.delete(entry)) return;
+  /** Settles a publish or history read once: rejects with `error`, or resolves with
+   * `answer`. */
+  #settle(entry, error, answer) {
+    if (!this.#pending.delete(entry)) return;
     entry.timer = this.#timers.cancel(entry.timer);
     if (entry.conn) entry.conn.requests.delete(entry.id);
     if (error) entry.reject(error);
-    else entry.resolve(ack);
+    else entry.resolve(answer);
   }
 
   #unsubscribe(record) {
@@ -1121,9 +1200,10 @@ export class Herald {
     else this.#stop({ ...info, reconnect: false });
   }
 
-  /** Drops what belonged to `conn`: its timers, the publishes it carried (rejected
-   * with `code`: they may or may not have been published and are never resent), and
-   * the subscriptions' requests on it. */
+  /** Drops what belonged to `conn`: its timers, the publishes and history reads it
+   * carried (rejected with `code`: a publish may or may not have been published and is
+   * never resent; a read is not resent either, so that both kinds fail alike), and the
+   * subscriptions' requests on it. */
   #teardown(conn, code) {
     conn.connectTimer = this.#timers.cancel(conn.connectTimer);
     conn.watchdog = this.#timers.cancel(conn.watchdog);
@@ -1131,13 +1211,16 @@ export class Herald {
     this.#refreshTimer = this.#timers.cancel(this.#refreshTimer);
     this.#conn = null;
     this.#state = "disconnected";
-    for (const entry of [...this.#publishes]) {
-      if (entry.conn === conn) {
-        this.#settle(
-          entry,
-          new HeraldError(code, code === "closed" ? "the client was closed" : "the connection dropped before the acknowledgement; it may or may not have been published"),
-        );
+    for (const entry of [...this.#pending]) {
+      if (entry.conn !== conn) continue;
+      let message = "the client was closed";
+      if (code !== "closed") {
+        message =
+          entry.kind === "publish"
+            ? "the connection dropped before the acknowledgement; it may or may not have been published"
+            : "the connection dropped before the answer";
       }
+      this.#settle(entry, new HeraldError(code, message));
     }
     for (const record of this.#subs.values()) {
       record.tracker.reset();
@@ -1171,7 +1254,7 @@ export class Herald {
     this.#stableTimer = null;
     this.#refreshTimer = null;
     this.#listenNetwork(false);
-    for (const entry of [...this.#publishes]) {
+    for (const entry of [...this.#pending]) {
       this.#settle(entry, new HeraldError("closed", `the client stopped: ${info.reason || info.code}`));
     }
     for (const record of this.#subs.values()) record.retryTimer = null;

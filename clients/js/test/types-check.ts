@@ -14,6 +14,7 @@ import {
   SUBPROTOCOL,
   unpackBatch,
   type GapInfo,
+  type HistoryResult,
   type Message,
   type Position,
   type PublishAck,
@@ -86,6 +87,22 @@ async function send(): Promise<void> {
   }
 }
 void send();
+
+async function read(): Promise<void> {
+  const all: HistoryResult = await herald.history("news");
+  const first = all.publications[0];
+  const at: Position = { offset: all.offset, epoch: all.epoch };
+  console.log(first?.type, first?.offset, first?.channel, at);
+  const newest = await herald.history("news", { limit: 20, reverse: true });
+  const after = await herald.history("news", { since: at, limit: null, reverse: null });
+  console.log(newest.publications.length, after.epoch);
+  try {
+    await herald.history("secret", {});
+  } catch (e) {
+    if (e instanceof HeraldError) console.log(e.code, e.channel);
+  }
+}
+void read();
 herald.connect();
 herald.close();
 
@@ -104,3 +121,7 @@ console.log(now, pos, subState, delay, refresh, claims, verdict.reconnect, step.
 herald.on("message", () => {});
 // @ts-expect-error: a publish needs a channel.
 void herald.publish();
+// @ts-expect-error: since is a position.
+void herald.history("news", { since: 41 });
+// @ts-expect-error: the options are checked.
+void herald.history("news", { limt: 3 });

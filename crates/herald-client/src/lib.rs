@@ -7,10 +7,12 @@
 //! exactly once and in offset order, or says with an [`Event::Gap`] what was lost for
 //! good. With a fetching [`TokenSource`] it replaces the token on the live connection
 //! before it expires. [`Client::publish`] waits for the gateway's acknowledgement.
+//! [`Client::history`] reads a channel's kept messages without subscribing, as the
+//! same [`Message`]s a subscription delivers.
 //!
 //! ```no_run
 //! use futures_util::StreamExt as _;
-//! use herald_client::{Client, Event, Options, TokenSource};
+//! use herald_client::{Client, Event, HistoryQuery, Options, TokenSource};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = Client::connect(
@@ -23,6 +25,20 @@
 //!     .publish("chat:lobby", &serde_json::json!({"text": "hi"}))
 //!     .await?;
 //! println!("published at {}", ack.offset);
+//! // The ten latest messages of chat:lobby, newest first.
+//! let latest = client
+//!     .history(
+//!         "chat:lobby",
+//!         HistoryQuery {
+//!             limit: Some(10),
+//!             reverse: true,
+//!             ..HistoryQuery::default()
+//!         },
+//!     )
+//!     .await?;
+//! for m in &latest.publications {
+//!     println!("#{}: {}", m.offset, m.data);
+//! }
 //! while let Some(event) = news.next().await {
 //!     match event {
 //!         Event::Message(m) => println!("{} #{}: {}", m.channel, m.offset, m.data),
@@ -47,6 +63,7 @@
 //! - [`token`]: [`TokenSource`] and when a token is due for refresh.
 //! - `queue`: the bounded queue between the driver and one subscription.
 //! - [`Options`], and what the client reports ([`Event`], [`ConnState`], …).
+//! - [`HistoryQuery`], [`History`], [`HistoryError`]: reading a channel's history.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -62,6 +79,7 @@ use tracing::Instrument as _;
 pub mod backoff;
 mod driver;
 mod event;
+mod history;
 mod options;
 mod queue;
 #[cfg(test)]
@@ -76,11 +94,12 @@ pub use event::{
 pub use herald_proto::ErrorCode;
 pub use herald_proto::disconnect::DisconnectCode;
 pub use herald_proto::frames::{JobStatus, Position};
+pub use history::{History, HistoryError, HistoryQuery};
 pub use options::Options;
 pub use token::TokenSource;
 pub use tracker::GapReason;
 
-use driver::{Command, Driver, Wiring};
+use driver::{Ask, Command, Driver, Reply, Wiring};
 use queue::EventQueue;
 
 /// Client-level errors kept for [`Client::errors`] receivers that lag behind; older
@@ -109,6 +128,9 @@ struct Shared {
     /// connection, or for its acknowledgement), so the bound holds before the driver
     /// even sees the publish.
     publish_slots: Arc<Semaphore>,
+    /// The same for history reads, bounded apart so that reads never crowd out
+    /// publishes.
+    history_slots: Arc<Semaphore>,
     publish_timeout: std::time::Duration,
     subscription_buffer: usize,
     room: Arc<Notify>,
@@ -129,7 +151,8 @@ impl Drop for Shared {
 impl Client {
     /// Starts connecting to the gateways at `urls` (`ws://host:port/ws`), tried in
     /// turn, with tokens from `token`. Returns at once; watch [`Client::states`] to
-    /// know when it is connected. Subscriptions and publishes can be made right away.
+    /// know when it is connected. Subscriptions, publishes and history reads can be
+    /// made right away.
     ///
     /// # Panics
     ///
@@ -173,6 +196,7 @@ impl Client {
                 states,
                 errors,
                 publish_slots: Arc::new(Semaphore::new(slots)),
+                history_slots: Arc::new(Semaphore::new(slots)),
                 publish_timeout,
                 subscription_buffer,
                 room,
@@ -242,29 +266,71 @@ impl Client {
     {
         let message = serde_json::value::to_raw_value(message)
             .map_err(|e| PublishError::Encode(e.to_string()))?;
-        let permit = self
-            .shared
-            .publish_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| PublishError::QueueFull)?;
         let (reply, answer) = oneshot::channel();
-        let cmd = Command::Publish {
+        let ask = Ask::Publish {
             channel: channel.to_owned(),
             message,
+        };
+        let slots = &self.shared.publish_slots;
+        self.request(slots, ask, Reply::Publish(reply))
+            .map_err(|e| match e {
+                Unsent::QueueFull => PublishError::QueueFull,
+                Unsent::Closed => PublishError::Closed,
+            })?;
+        answer.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    /// Reads `channel`'s kept messages without subscribing (see [`HistoryQuery`] for
+    /// what to ask); the token must allow subscribing to the channel. The messages
+    /// are the same [`Message`]s a [`Subscription`] delivers.
+    ///
+    /// While disconnected it waits like a publish: queued for the next connection
+    /// (at most [`Options::publish_queue`] history reads not yet answered, counted
+    /// apart from publishes; one more fails with [`HistoryError::QueueFull`] at
+    /// once), answered within [`Options::publish_timeout`] of the call or failing
+    /// with [`HistoryError::Timeout`]. One sent on a connection that then drops fails
+    /// with [`HistoryError::Disconnected`] and is not sent again; reading changes
+    /// nothing, so calling again is safe. The gateway's refusals (`forbidden`,
+    /// `unavailable`, `bad_request`, …) are [`HistoryError::Refused`] with their
+    /// [`ErrorCode`].
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<History, HistoryError> {
+        let (reply, answer) = oneshot::channel();
+        let ask = Ask::History {
+            channel: channel.to_owned(),
+            query,
+        };
+        let slots = &self.shared.history_slots;
+        self.request(slots, ask, Reply::History(reply))
+            .map_err(|e| match e {
+                Unsent::QueueFull => HistoryError::QueueFull,
+                Unsent::Closed => HistoryError::Closed,
+            })?;
+        answer.await.unwrap_or(Err(HistoryError::Closed))
+    }
+
+    /// Hands a request to the driver, within the bound `slots` keeps on requests of
+    /// its kind not yet settled.
+    fn request(&self, slots: &Arc<Semaphore>, ask: Ask, reply: Reply) -> Result<(), Unsent> {
+        let permit = slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Unsent::QueueFull)?;
+        let cmd = Command::Request {
+            ask,
             deadline: tokio::time::Instant::now() + self.shared.publish_timeout,
             reply,
             permit,
         };
-        self.shared
-            .commands
-            .send(cmd)
-            .map_err(|_| PublishError::Closed)?;
-        answer.await.unwrap_or(Err(PublishError::Closed))
+        self.shared.commands.send(cmd).map_err(|_| Unsent::Closed)
     }
 
-    /// Closes the connection and stops the client: pending publishes fail with
-    /// [`PublishError::Closed`], subscription streams end. Returns once the
+    /// Closes the connection and stops the client: pending publishes and history
+    /// reads fail with [`PublishError::Closed`] / [`HistoryError::Closed`],
+    /// subscription streams end. Returns once the
     /// background task has finished.
     pub async fn close(&self) {
         self.shared.cancel.cancel();
@@ -275,6 +341,12 @@ impl Client {
             tracing::warn!(cause = %e, "herald client task failed");
         }
     }
+}
+
+/// Why a request never reached the driver.
+enum Unsent {
+    QueueFull,
+    Closed,
 }
 
 /// The events of one channel; a [`futures_util::Stream`] of [`Event`]s, read with

@@ -19,10 +19,12 @@ pub struct Options {
     pub stable_after: Duration,
     /// Publishes not yet settled, waiting for a connection or for their
     /// acknowledgement; one more fails with
-    /// [`PublishError::QueueFull`](crate::PublishError::QueueFull) at once.
+    /// [`PublishError::QueueFull`](crate::PublishError::QueueFull) at once. History
+    /// reads are bounded the same, apart from publishes
+    /// ([`HistoryError::QueueFull`](crate::HistoryError::QueueFull)).
     pub publish_queue: usize,
-    /// How long a publish may wait for its acknowledgement, from the call (time in
-    /// the queue included).
+    /// How long a publish may wait for its acknowledgement, and a history read for
+    /// its answer, from the call (time in the queue included).
     pub publish_timeout: Duration,
     /// How long opening a WebSocket and authenticating may take.
     pub connect_timeout: Duration,

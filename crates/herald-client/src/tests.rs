@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::{
-    Client, ClientError, ConnState, DisconnectCode, ErrorCode, Event, Options, PublishError,
-    Subscription, TokenSource,
+    Client, ClientError, ConnState, DisconnectCode, ErrorCode, Event, History, HistoryError,
+    HistoryQuery, MessageKind, Options, Position, PublishError, Subscription, TokenSource,
 };
 
 /// How long any one step may take.
@@ -234,6 +234,16 @@ fn spawn_publish(
 ) -> tokio::task::JoinHandle<Result<crate::Ack, PublishError>> {
     let client = client.clone();
     tokio::spawn(async move { client.publish(channel, &message).await })
+}
+
+/// Reads `channel`'s history from a task of its own.
+fn spawn_history(
+    client: &Client,
+    channel: &'static str,
+    query: HistoryQuery,
+) -> tokio::task::JoinHandle<Result<History, HistoryError>> {
+    let client = client.clone();
+    tokio::spawn(async move { client.history(channel, query).await })
 }
 
 async fn next_event(sub: &mut Subscription) -> Event {
@@ -644,4 +654,176 @@ async fn close_settles_everything_and_dropping_the_last_handle_stops_the_task() 
     })
     .await;
     assert!(stopped(&states.borrow()));
+}
+
+#[tokio::test]
+async fn history_waits_for_the_connection_and_reads_as_a_subscription_delivers() {
+    let fake = Fake::start().await;
+    let opts = Options {
+        publish_queue: 1,
+        ..options()
+    };
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), opts);
+    let query = HistoryQuery {
+        since: Some(Position::new(41, "e")),
+        limit: Some(2),
+        reverse: true,
+    };
+    // Polled first, so the read is queued before the gateway even accepts.
+    let (read, mut gw) = tokio::join!(client.history("news", query), async {
+        let mut gw = fake.accept().await;
+        gw.hello(25_000).await;
+        let req = gw.recv().await;
+        assert_eq!(
+            req,
+            json!({"type": "history", "channel": "news", "since": {"offset": 41, "epoch": "e"},
+                   "limit": 2, "reverse": true, "id": req["id"]})
+        );
+        assert!(req["id"].is_u64(), "{req}");
+        // One read unanswered is the bound for reads; publishes are counted apart.
+        assert_eq!(
+            client
+                .history("news", HistoryQuery::default())
+                .now_or_never(),
+            Some(Err(HistoryError::QueueFull))
+        );
+        let publish = spawn_publish(&client, "chat:a", json!(1));
+        let frame = gw.recv().await;
+        assert_eq!(frame["type"], "broadcast");
+        gw.send(json!({"type": "ack", "id": frame["id"], "channel": "chat:a", "offset": 1, "epoch": "e"}))
+            .await;
+        assert!(within("the ack", publish).await.expect("task").is_ok());
+        let user_message = json!({"type": "user_message", "channel": "news", "offset": 42,
+                                  "epoch": "e", "user_id": "bot", "content": "hi",
+                                  "timestamp": "2026-01-05T14:47:57.123Z"});
+        gw.send(json!({"type": "history", "channel": "news", "id": req["id"],
+                       "publications": [message(43, "e"), {"type": "future_kind", "offset": 9}, user_message],
+                       "offset": 43, "epoch": "e"}))
+            .await;
+        gw
+    });
+    let read = read.expect("the history");
+    assert_eq!(read.position, Position::new(43, "e"));
+    let got: Vec<(u64, MessageKind, Option<&str>)> = read
+        .publications
+        .iter()
+        .map(|m| (m.offset, m.kind, m.from_user.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (43, MessageKind::Message, None),
+            (42, MessageKind::UserMessage, Some("bot"))
+        ]
+    );
+    // The same message delivered live is the same value.
+    let mut sub = client.subscribe("news", Some(Position::new(42, "e")));
+    let req = gw.recv_subscribe().await;
+    gw.send(message(43, "e")).await;
+    gw.reply_subscribed(&req, 43, "e", Some(true)).await;
+    match next_event(&mut sub).await {
+        Event::Message(m) => assert_eq!(m, read.publications[0]),
+        other => panic!("expected a message, got {other:?}"),
+    }
+    // Free again once answered.
+    let again = spawn_history(&client, "news", HistoryQuery::default());
+    let req = gw.recv().await;
+    assert_eq!(
+        req,
+        json!({"type": "history", "channel": "news", "id": req["id"]})
+    );
+    gw.send(
+        json!({"type": "history", "channel": "news", "id": req["id"], "publications": [],
+                   "offset": 43, "epoch": "e"}),
+    )
+    .await;
+    let again = within("the answer", again)
+        .await
+        .expect("task")
+        .expect("history");
+    assert!(again.publications.is_empty());
+    client.close().await;
+}
+
+#[tokio::test]
+async fn history_refusals_are_typed_and_a_read_is_lost_with_its_connection() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    until(&client, "the connection", ConnState::is_connected).await;
+    for (wire, code) in [
+        ("forbidden", ErrorCode::Forbidden),
+        ("unavailable", ErrorCode::Unavailable),
+        ("bad_request", ErrorCode::BadRequest),
+    ] {
+        let read = spawn_history(&client, "news", HistoryQuery::default());
+        let req = gw.recv().await;
+        gw.send(json!({"type": "error", "code": wire, "message": "no", "id": req["id"], "channel": "news"}))
+            .await;
+        assert_eq!(
+            within("the refusal", read).await.expect("task"),
+            Err(HistoryError::Refused {
+                code,
+                message: "no".to_owned()
+            })
+        );
+    }
+    // A reply of another kind than asked for settles it too, as a fault.
+    let read = spawn_history(&client, "news", HistoryQuery::default());
+    let req = gw.recv().await;
+    gw.send(json!({"type": "ack", "id": req["id"], "channel": "news", "offset": 1, "epoch": "e"}))
+        .await;
+    assert!(matches!(
+        within("the fault", read).await.expect("task"),
+        Err(HistoryError::Refused {
+            code: ErrorCode::Internal,
+            ..
+        })
+    ));
+
+    let read = spawn_history(&client, "news", HistoryQuery::default());
+    gw.recv().await;
+    drop(gw);
+    assert_eq!(
+        within("the loss", read).await.expect("task"),
+        Err(HistoryError::Disconnected)
+    );
+    // Reconnected, nothing is sent again.
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.assert_silent().await;
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_history_read_never_sent_times_out_or_fails_with_the_close() {
+    let fake = Fake::start().await;
+    let opts = Options {
+        publish_timeout: Duration::from_millis(200),
+        ..options()
+    };
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), opts);
+    // The gateway never answers the upgrade.
+    let _tcp = fake.tcp().await;
+    assert_eq!(
+        within(
+            "the timeout",
+            client.history("news", HistoryQuery::default())
+        )
+        .await,
+        Err(HistoryError::Timeout)
+    );
+    let read = spawn_history(&client, "news", HistoryQuery::default());
+    // Most likely queued by then; sent to a client already closing, it fails alike.
+    tokio::task::yield_now().await;
+    client.close().await;
+    assert_eq!(
+        within("the read", read).await.expect("task"),
+        Err(HistoryError::Closed)
+    );
+    assert_eq!(
+        client.history("news", HistoryQuery::default()).await,
+        Err(HistoryError::Closed)
+    );
 }

@@ -100,6 +100,18 @@ pub enum ServerFrame {
         id: Option<u64>,
         timestamp: String,
     },
+    /// The answer to `history`: the channel's kept deliveries, each exactly as it
+    /// was delivered (an unknown kind reads as [`ServerFrame::Unknown`]), and the
+    /// channel's latest position.
+    History {
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default)]
+        publications: Vec<ServerFrame>,
+        offset: u64,
+        epoch: String,
+    },
     /// A request was refused; the connection stays open.
     Error {
         /// A code this version does not know reads as [`ErrorCode::Internal`] (an
@@ -279,6 +291,21 @@ pub enum ClientFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Read the channel's kept messages without subscribing: oldest first (newest
+    /// first with `reverse`), at most `limit` (the gateway's default and cap apply),
+    /// after `since` when it names the channel's current epoch.
+    History {
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Position>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        /// Absent means oldest first, so only `true` is sent.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        reverse: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
 }
 
 impl ClientFrame {
@@ -327,6 +354,20 @@ impl fmt::Debug for ClientFrame {
                 .field("id", id)
                 .finish(),
             Self::Ping { id } => f.debug_struct("Ping").field("id", id).finish(),
+            Self::History {
+                channel,
+                since,
+                limit,
+                reverse,
+                id,
+            } => f
+                .debug_struct("History")
+                .field("channel", channel)
+                .field("since", since)
+                .field("limit", limit)
+                .field("reverse", reverse)
+                .field("id", id)
+                .finish(),
         }
     }
 }

@@ -11,9 +11,11 @@ use tokio::time::Instant;
 use super::ending::Step;
 use super::socket::conn_send_text;
 use super::timers::pending_or;
-use super::{CLOSE_TIMEOUT, Command, Conn, DEAD_SOCKET_SLACK, Driver, End, Hello, IDLE, Sub, Ws};
+use super::{
+    CLOSE_TIMEOUT, Command, Conn, DEAD_SOCKET_SLACK, Driver, End, Failure, Hello, IDLE, Sub, Ws,
+};
 use crate::backoff;
-use crate::event::{ConnState, PublishError};
+use crate::event::ConnState;
 use crate::token::Token;
 use crate::tracker::Tracker;
 
@@ -77,7 +79,7 @@ impl Driver {
         });
     }
 
-    /// Ends the client: settles every publish, ends every subscription stream.
+    /// Ends the client: settles every request, ends every subscription stream.
     pub(super) fn finish(mut self, state: ConnState) {
         self.commands.close();
         while let Ok(cmd) = self.commands.try_recv() {
@@ -88,13 +90,11 @@ impl Driver {
                         let _ = done.send(());
                     }
                 }
-                Command::Publish { reply, .. } => {
-                    let _ = reply.send(Err(PublishError::Closed));
-                }
+                Command::Request { reply, .. } => reply.fail(Failure::Closed),
             }
         }
-        for (_, p) in self.publishes.drain() {
-            let _ = p.reply.send(Err(PublishError::Closed));
+        for (_, p) in self.pending.drain() {
+            p.reply.fail(Failure::Closed);
         }
         for sub in self.subs.values() {
             sub.queue.close();
@@ -121,7 +121,7 @@ impl Driver {
                 () = self.room.notified() => {
                     let _ = self.on_room(None).await;
                 }
-                () = tokio::time::sleep_until(wake) => self.expire_publishes(),
+                () = tokio::time::sleep_until(wake) => self.expire_requests(),
                 out = &mut fut => return Some(out),
             }
         }
@@ -219,28 +219,24 @@ impl Driver {
                 }
                 result?;
             }
-            Command::Publish {
-                channel,
-                message,
+            Command::Request {
+                ask,
                 deadline,
                 reply,
                 permit,
-            } => {
-                self.publish(channel, message, deadline, reply, permit, conn)
-                    .await?
-            }
+            } => self.request(ask, deadline, reply, permit, conn).await?,
         }
         Ok(())
     }
 
-    /// Renews every subscription, then sends the publishes that waited.
+    /// Renews every subscription, then sends the requests that waited.
     pub(super) async fn on_connected(&mut self, conn: &mut Conn) -> Result<(), End> {
         let ids: Vec<u64> = self.subs.keys().copied().collect();
         for sub in ids {
             self.send_subscribe(sub, conn).await?;
         }
         while let Some(id) = self.unsent.pop_front() {
-            let Some(frame) = self.publishes.get_mut(&id).and_then(|p| p.frame.take()) else {
+            let Some(frame) = self.pending.get_mut(&id).and_then(|p| p.frame.take()) else {
                 continue;
             };
             conn_send_text(conn, frame).await?;
@@ -251,13 +247,13 @@ impl Driver {
     /// Settles what the lost connection leaves undecided.
     pub(super) fn on_connection_lost(&mut self, conn: &mut Conn) {
         let sent: Vec<u64> = self
-            .publishes
+            .pending
             .iter()
             .filter(|(_, p)| p.frame.is_none())
             .map(|(id, _)| *id)
             .collect();
         for id in sent {
-            self.settle(id, Err(PublishError::Disconnected));
+            self.fail(id, Failure::Disconnected);
         }
         for sub in self.subs.values_mut() {
             sub.tracker.reset();

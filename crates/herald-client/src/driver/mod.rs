@@ -1,13 +1,13 @@
 //! The one task behind a [`Client`](crate::Client): it owns the socket, every
-//! subscription's [`Tracker`], the publishes waiting for acknowledgement and the
-//! token, and runs the connection lifecycle.
+//! subscription's [`Tracker`], the requests waiting for their reply (publishes,
+//! history reads) and the token, and runs the connection lifecycle.
 //!
 //! The lifecycle is a loop: wait out the backoff, get a token, open a WebSocket and
 //! authenticate, serve the connection until it ends, then decide from how it ended
 //! (see [`Driver::next_step`]) whether to stop or which delay comes before the next
 //! gateway. In every phase the driver keeps answering the application's commands, so
-//! a publish made while disconnected is queued (or refused at once when the queue is
-//! full), and timeouts fire on time.
+//! a publish or history read made while disconnected is queued (or refused at once
+//! when the queue is full), and timeouts fire on time.
 //!
 //! # Layout
 //! - this file: the driver's state and the tunables.
@@ -16,7 +16,8 @@
 //! - `ending`: how a connection ended and what follows it ([`Driver::next_step`]).
 //! - `socket`: server frames to their handlers; writes with a timeout.
 //! - `subscriptions`: subscribe with `since`, deliveries, recovery, refusals.
-//! - `publish`: queued, sent and settled publishes.
+//! - `publish`: requests answered by one reply (publishes, history reads): queued,
+//!   sent and settled.
 //! - `timers`: the dead-socket check, deadlines, retries and the token refresh.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -24,8 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use herald_proto::ErrorCode;
 use herald_proto::disconnect::DisconnectCode;
-use herald_proto::frames::Position;
+use herald_proto::frames::{ClientFrame, Position};
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, broadcast, mpsc, oneshot, watch};
@@ -34,6 +36,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Ack, ClientError, ConnState, Message, PublishError};
+use crate::history::{History, HistoryError, HistoryQuery};
 use crate::options::Options;
 use crate::queue::EventQueue;
 use crate::token::{Token, TokenSource};
@@ -84,15 +87,119 @@ pub(crate) enum Command {
         sub: u64,
         done: Option<oneshot::Sender<()>>,
     },
+    /// A publish or a history read: queued while disconnected, answered by one
+    /// reply frame.
+    Request {
+        ask: Ask,
+        deadline: Instant,
+        reply: Reply,
+        /// Held until the request is settled: bounds the requests of its kind in the
+        /// command channel and inside the driver together.
+        permit: OwnedSemaphorePermit,
+    },
+}
+
+/// What a [`Command::Request`] asks of the gateway.
+pub(crate) enum Ask {
     Publish {
         channel: String,
         message: Box<RawValue>,
-        deadline: Instant,
-        reply: oneshot::Sender<Result<Ack, PublishError>>,
-        /// Held until the publish is settled: bounds publishes in the command channel
-        /// and inside the driver together.
-        permit: OwnedSemaphorePermit,
     },
+    History {
+        channel: String,
+        query: HistoryQuery,
+    },
+}
+
+impl Ask {
+    /// The request's frame, carrying `id`.
+    fn frame(self, id: u64) -> String {
+        match self {
+            Self::Publish { channel, message } => ClientFrame::Broadcast {
+                channel,
+                message,
+                id: Some(id),
+            },
+            Self::History { channel, query } => ClientFrame::History {
+                channel,
+                since: query.since,
+                limit: query.limit,
+                reverse: query.reverse,
+                id: Some(id),
+            },
+        }
+        .to_json()
+    }
+}
+
+/// Where a request's outcome goes, typed for the call that made it.
+pub(crate) enum Reply {
+    Publish(oneshot::Sender<Result<Ack, PublishError>>),
+    History(oneshot::Sender<Result<History, HistoryError>>),
+}
+
+/// A reply frame that settles a request.
+enum Answer {
+    Ack(Ack),
+    History(History),
+}
+
+impl Answer {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Ack(_) => "ack",
+            Self::History(_) => "history",
+        }
+    }
+}
+
+/// How a request failed, whichever kind it was.
+enum Failure {
+    Refused { code: ErrorCode, message: String },
+    Timeout,
+    Disconnected,
+    Closed,
+}
+
+// A send fails only when the caller stopped waiting: nothing is left to tell it.
+impl Reply {
+    fn answer(self, answer: Answer) {
+        match (self, answer) {
+            (Self::Publish(tx), Answer::Ack(ack)) => {
+                let _ = tx.send(Ok(ack));
+            }
+            (Self::History(tx), Answer::History(history)) => {
+                let _ = tx.send(Ok(history));
+            }
+            // Only a faulty gateway answers a request with another kind of reply;
+            // waiting longer would not bring the right one.
+            (reply, answer) => reply.fail(Failure::Refused {
+                code: ErrorCode::Internal,
+                message: format!("answered with an unexpected `{}` frame", answer.kind()),
+            }),
+        }
+    }
+
+    fn fail(self, failure: Failure) {
+        match self {
+            Self::Publish(tx) => {
+                let _ = tx.send(Err(match failure {
+                    Failure::Refused { code, message } => PublishError::Refused { code, message },
+                    Failure::Timeout => PublishError::Timeout,
+                    Failure::Disconnected => PublishError::Disconnected,
+                    Failure::Closed => PublishError::Closed,
+                }));
+            }
+            Self::History(tx) => {
+                let _ = tx.send(Err(match failure {
+                    Failure::Refused { code, message } => HistoryError::Refused { code, message },
+                    Failure::Timeout => HistoryError::Timeout,
+                    Failure::Disconnected => HistoryError::Disconnected,
+                    Failure::Closed => HistoryError::Closed,
+                }));
+            }
+        }
+    }
 }
 
 /// How a connection (or an attempt at one) ended.
@@ -142,12 +249,12 @@ struct Sub {
     retries: u32,
 }
 
-/// One publish, from the call until it is settled.
-struct Publish {
-    /// The `broadcast` frame, until it is sent.
+/// One request (a publish, a history read), from the call until it is settled.
+struct Pending {
+    /// The request's frame, until it is sent.
     frame: Option<String>,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Ack, PublishError>>,
+    reply: Reply,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -188,10 +295,11 @@ pub(crate) struct Driver {
     /// Ordered by creation, so subscriptions are renewed in the order they were made.
     subs: BTreeMap<u64, Sub>,
     by_channel: HashMap<String, Vec<u64>>,
-    publishes: HashMap<u64, Publish>,
-    /// Publishes waiting for a connection, in call order.
+    /// Requests not yet settled, by request id.
+    pending: HashMap<u64, Pending>,
+    /// Requests waiting for a connection, in call order.
     unsent: VecDeque<u64>,
-    /// Publish deadlines, earliest first.
+    /// Request deadlines, earliest first.
     deadlines: BTreeSet<(Instant, u64)>,
     next_id: u64,
 }
@@ -218,7 +326,7 @@ impl Driver {
             room: w.room,
             subs: BTreeMap::new(),
             by_channel: HashMap::new(),
-            publishes: HashMap::new(),
+            pending: HashMap::new(),
             unsent: VecDeque::new(),
             deadlines: BTreeSet::new(),
             next_id: 0,

@@ -1,74 +1,82 @@
-//! Publishes: queued while disconnected, sent on the connection, settled by an
-//! `ack`, an error, their deadline or the connection's loss.
+//! Requests answered by one reply frame (publishes and history reads): queued while
+//! disconnected, sent on the connection, settled by their reply, an error, their
+//! deadline or the connection's loss.
 
-use herald_proto::frames::ClientFrame;
-use serde_json::value::RawValue;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::socket::conn_send_text;
-use super::{Conn, Driver, End, Publish};
-use crate::event::{Ack, PublishError};
+use super::{Answer, Ask, Conn, Driver, End, Failure, Pending, Reply};
 
 impl Driver {
-    pub(super) async fn publish(
+    pub(super) async fn request(
         &mut self,
-        channel: String,
-        message: Box<RawValue>,
+        ask: Ask,
         deadline: Instant,
-        reply: oneshot::Sender<Result<Ack, PublishError>>,
+        reply: Reply,
         permit: OwnedSemaphorePermit,
         conn: Option<&mut Conn>,
     ) -> Result<(), End> {
         let id = self.next_id();
-        let frame = ClientFrame::Broadcast {
-            channel,
-            message,
-            id: Some(id),
-        }
-        .to_json();
         self.deadlines.insert((deadline, id));
-        let mut publish = Publish {
-            frame: Some(frame),
+        let mut pending = Pending {
+            frame: Some(ask.frame(id)),
             deadline,
             reply,
             _permit: permit,
         };
         match conn {
             Some(conn) => {
-                let frame = publish.frame.take().unwrap_or_default();
-                self.publishes.insert(id, publish);
+                let frame = pending.frame.take().unwrap_or_default();
+                self.pending.insert(id, pending);
                 conn_send_text(conn, frame).await?;
             }
             None => {
-                self.publishes.insert(id, publish);
+                self.pending.insert(id, pending);
                 self.unsent.push_back(id);
             }
         }
         Ok(())
     }
 
-    pub(super) fn expire_publishes(&mut self) {
+    pub(super) fn expire_requests(&mut self) {
         let now = Instant::now();
         while let Some(&(at, id)) = self.deadlines.first() {
             if at > now {
                 break;
             }
             self.deadlines.pop_first();
-            if let Some(p) = self.publishes.remove(&id) {
+            if let Some(p) = self.pending.remove(&id) {
                 if p.frame.is_some() {
                     self.unsent.retain(|u| *u != id);
                 }
-                let _ = p.reply.send(Err(PublishError::Timeout));
+                p.reply.fail(Failure::Timeout);
             }
         }
     }
 
-    /// Settles publish `id` with `result`, if it is still waiting.
-    pub(super) fn settle(&mut self, id: u64, result: Result<Ack, PublishError>) {
-        if let Some(p) = self.publishes.remove(&id) {
-            self.deadlines.remove(&(p.deadline, id));
-            let _ = p.reply.send(result);
+    /// Whether request `id` is waiting for its reply.
+    pub(super) fn is_pending(&self, id: u64) -> bool {
+        self.pending.contains_key(&id)
+    }
+
+    /// Settles request `id` with its reply, if it is still waiting.
+    pub(super) fn answer(&mut self, id: u64, answer: Answer) {
+        if let Some(p) = self.take_pending(id) {
+            p.reply.answer(answer);
         }
+    }
+
+    /// Fails request `id`, if it is still waiting.
+    pub(super) fn fail(&mut self, id: u64, failure: Failure) {
+        if let Some(p) = self.take_pending(id) {
+            p.reply.fail(failure);
+        }
+    }
+
+    fn take_pending(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        self.deadlines.remove(&(p.deadline, id));
+        Some(p)
     }
 }

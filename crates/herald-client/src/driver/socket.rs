@@ -2,14 +2,15 @@
 
 use futures_util::SinkExt as _;
 use herald_proto::ErrorCode;
-use herald_proto::frames::{ClientFrame, ServerFrame};
+use herald_proto::frames::{ClientFrame, Position, ServerFrame};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use super::ending::closed;
 use super::timers::retry_refresh;
-use super::{Conn, Driver, End, Request, WRITE_TIMEOUT};
-use crate::event::{Ack, ClientError, ConnState, Message, PublishError};
+use super::{Answer, Conn, Driver, End, Failure, Request, WRITE_TIMEOUT};
+use crate::event::{Ack, ClientError, ConnState, Message};
+use crate::history::History;
 
 impl Driver {
     pub(super) async fn on_socket(
@@ -80,14 +81,32 @@ impl Driver {
                 offset,
                 epoch,
             } => {
-                self.settle(
+                self.answer(
                     id,
-                    Ok(Ack {
+                    Answer::Ack(Ack {
                         channel,
                         offset,
                         epoch,
                     }),
                 );
+            }
+            ServerFrame::History {
+                id,
+                publications,
+                offset,
+                epoch,
+                ..
+            } => {
+                if let Some(id) = id {
+                    let history = History {
+                        publications: publications
+                            .into_iter()
+                            .filter_map(Message::from_frame)
+                            .collect(),
+                        position: Position::new(offset, epoch),
+                    };
+                    self.answer(id, Answer::History(history));
+                }
             }
             ServerFrame::Error {
                 code,
@@ -135,8 +154,8 @@ impl Driver {
         conn: &mut Conn,
     ) -> Result<(), End> {
         if let Some(id) = id {
-            if self.publishes.contains_key(&id) {
-                self.settle(id, Err(PublishError::Refused { code, message }));
+            if self.is_pending(id) {
+                self.fail(id, Failure::Refused { code, message });
                 return Ok(());
             }
             match conn.requests.remove(&id) {

@@ -1,4 +1,4 @@
-//! The connection's timers: the dead-socket check, publish deadlines, subscribe
+//! The connection's timers: the dead-socket check, request deadlines, subscribe
 //! retries and the token refresh on the live connection.
 
 use std::future::Future;
@@ -29,7 +29,7 @@ impl Driver {
 
     pub(super) async fn on_tick(&mut self, conn: &mut Conn) -> Result<(), End> {
         let now = Instant::now();
-        self.expire_publishes();
+        self.expire_requests();
         if now >= conn.last_frame + conn.silent_after {
             return Err(End::Lost(format!(
                 "nothing from the gateway for {:?}",

@@ -333,6 +333,62 @@ fn batches_read_back_in_order() {
 }
 
 #[test]
+fn history_replies_read_back_with_every_delivery_kind() {
+    let frames = deliveries();
+    let publications: Vec<&RawValue> = frames
+        .iter()
+        .map(|(t, _)| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(
+        round_trip(
+            &ServerMsg::History {
+                channel: "news",
+                id: Some(&id(11)),
+                publications,
+                offset: 42,
+                epoch: "e1",
+            }
+            .to_json()
+        ),
+        ServerFrame::History {
+            channel: "news".into(),
+            id: Some(11),
+            publications: frames.iter().map(|(_, f)| f.clone()).collect(),
+            offset: 42,
+            epoch: "e1".into(),
+        }
+    );
+    // Nothing kept, no id: still a reply.
+    assert_eq!(
+        round_trip(
+            &ServerMsg::History {
+                channel: "news",
+                id: None,
+                publications: vec![],
+                offset: 0,
+                epoch: "e2",
+            }
+            .to_json()
+        ),
+        ServerFrame::History {
+            channel: "news".into(),
+            id: None,
+            publications: vec![],
+            offset: 0,
+            epoch: "e2".into(),
+        }
+    );
+    // A kind of delivery this version does not know does not lose the others.
+    let ServerFrame::History { publications, .. } = read(
+        r#"{"type":"history","channel":"c","id":1,"publications":[{"type":"future"},{"type":"message","channel":"c","offset":1,"epoch":"e","message":1,"timestamp":"t"}],"offset":1,"epoch":"e"}"#,
+    ) else {
+        panic!("not a history reply")
+    };
+    assert_eq!(publications[0], ServerFrame::Unknown);
+    assert_eq!(publications[1].delivery(), Some(("c", 1, "e")));
+}
+
+#[test]
 fn unknown_types_and_fields_are_tolerated() {
     assert_eq!(
         read(r#"{"type":"presence","who":["a"]}"#),
@@ -452,6 +508,41 @@ fn every_client_frame_is_accepted_by_the_gateway_parser() {
     accepted(
         ClientFrame::Ping { id: None },
         &ClientMsg::Ping { id: None },
+    );
+    accepted(
+        ClientFrame::History {
+            channel: "news".into(),
+            since: Some(Position::new(41, "a1b2")),
+            limit: Some(20),
+            reverse: true,
+            id: Some(11),
+        },
+        &ClientMsg::History {
+            channel: "news".into(),
+            since: Some(client::Since {
+                offset: 41,
+                epoch: "a1b2".into(),
+            }),
+            limit: Some(20),
+            reverse: true,
+            id: Some(id(11)),
+        },
+    );
+    accepted(
+        ClientFrame::History {
+            channel: "news".into(),
+            since: None,
+            limit: None,
+            reverse: false,
+            id: None,
+        },
+        &ClientMsg::History {
+            channel: "news".into(),
+            since: None,
+            limit: None,
+            reverse: false,
+            id: None,
+        },
     );
 }
 
