@@ -381,22 +381,11 @@ impl Publisher {
             .arg(meta_ttl)
             .invoke_async(&mut r.conn.clone())
             .await?;
-        let bad = || {
-            redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "malformed history reply",
-            ))
-        };
-        let mut it = reply.into_iter();
-        let offset: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
-        let epoch: String = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
-        let frames = it
-            .map(redis::from_redis_value::<String>)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut reply = ScriptReply::new(reply, "history");
         Ok(History {
-            offset,
-            epoch,
-            frames,
+            offset: reply.next()?,
+            epoch: reply.next()?,
+            frames: reply.rest()?,
         })
     }
 
@@ -436,23 +425,43 @@ impl Publisher {
 }
 
 fn parse_recovery(reply: Vec<redis::Value>) -> redis::RedisResult<Recovery> {
-    let bad = || {
-        redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "malformed recovery reply",
-        ))
-    };
-    let mut it = reply.into_iter();
-    let offset: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
-    let epoch: String = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
-    let recovered: u8 = redis::from_redis_value(it.next().ok_or_else(bad)?)?;
-    let frames = it
-        .map(redis::from_redis_value::<String>)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut reply = ScriptReply::new(reply, "recovery");
     Ok(Recovery {
-        offset,
-        epoch,
-        recovered: recovered == 1,
-        frames,
+        offset: reply.next()?,
+        epoch: reply.next()?,
+        recovered: reply.next::<u8>()? == 1,
+        frames: reply.rest()?,
     })
+}
+
+/// A script's array reply read in order: a few leading values, then frames.
+struct ScriptReply {
+    values: std::vec::IntoIter<redis::Value>,
+    what: &'static str,
+}
+
+impl ScriptReply {
+    fn new(reply: Vec<redis::Value>, what: &'static str) -> Self {
+        Self {
+            values: reply.into_iter(),
+            what,
+        }
+    }
+
+    fn next<T: redis::FromRedisValue>(&mut self) -> redis::RedisResult<T> {
+        let value = self.values.next().ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "malformed script reply",
+                self.what.to_owned(),
+            ))
+        })?;
+        Ok(redis::from_redis_value(value)?)
+    }
+
+    fn rest(self) -> redis::RedisResult<Vec<String>> {
+        self.values
+            .map(|v| Ok(redis::from_redis_value(v)?))
+            .collect()
+    }
 }

@@ -446,25 +446,13 @@ impl MemoryEngine {
 
     /// Adds `delta` to `node`'s share of `ip`'s connections (`-1`: a release).
     pub fn ip_add(&self, ip: IpAddr, node: &str, delta: i64) {
-        let mut ips = lock(&self.0.ips);
-        let share = ips
-            .shares
-            .entry(ip)
-            .or_default()
-            .entry(node.to_owned())
-            .or_default();
-        share.count += delta;
+        lock(&self.0.ips).share(ip, node).count += delta;
     }
 
     /// Confirms `node`'s share of `ip` (and with `count`, sets it: a resync).
     pub fn ip_confirm(&self, ip: IpAddr, node: &str, count: Option<u32>) {
         let mut ips = lock(&self.0.ips);
-        let share = ips
-            .shares
-            .entry(ip)
-            .or_default()
-            .entry(node.to_owned())
-            .or_default();
+        let share = ips.share(ip, node);
         if let Some(n) = count {
             share.count = i64::from(n);
         }
@@ -766,6 +754,15 @@ struct Share {
 }
 
 impl Ips {
+    /// `node`'s share of `ip`'s connections, made when it has none.
+    fn share(&mut self, ip: IpAddr, node: &str) -> &mut Share {
+        self.shares
+            .entry(ip)
+            .or_default()
+            .entry(node.to_owned())
+            .or_default()
+    }
+
     fn sweep(&mut self, now: u64, stale_ms: u64) {
         if now < self.swept_ms + SWEEP_EVERY_MS {
             return;
