@@ -207,14 +207,6 @@ impl Engine {
             }
         }
     }
-
-    /// Whether the engine answers (`PING` on Redis; the memory engine always does).
-    pub async fn ping(&self) -> bool {
-        match self {
-            Self::Redis(r) => store::ping(&mut r.conn.clone()).await,
-            Self::Memory(_) => true,
-        }
-    }
 }
 
 /// A subscription session: subscribe and unsubscribe on the sink, read messages
