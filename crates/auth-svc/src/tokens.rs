@@ -28,6 +28,9 @@ pub fn access_claims(
         aud: Some(serde_json::Value::String(jwt.jwt_audience.clone())),
         channels: channels.to_vec(),
         publish: publish.to_vec(),
+        presence: None,
+        history: None,
+        info: None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The HTTP API (docs/protocol.md): publish, broadcast, system notifications,
-//! user messages, jobs and channel history, all behind
+//! user messages, jobs, channel history and presence, all behind
 //! `Authorization: Bearer <HERALD_API_KEY>`.
 
 use axum::extract::rejection::QueryRejection;
@@ -14,6 +14,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use herald_common::http::{AdminKey, ApiError, ApiJson, layers};
+use herald_common::presence::DEFAULT_MEMBERS_LIMIT;
 use herald_common::publish::HistoryQuery;
 use herald_proto::client::{MAX_MESSAGE_DEPTH, nests_deeper_than};
 use herald_proto::{channel, envelope, time::now_rfc3339};
@@ -40,6 +41,8 @@ pub fn router(ctx: AppState, ops: Router) -> Router {
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/history/{channel}", get(history).delete(delete_history))
+        .route("/v1/presence/{channel}", get(presence))
+        .route("/v1/presence/{channel}/stats", get(presence_stats))
         // The key is checked before the body is read, so a caller without it
         // learns nothing about the body rules.
         .route_layer(middleware::from_extractor_with_state::<AdminKey, _>(
@@ -378,6 +381,76 @@ async fn delete_history(
         .map_err(|e| ctx.redis_failed(e))?;
     tracing::info!(%channel, "history deleted");
     Ok(Json(serde_json::json!({"ok": true})))
+}
+
+/// Most members one `/v1/presence` answer may list.
+pub const MAX_PRESENCE_LIMIT: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceParams {
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct PresencePage<'a> {
+    channel: &'a str,
+    members: Vec<&'a RawValue>,
+    truncated: bool,
+}
+
+/// The channel's members on every gateway: `?limit=` (default
+/// `DEFAULT_MEMBERS_LIMIT`, at most [`MAX_PRESENCE_LIMIT`]), `truncated` when more.
+async fn presence(
+    State(ctx): State<AppState>,
+    Path(channel): Path<String>,
+    q: Result<Query<PresenceParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    check_channel("channel", &channel)?;
+    let Query(q) = q.map_err(|e| ApiError::unprocessable(e.body_text()))?;
+    let limit = match q.limit {
+        Some(0) => return Err(ApiError::unprocessable("limit must be at least 1")),
+        Some(n) if n > MAX_PRESENCE_LIMIT => {
+            return Err(ApiError::unprocessable(format!(
+                "limit must be at most {MAX_PRESENCE_LIMIT}"
+            )));
+        }
+        Some(n) => n,
+        None => DEFAULT_MEMBERS_LIMIT,
+    };
+    let m = ctx
+        .presence
+        .members(&channel, limit)
+        .await
+        .map_err(|e| ctx.redis_failed(e))?;
+    let page = PresencePage {
+        channel: &channel,
+        members: m
+            .members
+            .iter()
+            .filter_map(|r| serde_json::from_str::<&RawValue>(r).ok())
+            .collect(),
+        truncated: m.truncated,
+    };
+    Ok(Json(page).into_response())
+}
+
+/// How many connections and distinct users the channel has.
+async fn presence_stats(
+    State(ctx): State<AppState>,
+    Path(channel): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_channel("channel", &channel)?;
+    let s = ctx
+        .presence
+        .stats(&channel)
+        .await
+        .map_err(|e| ctx.redis_failed(e))?;
+    Ok(Json(serde_json::json!({
+        "channel": channel,
+        "num_clients": s.num_clients,
+        "num_users": s.num_users,
+    })))
 }
 
 #[cfg(test)]

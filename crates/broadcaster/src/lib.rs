@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use herald_common::engine::Engine;
 use herald_common::http::{KeyKind, RequiredKey};
 use herald_common::keys::Keys;
+use herald_common::presence::Presence;
 use herald_common::publish::Publisher;
 use herald_common::runtime::Runtime;
 use herald_common::store;
@@ -75,6 +76,8 @@ pub struct Inner {
     pub jobs: JobStore,
     pub keys: Keys,
     pub publisher: Publisher,
+    /// Channel presence (read only: the gateways write it).
+    pub presence: Presence,
     pub metrics: Metrics,
     pub node_id: String,
     pub config: Arc<Config>,
@@ -97,6 +100,7 @@ impl AppState {
             engine: rt.engine().clone(),
             jobs: JobStore::new(rt.engine(), rt.keys()),
             publisher: Publisher::new(rt.engine().clone(), rt.keys().clone(), settings.history),
+            presence: Presence::new(rt.engine().clone(), rt.keys().clone()),
             keys: rt.keys().clone(),
             metrics,
             node_id: rt.node_id().to_owned(),

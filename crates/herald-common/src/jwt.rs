@@ -147,6 +147,9 @@ pub enum AuthError {
     KeysUnavailable,
     #[error("token has been revoked")]
     Revoked,
+    /// The `info` claim is not a JSON object of at most 1 KiB.
+    #[error("token {0}")]
+    Info(#[from] herald_proto::claims::InfoError),
 }
 
 impl AuthError {
@@ -163,6 +166,7 @@ impl AuthError {
             Self::UnknownKey => "unknown_key",
             Self::KeysUnavailable => "keys_unavailable",
             Self::Revoked => "revoked",
+            Self::Info(_) => "bad_info",
         }
     }
 }
@@ -278,6 +282,7 @@ impl Verifier {
         if data.claims.user().is_none() {
             return Err(AuthError::MissingClaim);
         }
+        data.claims.check_info()?;
         Ok(data.claims)
     }
 }

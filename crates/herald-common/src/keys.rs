@@ -48,6 +48,16 @@ impl Keys {
         format!("{}once:{{{channel}}}:{once_id}", self.prefix)
     }
 
+    /// A channel's presence (HASH conn_id → `<node>\n<member JSON>`).
+    pub fn presence(&self, channel: &str) -> String {
+        format!("{}presence:{{{channel}}}", self.prefix)
+    }
+
+    /// Set when a node's presence entries were removed as a dead node's.
+    pub fn presence_reaped(&self, node: &str) -> String {
+        format!("{}presence-reaped:{node}", self.prefix)
+    }
+
     /// ZSET node id → last beat (ms).
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
@@ -130,6 +140,7 @@ mod tests {
         assert_eq!(k.channel("news"), "herald:ch:news");
         assert_eq!(k.history("news"), "herald:hist:{news}");
         assert_eq!(k.meta("news"), "herald:meta:{news}");
+        assert_eq!(k.presence("room:1"), "herald:presence:{room:1}");
         assert_eq!(
             k.ip_connections("127.0.0.1".parse().unwrap()),
             "herald:ip:{127.0.0.1}:conns"

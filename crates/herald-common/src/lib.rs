@@ -12,6 +12,7 @@
 //! - [`keys`]: every Redis key and Pub/Sub channel name, in one place.
 //! - [`store`]: Redis connections with a fail-fast startup check.
 //! - [`publish`]: the atomic publish script (offset + history + fan-out) and history reads.
+//! - [`presence`]: channel members on every gateway, join/leave events, dead nodes' cleanup.
 //! - [`node`]: the per-second node heartbeat every service writes for the monitor.
 //! - [`http`]: the JSON error shape, body extractor, the `AdminKey` extractor and
 //!   `/healthz` `/readyz` `/metrics`.
@@ -25,6 +26,7 @@ pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod node;
+pub mod presence;
 pub mod publish;
 pub mod runtime;
 pub mod serve;

@@ -435,20 +435,20 @@ fn parse_recovery(reply: Vec<redis::Value>) -> redis::RedisResult<Recovery> {
 }
 
 /// A script's array reply read in order: a few leading values, then frames.
-struct ScriptReply {
+pub(crate) struct ScriptReply {
     values: std::vec::IntoIter<redis::Value>,
     what: &'static str,
 }
 
 impl ScriptReply {
-    fn new(reply: Vec<redis::Value>, what: &'static str) -> Self {
+    pub(crate) fn new(reply: Vec<redis::Value>, what: &'static str) -> Self {
         Self {
             values: reply.into_iter(),
             what,
         }
     }
 
-    fn next<T: redis::FromRedisValue>(&mut self) -> redis::RedisResult<T> {
+    pub(crate) fn next<T: redis::FromRedisValue>(&mut self) -> redis::RedisResult<T> {
         let value = self.values.next().ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
@@ -459,7 +459,7 @@ impl ScriptReply {
         Ok(redis::from_redis_value(value)?)
     }
 
-    fn rest(self) -> redis::RedisResult<Vec<String>> {
+    pub(crate) fn rest(self) -> redis::RedisResult<Vec<String>> {
         self.values
             .map(|v| Ok(redis::from_redis_value(v)?))
             .collect()

@@ -111,6 +111,7 @@ fn accepted(text: &str, msg: &ClientMsg) {
                 offset: 7,
                 epoch: "ep",
                 recovered: Some(true),
+                server: false,
             }
             .to_json();
             let s = object(&frame);
@@ -141,10 +142,37 @@ fn accepted(text: &str, msg: &ClientMsg) {
             let frame = ServerMsg::Unsubscribed {
                 channel,
                 id: id.as_ref(),
+                server: false,
             }
             .to_json();
             let u = object(&frame);
             echoes(&u, id.as_ref());
+        }
+        ClientMsg::Presence { channel, id } => {
+            valid_channel(channel);
+            let frame = ServerMsg::Presence {
+                channel,
+                id: id.as_ref(),
+                members: Vec::new(),
+                truncated: false,
+            }
+            .to_json();
+            let p = object(&frame);
+            is_str(&p, "channel", channel);
+            echoes(&p, id.as_ref());
+        }
+        ClientMsg::PresenceStats { channel, id } => {
+            valid_channel(channel);
+            let frame = ServerMsg::PresenceStats {
+                channel,
+                id: id.as_ref(),
+                num_clients: 0,
+                num_users: 0,
+            }
+            .to_json();
+            let p = object(&frame);
+            is_str(&p, "channel", channel);
+            echoes(&p, id.as_ref());
         }
         ClientMsg::Broadcast {
             channel,
@@ -214,6 +242,9 @@ mod tests {
             r#"{"token":"t","channels":["a","b"]}"#,
             r#"{"type":"ping","id":1e400}"#,
             r#"{"type":"unsubscribe","channel":"a b","id":[1]}"#,
+            r#"{"type":"subscribe","channel":"room:1","join_leave":true}"#,
+            r#"{"type":"presence","channel":"room:1","id":2}"#,
+            r#"{"type":"presence_stats","channel":"room:1","id":"s"}"#,
             "[]",
             "",
             "\u{feff}{}",

@@ -40,6 +40,30 @@ pub struct Claims {
     /// Glob patterns of channels the user may broadcast to; none means no broadcasting.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
+    /// Glob patterns of channels whose presence (members, stats, join/leave) the
+    /// user may see; absent means wherever the user may subscribe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Vec<String>>,
+    /// Glob patterns of channels whose history the user may read; absent means
+    /// wherever the user may subscribe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<String>>,
+    /// What others see of this connection in presence: a JSON object of at most
+    /// [`MAX_INFO_BYTES`] (checked by [`Claims::check_info`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+}
+
+/// The largest `info` claim, in bytes of compact JSON.
+pub const MAX_INFO_BYTES: usize = 1024;
+
+/// Why an `info` claim was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InfoError {
+    #[error("the info claim must be a JSON object")]
+    NotAnObject,
+    #[error("the info claim is larger than {MAX_INFO_BYTES} bytes")]
+    TooLarge,
 }
 
 impl Claims {
@@ -68,6 +92,38 @@ impl Claims {
     /// Whether the token allows broadcasting to `channel`.
     pub fn may_publish(&self, channel: &str) -> bool {
         glob::any_matches(&self.publish, channel)
+    }
+
+    /// Whether the token allows seeing `channel`'s presence: the `presence`
+    /// patterns when the claim is there, else whoever may subscribe.
+    pub fn may_see_presence(&self, channel: &str) -> bool {
+        match &self.presence {
+            Some(p) => glob::any_matches(p, channel),
+            None => self.may_subscribe(channel),
+        }
+    }
+
+    /// Whether the token allows reading `channel`'s history: the `history`
+    /// patterns when the claim is there, else whoever may subscribe.
+    pub fn may_read_history(&self, channel: &str) -> bool {
+        match &self.history {
+            Some(p) => glob::any_matches(p, channel),
+            None => self.may_subscribe(channel),
+        }
+    }
+
+    /// Checks the `info` claim: absent, or an object of at most [`MAX_INFO_BYTES`].
+    pub fn check_info(&self) -> Result<(), InfoError> {
+        match &self.info {
+            None => Ok(()),
+            Some(v) if !v.is_object() => Err(InfoError::NotAnObject),
+            Some(v)
+                if serde_json::to_string(v).map_or(usize::MAX, |s| s.len()) > MAX_INFO_BYTES =>
+            {
+                Err(InfoError::TooLarge)
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -103,6 +159,34 @@ mod tests {
         assert!(!c.may_subscribe("newsroom"));
         assert!(c.may_publish("chat:1"));
         assert!(!c.may_publish("news"));
+    }
+
+    #[test]
+    fn presence_and_history_default_to_subscribe() {
+        let mut c = claims(&["room:*"], &[]);
+        assert!(c.may_see_presence("room:1"));
+        assert!(c.may_read_history("room:1"));
+        assert!(!c.may_see_presence("news"));
+        c.presence = Some(vec!["room:vip".into()]);
+        c.history = Some(vec![]);
+        assert!(!c.may_see_presence("room:1"));
+        assert!(c.may_see_presence("room:vip"));
+        assert!(
+            !c.may_read_history("room:1"),
+            "an empty claim allows nothing"
+        );
+    }
+
+    #[test]
+    fn info_is_a_small_object() {
+        let mut c = claims(&[], &[]);
+        assert_eq!(c.check_info(), Ok(()));
+        c.info = Some(serde_json::json!({"name": "Alice"}));
+        assert_eq!(c.check_info(), Ok(()));
+        c.info = Some(serde_json::json!("Alice"));
+        assert_eq!(c.check_info(), Err(InfoError::NotAnObject));
+        c.info = Some(serde_json::json!({"x": "a".repeat(MAX_INFO_BYTES)}));
+        assert_eq!(c.check_info(), Err(InfoError::TooLarge));
     }
 
     #[test]

@@ -209,6 +209,8 @@ pub enum ClientMsg {
     Subscribe {
         channel: String,
         since: Option<Since>,
+        /// Also deliver the channel's `join` / `leave` events.
+        join_leave: bool,
         id: Option<Id>,
     },
     Unsubscribe {
@@ -235,6 +237,16 @@ pub enum ClientMsg {
         reverse: bool,
         id: Option<Id>,
     },
+    /// `{"type":"presence","channel":…}`: who is in the channel.
+    Presence {
+        channel: String,
+        id: Option<Id>,
+    },
+    /// `{"type":"presence_stats","channel":…}`: how many connections and users.
+    PresenceStats {
+        channel: String,
+        id: Option<Id>,
+    },
 }
 
 impl ClientMsg {
@@ -247,6 +259,8 @@ impl ClientMsg {
             Self::Broadcast { .. } => "broadcast",
             Self::Ping { .. } => "ping",
             Self::History { .. } => "history",
+            Self::Presence { .. } => "presence",
+            Self::PresenceStats { .. } => "presence_stats",
         }
     }
 
@@ -257,6 +271,8 @@ impl ClientMsg {
             | Self::Unsubscribe { id, .. }
             | Self::Broadcast { id, .. }
             | Self::History { id, .. }
+            | Self::Presence { id, .. }
+            | Self::PresenceStats { id, .. }
             | Self::Ping { id } => id.as_ref(),
         }
     }
@@ -283,6 +299,8 @@ struct RawFrame<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default)]
     reverse: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    join_leave: Option<&'a RawValue>,
     /// `Some` whenever the key is present, `"message":null` included.
     #[serde(borrow, default, deserialize_with = "present")]
     message: Option<&'a RawValue>,
@@ -330,6 +348,15 @@ pub fn parse(text: &str) -> Result<ClientMsg, FrameError> {
         Some("subscribe") => Ok(ClientMsg::Subscribe {
             channel: channel_field(&raw, &id)?,
             since: since_field(&raw, &id)?,
+            join_leave: bool_field(raw.join_leave, "join_leave", &id)?,
+            id,
+        }),
+        Some("presence") => Ok(ClientMsg::Presence {
+            channel: channel_field(&raw, &id)?,
+            id,
+        }),
+        Some("presence_stats") => Ok(ClientMsg::PresenceStats {
+            channel: channel_field(&raw, &id)?,
             id,
         }),
         Some("history") => Ok(ClientMsg::History {
@@ -343,12 +370,7 @@ pub fn parse(text: &str) -> Result<ClientMsg, FrameError> {
                     _ => return Err(FrameError::bad("limit must be a positive integer", &id)),
                 },
             },
-            reverse: match raw.reverse {
-                None => false,
-                Some(v) if v.get() == "null" => false,
-                Some(v) => serde_json::from_str::<bool>(v.get())
-                    .map_err(|_| FrameError::bad("reverse must be a boolean", &id))?,
-            },
+            reverse: bool_field(raw.reverse, "reverse", &id)?,
             id,
         }),
         Some("unsubscribe") => Ok(ClientMsg::Unsubscribe {
@@ -404,6 +426,16 @@ fn parse_auth(raw: &RawFrame<'_>, id: Option<Id>) -> Result<ClientMsg, FrameErro
         batch,
         id,
     })
+}
+
+/// An optional boolean field (`null` or absent is `false`).
+fn bool_field(v: Option<&RawValue>, name: &str, id: &Option<Id>) -> Result<bool, FrameError> {
+    match v {
+        None => Ok(false),
+        Some(v) if v.get() == "null" => Ok(false),
+        Some(v) => serde_json::from_str::<bool>(v.get())
+            .map_err(|_| FrameError::bad(format!("{name} must be a boolean"), id)),
+    }
 }
 
 fn since_field(raw: &RawFrame<'_>, id: &Option<Id>) -> Result<Option<Since>, FrameError> {

@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::client::ErrorCode;
 use crate::disconnect::DisconnectCode;
+pub use crate::presence::Member;
 
 // === positions ===
 
@@ -82,11 +83,17 @@ pub enum ServerFrame {
         /// message was replayed (before this frame).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// The application's backend made this subscription (no `id`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     },
     Unsubscribed {
         channel: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The application's backend ended this subscription (no `id`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     },
     /// A broadcast with an `id` was published at this position.
     Ack {
@@ -111,6 +118,38 @@ pub enum ServerFrame {
         publications: Vec<ServerFrame>,
         offset: u64,
         epoch: String,
+    },
+    /// The answer to `presence`: the channel's members, on every gateway.
+    Presence {
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(default)]
+        members: Vec<Member>,
+        /// More members than the gateway lists in one answer.
+        #[serde(default)]
+        truncated: bool,
+    },
+    /// The answer to `presence_stats`.
+    PresenceStats {
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        num_clients: u64,
+        num_users: u64,
+    },
+    /// A connection subscribed to a channel this client asked `join_leave` for.
+    Join {
+        channel: String,
+        #[serde(flatten)]
+        member: Member,
+    },
+    /// A connection left a channel this client asked `join_leave` for
+    /// (unsubscribed, disconnected, or its gateway died).
+    Leave {
+        channel: String,
+        #[serde(flatten)]
+        member: Member,
     },
     /// A request was refused; the connection stays open.
     Error {
@@ -272,6 +311,9 @@ pub enum ClientFrame {
         channel: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<Position>,
+        /// Also deliver the channel's `join` / `leave` events (only `true` is sent).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        join_leave: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
@@ -306,6 +348,18 @@ pub enum ClientFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// Who is in the channel (on every gateway).
+    Presence {
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// How many connections and distinct users are in the channel.
+    PresenceStats {
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
 }
 
 impl ClientFrame {
@@ -332,10 +386,26 @@ impl fmt::Debug for ClientFrame {
                 .field("batch", batch)
                 .field("id", id)
                 .finish(),
-            Self::Subscribe { channel, since, id } => f
+            Self::Subscribe {
+                channel,
+                since,
+                join_leave,
+                id,
+            } => f
                 .debug_struct("Subscribe")
                 .field("channel", channel)
                 .field("since", since)
+                .field("join_leave", join_leave)
+                .field("id", id)
+                .finish(),
+            Self::Presence { channel, id } => f
+                .debug_struct("Presence")
+                .field("channel", channel)
+                .field("id", id)
+                .finish(),
+            Self::PresenceStats { channel, id } => f
+                .debug_struct("PresenceStats")
+                .field("channel", channel)
                 .field("id", id)
                 .finish(),
             Self::Unsubscribe { channel, id } => f

@@ -14,6 +14,7 @@
 //! - [`envelope`]: the message-frame templates the publish script fills in, and the Pub/Sub envelope.
 //! - [`control`]: the commands on the control channel (disconnects, revocations).
 //! - [`legacy`]: the payloads of the legacy Redis channels the broadcaster bridges.
+//! - [`presence`]: a channel member's record, join/leave frames and their Pub/Sub envelope.
 //! - [`node`]: the records nodes write into Redis for the monitor, and the rate-limit kinds.
 //! - [`monitor`]: the monitor's JSON API, as the monitor writes it and herald-tui reads it.
 //! - [`time`]: the one timestamp format used on the wire.
@@ -29,6 +30,7 @@ pub mod glob;
 pub mod legacy;
 pub mod monitor;
 pub mod node;
+pub mod presence;
 pub mod server;
 pub mod time;
 

@@ -48,11 +48,17 @@ pub enum ServerMsg<'a> {
         epoch: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// The application's backend subscribed the connection (no request of its own).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     },
     Unsubscribed {
         channel: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Id>,
+        /// The application's backend unsubscribed the connection.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     },
     /// A broadcast that carried an `id` was published at this position.
     Ack {
@@ -75,6 +81,23 @@ pub enum ServerMsg<'a> {
         publications: Vec<&'a RawValue>,
         offset: u64,
         epoch: &'a str,
+    },
+    /// The answer to `presence`: the channel's members (member records as the
+    /// engine keeps them), at most the gateway's cap, `truncated` when there were more.
+    Presence {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+        members: Vec<&'a RawValue>,
+        truncated: bool,
+    },
+    /// The answer to `presence_stats`.
+    PresenceStats {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Id>,
+        num_clients: u64,
+        num_users: u64,
     },
     /// A request was refused; the connection stays open.
     Error {
@@ -215,7 +238,8 @@ mod tests {
                 id: Some(&id),
                 offset: 41,
                 epoch: "e1",
-                recovered: None
+                recovered: None,
+                server: false
             }),
             json!({"type":"subscribed","channel":"news","id":7,"offset":41,"epoch":"e1"})
         );
@@ -225,9 +249,11 @@ mod tests {
                 id: None,
                 offset: 0,
                 epoch: "e1",
-                recovered: Some(false)
+                recovered: Some(false),
+                server: true
             }),
-            json!({"type":"subscribed","channel":"news","offset":0,"epoch":"e1","recovered":false})
+            json!({"type":"subscribed","channel":"news","offset":0,"epoch":"e1","recovered":false,
+                   "server":true})
         );
         assert_eq!(
             v(ServerMsg::error(

@@ -7,6 +7,7 @@ use clap::Parser;
 
 use herald_common::config::{CommonConfig, ConfigErrors};
 use herald_common::jwt::{Alg, JwtConfig};
+use herald_common::presence::DEFAULT_MEMBERS_LIMIT;
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
 
 /// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
@@ -86,6 +87,9 @@ pub struct Config {
     /// How often the gateway proves its Pub/Sub connection delivers.
     #[arg(long, env = "HERALD_PUBSUB_PROBE_INTERVAL_MS", default_value_t = 1_000)]
     pub pubsub_probe_interval_ms: u64,
+    /// Most members one `presence` answer lists (more are `truncated`).
+    #[arg(long, env = "HERALD_PRESENCE_LIMIT", default_value_t = DEFAULT_MEMBERS_LIMIT)]
+    pub presence_limit: usize,
 }
 
 /// The settings after validation, in the units the code uses.
@@ -112,6 +116,7 @@ pub struct Settings {
     pub probe_interval: Duration,
     pub handshake_timeout: Duration,
     pub max_header_bytes: usize,
+    pub presence_limit: usize,
     pub dev: bool,
 }
 
@@ -182,6 +187,11 @@ impl Config {
             self.pubsub_probe_interval_ms,
             &mut problems,
         );
+        positive(
+            "HERALD_PRESENCE_LIMIT",
+            self.presence_limit as u64,
+            &mut problems,
+        );
         let allowed_origins: Vec<String> = self
             .allowed_origins
             .iter()
@@ -213,6 +223,7 @@ impl Config {
             probe_interval: Duration::from_millis(self.pubsub_probe_interval_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_header_bytes: self.max_header_bytes,
+            presence_limit: self.presence_limit,
             dev: self.common.dev,
         })
     }

@@ -29,6 +29,7 @@ use herald_common::store;
 use herald_proto::control::Control;
 use herald_proto::disconnect::Disconnect;
 use herald_proto::envelope;
+use herald_proto::presence;
 
 use crate::hub::{Cmd, Delivery, Hub};
 use crate::metrics::Metrics;
@@ -264,6 +265,10 @@ impl Driver {
         payload: &[u8],
         positions: &mut HashMap<Arc<str>, Position>,
     ) {
+        if let Some(ev) = presence::decode_event(payload) {
+            self.on_event(channel, payload, &ev);
+            return;
+        }
         let Some(env) = envelope::decode(payload) else {
             tracing::warn!(channel, "dropping a malformed pub/sub payload");
             return;
@@ -308,6 +313,25 @@ impl Driver {
             published_ms: env.published_ms,
         });
         self.hub.fanout(&d);
+    }
+
+    /// A join or leave: to the channel's listeners, outside the offset bookkeeping.
+    fn on_event(&self, channel: &str, payload: &[u8], ev: &presence::EventEnvelope<'_>) {
+        self.metrics.presence_events.inc();
+        let Ok(text) = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload[ev.frame_start..]))
+        else {
+            tracing::warn!(channel, "dropping a non-UTF-8 presence event");
+            return;
+        };
+        let d = Arc::new(Delivery {
+            text,
+            channel: Arc::from(channel),
+            offset: 0,
+            epoch: "".into(),
+            // Kept out of the delivery-latency histogram, which is about messages.
+            published_ms: 0,
+        });
+        self.hub.fanout_event(&d, ev.origin);
     }
 
     fn on_control(&self, payload: &[u8]) {

@@ -21,12 +21,13 @@ use herald_proto::disconnect::Disconnect;
 
 use crate::metrics::Metrics;
 
-/// One published message as every local recipient receives it.
+/// One published message (or presence event) as every local recipient receives it.
 #[derive(Debug)]
 pub(crate) struct Delivery {
     /// The exact client frame.
     pub(crate) text: Utf8Bytes,
     pub(crate) channel: Arc<str>,
+    /// 0 for a presence event, which has no place in the channel's history.
     pub(crate) offset: u64,
     pub(crate) epoch: Box<str>,
     /// When it was published (Unix ms), for the delivery-latency histogram; 0 if unknown.
@@ -52,6 +53,8 @@ pub(crate) struct ConnShared {
     pub(crate) messages_out: AtomicU64,
     /// The channels the connection is in, for the monitor (written on change only).
     pub(crate) channels: Mutex<Vec<String>>,
+    /// This connection's presence record (`herald_proto::presence::Member` JSON).
+    pub(crate) member: Arc<str>,
 }
 
 impl ConnShared {
@@ -60,10 +63,17 @@ impl ConnShared {
         user: String,
         ip: IpAddr,
         jti: Option<String>,
+        info: Option<serde_json::Value>,
         tx: mpsc::UnboundedSender<Arc<Delivery>>,
         cancel: CancellationToken,
     ) -> Self {
+        let member = herald_proto::presence::Member {
+            user_id: user.clone(),
+            conn_id: conn_id.clone(),
+            info,
+        };
         Self {
+            member: Arc::from(member.to_json()),
             conn_id,
             user,
             ip,
@@ -116,6 +126,8 @@ const FRAME_UNIT: u64 = 1 << 40;
 #[derive(Debug)]
 struct Channel {
     subs: HashMap<u64, Arc<ConnShared>>,
+    /// The subscribers that asked for join/leave events.
+    listeners: HashMap<u64, Arc<ConnShared>>,
     /// Becomes true once Redis confirmed the SUBSCRIBE, so a subscriber's history
     /// read cannot miss a message published in between.
     ready: watch::Sender<bool>,
@@ -203,16 +215,23 @@ impl Hub {
 
     // === subscriptions ===
 
-    /// Adds a local subscriber; returns a receiver that turns true once Redis
-    /// delivers the channel to this node.
+    /// Adds a local subscriber (or, subscribed already, sets whether it gets
+    /// join/leave events); returns a receiver that turns true once Redis delivers
+    /// the channel to this node.
     pub(crate) fn subscribe(
         &self,
         channel: &str,
         key: u64,
         conn: Arc<ConnShared>,
+        join_leave: bool,
     ) -> watch::Receiver<bool> {
         let mut map = write(&self.channels);
         if let Some(ch) = map.get_mut(channel) {
+            if join_leave {
+                ch.listeners.insert(key, conn.clone());
+            } else {
+                ch.listeners.remove(&key);
+            }
             if ch.subs.insert(key, conn).is_none() {
                 self.metrics.subscriptions.inc();
             }
@@ -220,12 +239,17 @@ impl Hub {
         }
         let name: Arc<str> = Arc::from(channel);
         let (ready, rx) = watch::channel(false);
+        let mut listeners = HashMap::new();
+        if join_leave {
+            listeners.insert(key, conn.clone());
+        }
         let mut subs = HashMap::new();
         subs.insert(key, conn);
         map.insert(
             name.clone(),
             Channel {
                 subs,
+                listeners,
                 ready,
                 messages: AtomicU64::new(0),
             },
@@ -242,6 +266,7 @@ impl Hub {
         let Some(ch) = map.get_mut(channel) else {
             return;
         };
+        ch.listeners.remove(&key);
         if ch.subs.remove(&key).is_some() {
             self.metrics.subscriptions.dec();
         }
@@ -293,19 +318,30 @@ impl Hub {
             return 0;
         };
         ch.messages.fetch_add(1, Ordering::Relaxed);
-        let len = d.text.len();
-        let mut n = 0;
-        for conn in ch.subs.values() {
-            let (frames, bytes) = conn.enqueued(len);
-            if frames > self.queue_frames || bytes > self.queue_bytes {
-                self.slow(conn);
-                continue;
-            }
-            if conn.tx.send(d.clone()).is_ok() {
-                n += 1;
-            }
+        ch.subs.values().filter(|c| self.hand(c, d)).count()
+    }
+
+    /// Queues `d` for `conn` unless that takes it over a bound (then kicks it).
+    fn hand(&self, conn: &ConnShared, d: &Arc<Delivery>) -> bool {
+        let (frames, bytes) = conn.enqueued(d.text.len());
+        if frames > self.queue_frames || bytes > self.queue_bytes {
+            self.slow(conn);
+            return false;
         }
-        n
+        conn.tx.send(d.clone()).is_ok()
+    }
+
+    /// Hands a presence event to the channel's local listeners other than the
+    /// connection that caused it (`origin`); returns how many got it.
+    pub(crate) fn fanout_event(&self, d: &Arc<Delivery>, origin: &str) -> usize {
+        let map = read(&self.channels);
+        let Some(ch) = map.get(&d.channel) else {
+            return 0;
+        };
+        ch.listeners
+            .values()
+            .filter(|c| c.conn_id != origin && self.hand(c, d))
+            .count()
     }
 
     fn slow(&self, conn: &ConnShared) {
@@ -326,6 +362,7 @@ mod tests {
             id.to_owned(),
             "u".to_owned(),
             "127.0.0.1".parse().unwrap(),
+            None,
             None,
             tx,
             CancellationToken::new(),
@@ -349,8 +386,8 @@ mod tests {
         let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20, 8);
         let (a, _ra) = conn("a");
         let (b, _rb) = conn("b");
-        hub.subscribe("news", 1, a);
-        hub.subscribe("news", 2, b);
+        hub.subscribe("news", 1, a, false);
+        hub.subscribe("news", 2, b, false);
         assert!(matches!(cmds.try_recv(), Ok(Cmd::Subscribe(c)) if &*c == "news"));
         assert!(cmds.try_recv().is_err(), "one SUBSCRIBE per channel");
         hub.unsubscribe("news", 1);
@@ -366,8 +403,8 @@ mod tests {
         let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20, 1);
         let (fast, mut rfast) = conn("fast");
         let (slow, _rslow) = conn("slow");
-        hub.subscribe("news", 1, fast.clone());
-        hub.subscribe("news", 2, slow.clone());
+        hub.subscribe("news", 1, fast.clone(), false);
+        hub.subscribe("news", 2, slow.clone(), false);
         let d = delivery("news", 1);
         assert_eq!(hub.fanout(&d), 2);
         // The fast one drains its queue; the slow one does not.
@@ -382,11 +419,46 @@ mod tests {
     }
 
     #[test]
+    fn events_go_to_listeners_but_not_their_origin() {
+        let (tx, _cmds) = mpsc::unbounded_channel();
+        let hub = Hub::new(tx, Metrics::new().unwrap(), 1 << 20, 8);
+        let (quiet, mut rquiet) = conn("quiet");
+        let (a, mut ra) = conn("a");
+        let (b, mut rb) = conn("b");
+        hub.subscribe("room", 1, quiet, false);
+        hub.subscribe("room", 2, a.clone(), true);
+        hub.subscribe("room", 3, b.clone(), true);
+        let mut ev = Arc::new(Delivery {
+            text: Utf8Bytes::from_static("{\"type\":\"join\"}"),
+            channel: Arc::from("room"),
+            offset: 0,
+            epoch: "".into(),
+            published_ms: 0,
+        });
+        assert_eq!(hub.fanout_event(&ev, "a"), 1, "only b: a caused it");
+        assert!(rb.try_recv().is_ok());
+        assert!(ra.try_recv().is_err());
+        assert!(rquiet.try_recv().is_err());
+        // Re-subscribing without join_leave stops the events.
+        hub.subscribe("room", 3, b, false);
+        ev = Arc::new(Delivery {
+            channel: Arc::from("room"),
+            text: ev.text.clone(),
+            offset: 0,
+            epoch: "".into(),
+            published_ms: 0,
+        });
+        assert_eq!(hub.fanout_event(&ev, "x"), 1, "only a now");
+        hub.unsubscribe("room", 2);
+        assert_eq!(hub.fanout_event(&ev, "x"), 0);
+    }
+
+    #[test]
     fn byte_bound_kicks_too() {
         let (tx, _cmds) = mpsc::unbounded_channel();
         let hub = Hub::new(tx, Metrics::new().unwrap(), 20, 100);
         let (c, _r) = conn("c");
-        hub.subscribe("news", 1, c.clone());
+        hub.subscribe("news", 1, c.clone(), false);
         hub.fanout(&delivery("news", 1));
         assert!(!c.cancel.is_cancelled());
         hub.fanout(&delivery("news", 2));

@@ -9,6 +9,8 @@
 //!   end-to-end probe, control commands).
 //! - `limits`: cluster-wide per-IP connection cap and attempt rate.
 //! - `presence`: what the monitor reads about this node's connections and channels.
+//! - `members`: this node's share of channel presence (joins, leaves), and the
+//!   cleanup after dead nodes.
 //! - `metrics`: the Prometheus metrics.
 //! - `assets`: `herald.js` for browsers, and the chat demo in development mode.
 
@@ -19,6 +21,7 @@ mod driver;
 mod handshake;
 mod hub;
 mod limits;
+mod members;
 mod metrics;
 mod presence;
 mod state;
@@ -101,6 +104,14 @@ pub async fn run(
         rt.health().clone(),
         queues.presence,
         queues.ip_release,
+        rt.token(),
+    ));
+    rt.spawn(members::run(
+        state.members.clone(),
+        rt.node_id().to_owned(),
+        state.hub.clone(),
+        metrics.clone(),
+        queues.member_changes,
         rt.token(),
     ));
     let address = config.common.advertise(settings.listen);

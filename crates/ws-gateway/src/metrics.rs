@@ -33,6 +33,9 @@ pub(crate) struct Metrics {
     pub(crate) pubsub_reconnects: IntCounter,
     pub(crate) gap_fills: IntCounter,
     pub(crate) disconnects: IntCounterVec,
+    pub(crate) presence_events: IntCounter,
+    pub(crate) presence_writes: IntCounter,
+    pub(crate) presence_reaped_nodes: IntCounter,
 }
 
 impl Metrics {
@@ -107,6 +110,18 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            presence_events: IntCounter::new(
+                "herald_presence_events_total",
+                "Join/leave events received for local listeners.",
+            )?,
+            presence_writes: IntCounter::new(
+                "herald_presence_writes_total",
+                "Joins and leaves of local connections written to the engine.",
+            )?,
+            presence_reaped_nodes: IntCounter::new(
+                "herald_presence_reaped_nodes_total",
+                "Dead nodes whose members this gateway removed from its channels.",
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -125,6 +140,9 @@ impl Metrics {
         r.register(Box::new(m.pubsub_reconnects.clone()))?;
         r.register(Box::new(m.gap_fills.clone()))?;
         r.register(Box::new(m.disconnects.clone()))?;
+        r.register(Box::new(m.presence_events.clone()))?;
+        r.register(Box::new(m.presence_writes.clone()))?;
+        r.register(Box::new(m.presence_reaped_nodes.clone()))?;
         // Pre-create the common label values so dashboards see zeros, not gaps.
         for kind in LIMIT_KINDS {
             m.ratelimit_hits.with_label_values(&[kind.as_str()]);

@@ -13,11 +13,13 @@ use tokio_util::task::TaskTracker;
 use herald_common::engine::Engine;
 use herald_common::jwt::{AuthError, Verifier};
 use herald_common::keys::Keys;
+use herald_common::presence::{Change, Presence};
 use herald_common::publish::Publisher;
 use herald_common::runtime::Runtime;
 use herald_common::store;
 use herald_proto::claims::Claims;
 use herald_proto::node::{LimitKind, RateLimitEvent};
+use herald_proto::presence::EventKind;
 use herald_proto::time::now_ms;
 
 use crate::config::{Config, Settings};
@@ -43,6 +45,9 @@ pub(crate) struct State {
     pub(crate) ips: Arc<IpLimiter>,
     pub(crate) ip_release: mpsc::UnboundedSender<IpAddr>,
     pub(crate) presence: mpsc::UnboundedSender<presence::Event>,
+    /// Channel presence: reads here, joins and leaves through the members writer.
+    pub(crate) members: Presence,
+    pub(crate) member_changes: mpsc::UnboundedSender<Change>,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the gateway stops accepting; each connection holds a child.
     pub(crate) shutdown: CancellationToken,
@@ -62,6 +67,8 @@ pub(crate) struct Queues {
     pub(crate) presence: mpsc::UnboundedReceiver<presence::Event>,
     /// Per-IP slots to give back in Redis.
     pub(crate) ip_release: mpsc::UnboundedReceiver<IpAddr>,
+    /// Joins and leaves for the members writer.
+    pub(crate) member_changes: mpsc::UnboundedReceiver<Change>,
 }
 
 impl State {
@@ -88,6 +95,7 @@ impl State {
         ));
         let (presence_tx, presence) = mpsc::unbounded_channel();
         let (ip_tx, ip_release) = mpsc::unbounded_channel();
+        let (member_tx, member_changes) = mpsc::unbounded_channel();
         let state = Self {
             leeway: Duration::from_secs(config.jwt.jwt_leeway_s.min(300)),
             node_id: rt.node_id().to_owned(),
@@ -96,11 +104,13 @@ impl State {
             publisher: Publisher::new(rt.engine().clone(), keys.clone(), settings.history),
             engine: rt.engine().clone(),
             health: rt.health().clone(),
+            members: Presence::new(rt.engine().clone(), keys.clone()),
             keys,
             metrics,
             ips,
             ip_release: ip_tx,
             presence: presence_tx,
+            member_changes: member_tx,
             tracker: TaskTracker::new(),
             shutdown: rt.draining(),
             next_key: AtomicU64::new(1),
@@ -112,6 +122,7 @@ impl State {
             cmds,
             presence,
             ip_release,
+            member_changes,
         };
         (Arc::new(state), queues)
     }
@@ -132,6 +143,16 @@ impl State {
             }
         }
         Ok(claims)
+    }
+
+    /// Queues a join or leave of `conn` in `channel` for the members writer.
+    pub(crate) fn member_change(&self, conn: &hub::ConnShared, channel: &str, kind: EventKind) {
+        let _ = self.member_changes.send(Change {
+            channel: Arc::from(channel),
+            conn_id: Arc::from(conn.conn_id.as_str()),
+            member: conn.member.clone(),
+            kind,
+        });
     }
 
     /// Records a limit hit for the monitor (`herald:ratelimit`), off the caller's

@@ -34,6 +34,7 @@ mod monitor;
 mod observe;
 mod outage;
 mod pipeline;
+mod presence;
 mod redaction;
 mod refusals;
 mod soak;

@@ -63,6 +63,7 @@ impl Driver {
                 offset,
                 epoch,
                 recovered,
+                ..
             } => {
                 if let Some(Request::Subscribe(sub)) = id.and_then(|id| conn.requests.remove(&id)) {
                     return self

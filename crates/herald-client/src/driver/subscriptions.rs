@@ -62,6 +62,7 @@ impl Driver {
         let frame = ClientFrame::Subscribe {
             channel: s.channel.clone(),
             since,
+            join_leave: false,
             id: Some(id),
         };
         conn_send(conn, &frame).await

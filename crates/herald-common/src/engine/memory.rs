@@ -42,6 +42,8 @@ struct Shared {
     ips: Mutex<Ips>,
     events: Mutex<Events>,
     revoked: Mutex<Expiring<String>>,
+    /// Channel presence: channel → its members.
+    members: Mutex<HashMap<String, ChannelMembers>>,
     next_subscriber: AtomicU64,
 }
 
@@ -500,6 +502,98 @@ impl MemoryEngine {
             .map(|(k, _)| *k)
     }
 
+    // === Channel presence ===
+
+    /// Adds a connection to a channel's presence; a new entry publishes `payload`
+    /// (its join) on `pubsub`. Returns whether the entry is new.
+    pub fn member_join(
+        &self,
+        channel: &str,
+        conn_id: &str,
+        node: &str,
+        member: &str,
+        pubsub: &str,
+        payload: String,
+    ) -> bool {
+        let mut members = lock(&self.0.members);
+        let new = members
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(conn_id.to_owned(), (node.to_owned(), member.to_owned()))
+            .is_none();
+        if new {
+            // Under the presence lock, as the Redis script is atomic: events of
+            // one channel reach subscribers in the order the entries changed.
+            self.publish_raw(pubsub, Bytes::from(payload));
+        }
+        new
+    }
+
+    /// Removes a connection from a channel's presence; publishes `payload` (its
+    /// leave) if it was there. Returns whether it was.
+    pub fn member_leave(
+        &self,
+        channel: &str,
+        conn_id: &str,
+        pubsub: &str,
+        payload: String,
+    ) -> bool {
+        let mut members = lock(&self.0.members);
+        let Some(m) = members.get_mut(channel) else {
+            return false;
+        };
+        let gone = m.remove(conn_id).is_some();
+        if m.is_empty() {
+            members.remove(channel);
+        }
+        if gone {
+            self.publish_raw(pubsub, Bytes::from(payload));
+        }
+        gone
+    }
+
+    /// The channel's members on `alive.live` nodes (at most `limit`, and whether
+    /// there were more); members of `alive.dead` nodes are removed, each with a
+    /// leave published on `pubsub`, as the Redis read script does.
+    pub fn members(
+        &self,
+        channel: &str,
+        pubsub: &str,
+        alive: &crate::presence::Liveness,
+        limit: usize,
+        now: u64,
+    ) -> (Vec<String>, bool) {
+        use herald_proto::presence::{EventKind, encode_event, event_frame};
+        let mut members = lock(&self.0.members);
+        let Some(m) = members.get_mut(channel) else {
+            return (Vec::new(), false);
+        };
+        let mut out = Vec::new();
+        let mut truncated = false;
+        let mut gone = Vec::new();
+        for (conn, (node, member)) in m.iter() {
+            if alive.live.contains(node) {
+                if out.len() < limit {
+                    out.push(member.clone());
+                } else {
+                    truncated = true;
+                }
+            } else if alive.dead.contains(node) {
+                gone.push(conn.clone());
+            }
+        }
+        for conn in gone {
+            if let Some((_, member)) = m.remove(&conn) {
+                let frame = event_frame(EventKind::Leave, channel, &member);
+                self.publish_raw(pubsub, Bytes::from(encode_event(now, &conn, &frame)));
+            }
+        }
+        if m.is_empty() {
+            members.remove(channel);
+        }
+        (out, truncated)
+    }
+
     // === Revocations ===
 
     pub fn revoke(&self, jti: &str, ttl_ms: u64) {
@@ -510,6 +604,9 @@ impl MemoryEngine {
         lock(&self.0.revoked).contains(jti, now_ms())
     }
 }
+
+/// One channel's presence: conn_id → (node, member record).
+type ChannelMembers = HashMap<String, (String, String)>;
 
 // === Channels ===
 

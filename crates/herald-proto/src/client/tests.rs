@@ -50,8 +50,38 @@ fn requests() {
                 offset: 41,
                 epoch: "e".into()
             }),
+            join_leave: false,
             id: Some(Id("7".into()))
         }
+    );
+    assert!(matches!(
+        parse(r#"{"type":"subscribe","channel":"room:1","join_leave":true}"#).unwrap(),
+        ClientMsg::Subscribe {
+            join_leave: true,
+            ..
+        }
+    ));
+    let e =
+        parse(r#"{"type":"subscribe","channel":"room:1","join_leave":"yes","id":3}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert_eq!(e.message, "join_leave must be a boolean");
+    assert_eq!(
+        parse(r#"{"type":"presence","channel":"room:1","id":7,"extra":1}"#).unwrap(),
+        ClientMsg::Presence {
+            channel: "room:1".into(),
+            id: Some(Id("7".into()))
+        }
+    );
+    assert_eq!(
+        parse(r#"{"type":"presence_stats","channel":"room:1"}"#).unwrap(),
+        ClientMsg::PresenceStats {
+            channel: "room:1".into(),
+            id: None
+        }
+    );
+    assert_eq!(
+        parse(r#"{"type":"presence","id":2}"#).unwrap_err().message,
+        "missing field: channel"
     );
     let m = parse(r#"{"type":"broadcast","channel":"news","message":{"b":1, "a":[2]},"id":"x"}"#)
         .unwrap();

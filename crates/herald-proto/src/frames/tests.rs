@@ -6,6 +6,7 @@ use super::*;
 use crate::client::{self, ClientMsg, Id};
 use crate::disconnect::{Disconnect, Refusal};
 use crate::envelope;
+use crate::presence::{EventKind, event_frame};
 use crate::server::{self, ServerMsg};
 
 fn id(n: u64) -> Id {
@@ -60,7 +61,8 @@ fn every_reply_builder_reads_back() {
                     id: Some(&id(7)),
                     offset: 41,
                     epoch: "e1",
-                    recovered
+                    recovered,
+                    server: recovered.is_none(),
                 }
                 .to_json()
             ),
@@ -70,22 +72,85 @@ fn every_reply_builder_reads_back() {
                 offset: 41,
                 epoch: "e1".into(),
                 recovered,
+                server: recovered.is_none(),
             }
         );
     }
+    for server in [false, true] {
+        assert_eq!(
+            round_trip(
+                &ServerMsg::Unsubscribed {
+                    channel: "news",
+                    id: Some(&id(8)),
+                    server,
+                }
+                .to_json()
+            ),
+            ServerFrame::Unsubscribed {
+                channel: "news".into(),
+                id: Some(8),
+                server,
+            }
+        );
+    }
+    let alice = Member {
+        user_id: "alice".into(),
+        conn_id: "c1".into(),
+        info: Some(serde_json::json!({"name": "Alice"})),
+    };
+    let bob = Member {
+        user_id: "bob".into(),
+        conn_id: "c2".into(),
+        info: None,
+    };
+    let (a, b) = (raw(&alice.to_json()), raw(&bob.to_json()));
     assert_eq!(
         round_trip(
-            &ServerMsg::Unsubscribed {
-                channel: "news",
-                id: Some(&id(8))
+            &ServerMsg::Presence {
+                channel: "room:1",
+                id: Some(&id(3)),
+                members: vec![&a, &b],
+                truncated: true,
             }
             .to_json()
         ),
-        ServerFrame::Unsubscribed {
-            channel: "news".into(),
-            id: Some(8)
+        ServerFrame::Presence {
+            channel: "room:1".into(),
+            id: Some(3),
+            members: vec![alice.clone(), bob.clone()],
+            truncated: true,
         }
     );
+    assert_eq!(
+        round_trip(
+            &ServerMsg::PresenceStats {
+                channel: "room:1",
+                id: Some(&id(4)),
+                num_clients: 3,
+                num_users: 2,
+            }
+            .to_json()
+        ),
+        ServerFrame::PresenceStats {
+            channel: "room:1".into(),
+            id: Some(4),
+            num_clients: 3,
+            num_users: 2,
+        }
+    );
+    for (kind, m) in [(EventKind::Join, &alice), (EventKind::Leave, &bob)] {
+        let want = match kind {
+            EventKind::Join => ServerFrame::Join {
+                channel: "room:1".into(),
+                member: m.clone(),
+            },
+            EventKind::Leave => ServerFrame::Leave {
+                channel: "room:1".into(),
+                member: m.clone(),
+            },
+        };
+        assert_eq!(round_trip(&event_frame(kind, "room:1", &m.to_json())), want);
+    }
     assert_eq!(
         round_trip(
             &ServerMsg::Ack {
@@ -391,7 +456,7 @@ fn history_replies_read_back_with_every_delivery_kind() {
 #[test]
 fn unknown_types_and_fields_are_tolerated() {
     assert_eq!(
-        read(r#"{"type":"presence","who":["a"]}"#),
+        read(r#"{"type":"future_frame","who":["a"]}"#),
         ServerFrame::Unknown
     );
     assert_eq!(
@@ -454,18 +519,55 @@ fn every_client_frame_is_accepted_by_the_gateway_parser() {
         ClientFrame::Subscribe {
             channel: "news".into(),
             since: None,
+            join_leave: false,
             id: Some(7),
         },
         &ClientMsg::Subscribe {
             channel: "news".into(),
             since: None,
+            join_leave: false,
             id: Some(id(7)),
+        },
+    );
+    accepted(
+        ClientFrame::Subscribe {
+            channel: "room:1".into(),
+            since: None,
+            join_leave: true,
+            id: None,
+        },
+        &ClientMsg::Subscribe {
+            channel: "room:1".into(),
+            since: None,
+            join_leave: true,
+            id: None,
+        },
+    );
+    accepted(
+        ClientFrame::Presence {
+            channel: "room:1".into(),
+            id: Some(12),
+        },
+        &ClientMsg::Presence {
+            channel: "room:1".into(),
+            id: Some(id(12)),
+        },
+    );
+    accepted(
+        ClientFrame::PresenceStats {
+            channel: "room:1".into(),
+            id: Some(13),
+        },
+        &ClientMsg::PresenceStats {
+            channel: "room:1".into(),
+            id: Some(id(13)),
         },
     );
     accepted(
         ClientFrame::Subscribe {
             channel: "news".into(),
             since: Some(Position::new(41, "a1b2")),
+            join_leave: false,
             id: Some(u64::MAX),
         },
         &ClientMsg::Subscribe {
@@ -474,6 +576,7 @@ fn every_client_frame_is_accepted_by_the_gateway_parser() {
                 offset: 41,
                 epoch: "a1b2".into(),
             }),
+            join_leave: false,
             id: Some(id(u64::MAX)),
         },
     );

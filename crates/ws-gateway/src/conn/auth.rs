@@ -106,7 +106,7 @@ impl<S: Socket> Conn<S> {
         let mut subscribed = Vec::new();
         let mut errors = Vec::new();
         for ch in initial.into_iter().filter(|c| seen.insert(c.clone())) {
-            match Box::pin(self.subscribe(&ch, None, None, false)).await {
+            match Box::pin(self.subscribe(&ch, None, false, None, false)).await {
                 Ok(()) => subscribed.push(ch),
                 Err(SubError::Frame(frame)) => errors.push(frame),
                 Err(SubError::Broken) => return Flow::Gone,

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use herald_proto::claims::Claims;
 use herald_proto::client::Id;
 use herald_proto::disconnect::Disconnect;
+use herald_proto::presence::EventKind;
 
 use crate::hub::{ConnShared, Delivery};
 use crate::limits::IpSlot;
@@ -187,6 +188,7 @@ impl<S: Socket> Conn<S> {
             user,
             ip,
             pre.claims.jti.clone(),
+            pre.claims.info.clone(),
             tx,
             cancel,
         ));
@@ -221,9 +223,12 @@ impl<S: Socket> Conn<S> {
         }
     }
 
-    /// Takes the connection out of the hub and the monitor's view.
+    /// Takes the connection out of the hub, channel presence and the monitor's view.
     fn leave(mut self) {
         let joining = self.joining.take();
+        for c in &self.channels {
+            self.state.member_change(&self.shared, c, EventKind::Leave);
+        }
         for c in std::mem::take(&mut self.channels)
             .into_iter()
             .chain(joining)

@@ -128,9 +128,10 @@ impl<S: Socket> Conn<S> {
         Flow::Continue
     }
 
-    /// Whether a delivery is new to this client (see `floors`).
+    /// Whether a delivery is new to this client (see `floors`). Presence events
+    /// (offset 0) have no position and always are.
     pub(super) fn keep(&mut self, d: &Delivery) -> bool {
-        if self.floors.is_empty() {
+        if self.floors.is_empty() || d.offset == 0 {
             return true;
         }
         match self.floors.get(&*d.channel) {

@@ -15,6 +15,7 @@ use herald_proto::client::{self, ClientMsg, ErrorCode, Id, Since};
 use herald_proto::disconnect::Disconnect;
 use herald_proto::envelope;
 use herald_proto::node::LimitKind;
+use herald_proto::presence::EventKind;
 use herald_proto::server::ServerMsg;
 use herald_proto::time::{now_ms, now_rfc3339};
 
@@ -150,8 +151,14 @@ impl<S: Socket> Conn<S> {
     async fn on_request(&mut self, msg: ClientMsg) -> Reply {
         match msg {
             ClientMsg::Ping { id } => Reply::Frame(ServerMsg::pong(id.as_ref()).to_json()),
-            ClientMsg::Subscribe { channel, since, id } => {
-                match Box::pin(self.subscribe(&channel, since, id.as_ref(), true)).await {
+            ClientMsg::Subscribe {
+                channel,
+                since,
+                join_leave,
+                id,
+            } => {
+                match Box::pin(self.subscribe(&channel, since, join_leave, id.as_ref(), true)).await
+                {
                     Ok(()) => Reply::Nothing,
                     Err(SubError::Frame(frame)) => Reply::Frame(frame),
                     Err(SubError::Broken) => Reply::Broken,
@@ -185,12 +192,81 @@ impl<S: Socket> Conn<S> {
                 };
                 Reply::Frame(Box::pin(self.history(&channel, query, id.as_ref())).await)
             }
+            ClientMsg::Presence { channel, id } => {
+                Reply::Frame(Box::pin(self.presence(&channel, false, id.as_ref())).await)
+            }
+            ClientMsg::PresenceStats { channel, id } => {
+                Reply::Frame(Box::pin(self.presence(&channel, true, id.as_ref())).await)
+            }
         }
     }
 
-    /// A channel's kept messages, for whoever may subscribe to it.
+    /// A channel's members (or their counts, `stats`) on every gateway, for whoever
+    /// may see its presence.
+    async fn presence(&mut self, channel: &str, stats: bool, id: Option<&Id>) -> String {
+        if !self.claims.may_see_presence(channel) {
+            return ServerMsg::channel_error(
+                ErrorCode::Forbidden,
+                "not allowed to see this channel's presence",
+                id,
+                channel,
+            )
+            .to_json();
+        }
+        let members = &self.state.members;
+        let answer = if stats {
+            members.stats(channel).await.map(|s| {
+                ServerMsg::PresenceStats {
+                    channel,
+                    id,
+                    num_clients: s.num_clients,
+                    num_users: s.num_users,
+                }
+                .to_json()
+            })
+        } else {
+            members
+                .members(channel, self.state.settings.presence_limit)
+                .await
+                .map(|m| {
+                    // Records are the JSON the gateways wrote; one that is not
+                    // (never expected) is left out rather than breaking the reply.
+                    let list: Vec<&RawValue> = m
+                        .members
+                        .iter()
+                        .filter_map(|r| serde_json::from_str(r).ok())
+                        .collect();
+                    ServerMsg::Presence {
+                        channel,
+                        id,
+                        members: list,
+                        truncated: m.truncated,
+                    }
+                    .to_json()
+                })
+        };
+        match answer {
+            Ok(frame) => {
+                self.state.health.up();
+                frame
+            }
+            Err(e) => {
+                self.state.metrics.redis_errors.inc();
+                self.state.health.failed(&e);
+                ServerMsg::channel_error(
+                    ErrorCode::Unavailable,
+                    "presence temporarily unavailable; retry",
+                    id,
+                    channel,
+                )
+                .to_json()
+            }
+        }
+    }
+
+    /// A channel's kept messages, for whoever may read its history.
     async fn history(&mut self, channel: &str, query: HistoryQuery<'_>, id: Option<&Id>) -> String {
-        if !self.claims.may_subscribe(channel) {
+        if !self.claims.may_read_history(channel) {
             return ServerMsg::channel_error(
                 ErrorCode::Forbidden,
                 "not allowed to read this channel's history",
@@ -244,8 +320,15 @@ impl<S: Socket> Conn<S> {
         }
         self.state.hub.unsubscribe(channel, self.key);
         self.floors.remove(channel);
+        self.state
+            .member_change(&self.shared, channel, EventKind::Leave);
         self.publish_presence();
-        ServerMsg::Unsubscribed { channel, id }.to_json()
+        ServerMsg::Unsubscribed {
+            channel,
+            id,
+            server: false,
+        }
+        .to_json()
     }
 
     async fn broadcast(
@@ -304,12 +387,14 @@ impl<S: Socket> Conn<S> {
         }
     }
 
-    /// Subscribes this connection to `channel`; `Ok` after `subscribed` (and any
-    /// replay) was written when `reply`, otherwise silently. `Err` is an error frame.
+    /// Subscribes this connection to `channel` (with its `join`/`leave` events when
+    /// `join_leave`); `Ok` after `subscribed` (and any replay) was written when
+    /// `reply`, otherwise silently. `Err` is an error frame.
     pub(super) async fn subscribe(
         &mut self,
         channel: &str,
         since: Option<Since>,
+        join_leave: bool,
         id: Option<&Id>,
         reply: bool,
     ) -> Result<(), SubError> {
@@ -327,6 +412,12 @@ impl<S: Socket> Conn<S> {
                 "not allowed to subscribe to this channel",
             );
         }
+        if join_leave && !self.claims.may_see_presence(channel) {
+            return err(
+                ErrorCode::Forbidden,
+                "not allowed to see this channel's presence (join_leave)",
+            );
+        }
         let already = self.channels.contains(channel);
         if !already && self.channels.len() >= self.state.settings.max_channels {
             let max = self.state.settings.max_channels;
@@ -335,10 +426,10 @@ impl<S: Socket> Conn<S> {
                 &format!("too many channels (at most {max})"),
             );
         }
-        let mut ready = self
-            .state
-            .hub
-            .subscribe(channel, self.key, self.shared.clone());
+        let mut ready =
+            self.state
+                .hub
+                .subscribe(channel, self.key, self.shared.clone(), join_leave);
         if !already {
             self.joining = Some(channel.to_owned());
         }
@@ -368,7 +459,10 @@ impl<S: Socket> Conn<S> {
                 "subscription temporarily unavailable; retry",
             );
         };
-        self.channels.insert(channel.to_owned());
+        if self.channels.insert(channel.to_owned()) {
+            self.state
+                .member_change(&self.shared, channel, EventKind::Join);
+        }
         self.floors
             .insert(Arc::from(channel), (rec.epoch.as_str().into(), rec.offset));
         self.publish_presence();
@@ -389,6 +483,7 @@ impl<S: Socket> Conn<S> {
                 offset: rec.offset,
                 epoch: &rec.epoch,
                 recovered,
+                server: false,
             };
             self.send_text(frame.to_json()).await
         } else {

@@ -250,7 +250,7 @@ impl Running {
         let _ready = h
             .state
             .hub
-            .subscribe(channel, self.key, self.shared.clone());
+            .subscribe(channel, self.key, self.shared.clone(), false);
     }
 
     async fn ended(self) {

@@ -1,0 +1,157 @@
+//! Writes this gateway's share of channel presence and keeps everyone's honest.
+//!
+//! Connections queue a join when a subscribe succeeds and a leave when they
+//! unsubscribe or end; this task writes what is queued as one pipeline (a quiet
+//! gateway writes each change at once, a busy one batches whatever piled up
+//! meanwhile), in order, retrying what failed. Once a second it reads the node
+//! registry: a gateway it saw alive that went silent for
+//! [`herald_common::presence::DEAD_AFTER_MS`] is dead, and its members leave every
+//! channel this gateway serves (each leave published once, whoever removes it).
+//! It also notices when this gateway was itself taken for dead (its beats stalled)
+//! and writes its members back.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use herald_common::presence::{Change, Presence};
+use herald_proto::presence::EventKind;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How often the registry is read for dead nodes.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the TTL of the presence of this gateway's channels is refreshed
+/// (far inside `herald_common::presence::KEY_TTL_MS`).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+/// Most changes in one pipeline.
+const MAX_BATCH: usize = 1024;
+
+/// Runs until `token` is cancelled, then writes what is still queued.
+pub(crate) async fn run(
+    presence: Presence,
+    node: String,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+    token: CancellationToken,
+) {
+    let mut pending: VecDeque<Change> = VecDeque::new();
+    let mut seen_live: HashSet<String> = HashSet::new();
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut touch = tokio::time::interval(TOUCH_EVERY);
+    touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            Some(c) = changes.recv() => {
+                pending.push_back(c);
+                while let Ok(c) = changes.try_recv() {
+                    pending.push_back(c);
+                }
+                write(&presence, &node, &metrics, &mut pending).await;
+            }
+            _ = check.tick() => {
+                // Whatever failed before goes first.
+                write(&presence, &node, &metrics, &mut pending).await;
+                if let Err(e) = check_nodes(&presence, &node, &hub, &metrics, &mut seen_live, &mut pending).await {
+                    metrics.redis_errors.inc();
+                    tracing::debug!(cause = %e, "presence: cannot check the node registry");
+                }
+            }
+            _ = touch.tick() => {
+                if presence.touch(&hub.channel_names()).await.is_err() {
+                    metrics.redis_errors.inc();
+                }
+            }
+        }
+    }
+    // The connections have ended (their leaves are queued): write them out.
+    while let Ok(c) = changes.try_recv() {
+        pending.push_back(c);
+    }
+    write(&presence, &node, &metrics, &mut pending).await;
+    if !pending.is_empty() {
+        tracing::warn!(
+            left = pending.len(),
+            "presence: leaves not written at shutdown; other gateways remove them once this node is silent"
+        );
+    }
+}
+
+/// Writes `pending` in batches, in order; what fails stays for the next try.
+async fn write(presence: &Presence, node: &str, metrics: &Metrics, pending: &mut VecDeque<Change>) {
+    while !pending.is_empty() {
+        let n = pending.len().min(MAX_BATCH);
+        let batch: Vec<Change> = pending.iter().take(n).cloned().collect();
+        match presence.apply(node, &batch).await {
+            Ok(()) => {
+                metrics.presence_writes.inc_by(n as u64);
+                pending.drain(..n);
+            }
+            Err(e) => {
+                metrics.redis_errors.inc();
+                tracing::debug!(cause = %e, queued = pending.len(), "presence: write failed; retrying");
+                return;
+            }
+        }
+    }
+}
+
+/// Reaps nodes that died since the last check, and rewrites this node's members
+/// if another gateway reaped them.
+async fn check_nodes(
+    presence: &Presence,
+    node: &str,
+    hub: &Hub,
+    metrics: &Metrics,
+    seen_live: &mut HashSet<String>,
+    pending: &mut VecDeque<Change>,
+) -> redis::RedisResult<()> {
+    let alive = presence.liveness().await?;
+    let newly_dead: Vec<String> = alive
+        .dead
+        .iter()
+        .filter(|n| n.as_str() != node && seen_live.remove(n.as_str()))
+        .cloned()
+        .collect();
+    seen_live.extend(alive.live.iter().cloned());
+    if !newly_dead.is_empty() {
+        let channels = hub.channel_names();
+        for c in &channels {
+            presence.reap(c, &newly_dead).await?;
+        }
+        for dead in &newly_dead {
+            presence.mark_reaped(dead).await?;
+            metrics.presence_reaped_nodes.inc();
+            tracing::info!(node = %dead, channels = channels.len(), "presence: a dead node's members left");
+        }
+    }
+    if presence.take_reaped(node).await? {
+        let mut n = 0;
+        for c in hub.all_conns() {
+            let chans = c.channels.lock().map(|c| c.clone()).unwrap_or_default();
+            let conn_id: Arc<str> = Arc::from(c.conn_id.as_str());
+            for channel in chans {
+                pending.push_back(Change {
+                    channel: Arc::from(channel),
+                    conn_id: conn_id.clone(),
+                    member: c.member.clone(),
+                    kind: EventKind::Join,
+                });
+                n += 1;
+            }
+        }
+        tracing::warn!(
+            members = n,
+            "presence: this gateway was taken for dead (its beats stalled); writing its members again"
+        );
+        write(presence, node, metrics, pending).await;
+    }
+    Ok(())
+}
