@@ -153,6 +153,40 @@ export interface HistoryResult {
   epoch: string;
 }
 
+/** A connection subscribed to a channel, as presence shows it. The names follow the
+ * client's own objects (`userId`, `connId`), not the wire's `user_id`, `conn_id`. */
+export interface PresenceMember {
+  userId: string;
+  /** Unique per connection: one user may be present through several. */
+  connId: string;
+  /** The `info` claim of the member's token; absent when it had none. */
+  info?: Record<string, unknown>;
+}
+
+/** What `presence()` resolves with. */
+export interface PresenceResult {
+  /** Every connection subscribed to the channel, on every gateway, in no set order. */
+  members: PresenceMember[];
+  /** More were subscribed than the gateway lists (`HERALD_PRESENCE_LIMIT`, default
+   * 1000). */
+  truncated: boolean;
+}
+
+/** What `presenceStats()` resolves with. */
+export interface PresenceStats {
+  /** Connections subscribed to the channel. */
+  numClients: number;
+  /** Distinct users among them. */
+  numUsers: number;
+}
+
+/** A `join` or `leave` event of a subscription made with `joinLeave: true`: another
+ * connection subscribed to the channel, or unsubscribed, disconnected or lost its
+ * gateway. Never for the subscription's own connection. */
+export interface PresenceEvent extends PresenceMember {
+  channel: string;
+}
+
 /** The part of a WebSocket the client uses: the browser's, or one given in
  * `options.WebSocket` (Node 20 has none of its own). */
 export interface WebSocketLike {
@@ -197,12 +231,12 @@ export interface HeraldOptions {
   maxReconnectDelay?: number;
   /** The backoff resets once a connection has stayed up this long, in ms. Default 10000. */
   stableAfter?: number;
-  /** A publish not acknowledged, or a history read not answered, within this many ms
-   * rejects with `timeout`. Default 10000. */
+  /** A publish not acknowledged, or a read (history, presence) not answered, within
+   * this many ms rejects with `timeout`. Default 10000. */
   publishTimeout?: number;
   /** Publishes pending at once (waiting to be sent or for their ack); more reject with
-   * `queue_full`. History reads are bounded by the same number, counted apart. Default
-   * 100. */
+   * `queue_full`. Reads (history, presence, presence stats together) are bounded by the
+   * same number, counted apart. Default 100. */
   publishQueueSize?: number;
   /** A socket not authenticated within this many ms is given up. Default 15000. */
   connectTimeout?: number;
@@ -229,26 +263,35 @@ export interface SubscriptionEvents<T = unknown> {
   subscribed: SubscribedInfo;
   gap: GapInfo;
   error: SubscriptionError;
+  /** Only with `joinLeave: true`. */
+  join: PresenceEvent;
+  /** Only with `joinLeave: true`. */
+  leave: PresenceEvent;
 }
 
 export interface SubscribeOptions {
   /** Resume after this position: what was published since is delivered first (or a
    * `gap` says it could not be). */
   since?: Position | null;
+  /** Receive `join` and `leave` events. Needs the right to see the channel's presence
+   * (the token's `presence` claim, else the right to subscribe): without it the
+   * subscribe is refused with `forbidden`. Default false. */
+  joinLeave?: boolean | null;
 }
 
-/** A publish or history refusal or failure. `code` is the server's error code
- * (`forbidden`, `bad_request`, `unavailable`, `rate_limited`, …) or the client's own:
- * - `queue_full`: `publishQueueSize` publishes (or history reads) are already pending;
- *   not sent;
+/** A publish or read (history, presence) refusal or failure. `code` is the server's
+ * error code (`forbidden`, `bad_request`, `unavailable`, `rate_limited`, …) or the
+ * client's own:
+ * - `queue_full`: `publishQueueSize` publishes (or reads) are already pending; not
+ *   sent;
  * - `timeout`: no acknowledgement (answer) within `publishTimeout`; a publish may or
  *   may not have been published;
  * - `disconnected`: the connection dropped after it was sent; a publish may or may not
  *   have been published, and is never resent automatically (that could publish it
- *   twice); a history read is not resent either;
+ *   twice); a read is not resent either;
  * - `closed`: the client stopped (`close()`, or refused for good by the server) before
  *   it was sent or answered;
- * - `protocol`: the server's answer to a history read was malformed. */
+ * - `protocol`: the server's answer to a read was malformed. */
 export class HeraldError extends Error {
   constructor(code: string, message?: string, details?: { channel?: string; retryAfterMs?: number });
   readonly code: string;
@@ -299,10 +342,18 @@ export class Herald {
    * `timeout`, `disconnected`, `closed`, `protocol`. Bad arguments reject with a
    * TypeError. */
   history(channel: string, options?: HistoryOptions): Promise<HistoryResult>;
+  /** Lists the connections subscribed to `channel` on every gateway, without
+   * subscribing; needs the right to see its presence (the token's `presence` claim,
+   * else the right to subscribe). A read like `history()`: the same queue, deadline
+   * and rejections. */
+  presence(channel: string): Promise<PresenceResult>;
+  /** Counts the connections and distinct users subscribed to `channel`; the same rights
+   * and rejections as `presence()`. */
+  presenceStats(channel: string): Promise<PresenceStats>;
   /** Starts again after a stop (`close()` or a refusal for good); a no-op otherwise. */
   connect(): void;
   /** Stops for good: state "disconnected" with code "closed", every pending publish and
-   * history read rejected with `closed`, every timer cancelled. */
+   * read rejected with `closed`, every timer cancelled. */
   close(): void;
 }
 

@@ -11,8 +11,9 @@
 //   (socket, timers, listeners) they ask for;
 // - `Subscription`, the handle `Herald.subscribe` returns.
 //
-// Publishes and history reads are one-shot requests: a promise per call, sent after
-// authentication, answered by the reply frame carrying the request's id.
+// Publishes and reads (history, presence, presence stats) are one-shot requests: a
+// promise per call, sent after authentication, answered by the reply frame of the
+// request's kind carrying the request's id.
 //
 // The wire protocol is described in docs/protocol.md of the Herald repository.
 
@@ -49,12 +50,14 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 const RETRYABLE = new Set(["unavailable", "rate_limited", "internal"]);
 /** Frame types that are channel deliveries (carry `channel`, `offset`, `epoch`). */
 const DELIVERY_TYPES = new Set(["message", "system_notification", "user_message", "processing_result"]);
+/** Presence events: no offset, so they never go through a subscription's tracker. */
+const PRESENCE_EVENTS = new Set(["join", "leave"]);
 
 // === errors ===
 
-/** The rejection of a publish or a history read, or a refused request: `code` is the
- * server's error code or one of the client's own (`queue_full`, `timeout`,
- * `disconnected`, `closed`, `protocol`). */
+/** The rejection of a publish or a read (history, presence, presence stats), or a
+ * refused request: `code` is the server's error code or one of the client's own
+ * (`queue_full`, `timeout`, `disconnected`, `closed`, `protocol`). */
 export class HeraldError extends Error {
   constructor(code, message, details = {}) {
     super(message || code);
@@ -433,6 +436,19 @@ function detach(ws) {
   ws.onerror = noop;
 }
 
+/** The app's view of a presence member (an entry of a `presence` answer, or the
+ * subject of a `join`/`leave`): `{userId, connId, info?}`, named like the rest of the
+ * client's own objects; null when `m` lacks the ids. */
+function toMember(m) {
+  if (!m || typeof m !== "object" || typeof m.user_id !== "string" || typeof m.conn_id !== "string") {
+    return null;
+  }
+  const member = { userId: m.user_id, connId: m.conn_id };
+  // Absent when the member's token had no `info` claim.
+  if (m.info !== undefined && m.info !== null) member.info = m.info;
+  return member;
+}
+
 /** The app's view of a delivery frame. */
 function toMessage(f) {
   let data;
@@ -544,7 +560,7 @@ export class Herald {
 
   /** channel → subscription record. */
   #subs = new Map();
-  /** Publishes and history reads not yet settled, queued or sent, in call order. */
+  /** Publishes and reads not yet settled, queued or sent, in call order. */
   #pending = new Set();
 
   #onOnline = () => this.#online();
@@ -617,8 +633,8 @@ export class Herald {
     this.#attemptConnect();
   }
 
-  /** Stops for good: closes the socket, rejects every pending publish and history read
-   * with `closed` and cancels every timer. `connect()` starts again. */
+  /** Stops for good: closes the socket, rejects every pending publish and read with
+   * `closed` and cancels every timer. `connect()` starts again. */
   close() {
     if (this.#stopped) return;
     const conn = this.#conn;
@@ -641,9 +657,14 @@ export class Herald {
     if (this.#subs.has(channel)) {
       throw new HeraldError("already_subscribed", `already subscribed to ${channel}`, { channel });
     }
+    const joinLeave = options.joinLeave ?? false;
+    if (typeof joinLeave !== "boolean") throw new TypeError("joinLeave must be a boolean");
     const record = {
       channel,
       tracker: new ChannelTracker({ since: options.since ?? null }),
+      /** Every `subscribe` for it carries `join_leave`: one without would stop the
+       * events on the server. */
+      joinLeave,
       emitter: new Emitter(),
       state: "subscribing",
       /** Id of the `subscribe` in flight. */
@@ -721,13 +742,33 @@ export class Herald {
     });
   }
 
-  /** Queues a request (`kind` "publish" or "history"), bounded per kind so that reads
-   * never crowd out publishes, with its deadline; sends it at once when authenticated. */
+  /** Lists the connections subscribed to `channel`, on every gateway, without
+   * subscribing. A read like `history()`: same queue, deadline and refusals. */
+  presence(channel) {
+    return new Promise((resolve, reject) => {
+      if (!this.#admit(channel, reject)) return;
+      this.#enqueue({ kind: "presence", channel, resolve, reject });
+    });
+  }
+
+  /** Counts the connections and distinct users subscribed to `channel`. A read like
+   * `history()`. */
+  presenceStats(channel) {
+    return new Promise((resolve, reject) => {
+      if (!this.#admit(channel, reject)) return;
+      this.#enqueue({ kind: "presence_stats", channel, resolve, reject });
+    });
+  }
+
+  /** Queues a request (`kind` "publish", or a read: "history", "presence",
+   * "presence_stats"), publishes and reads bounded apart so that reads never crowd out
+   * publishes, with its deadline; sends it at once when authenticated. */
   #enqueue(entry) {
+    const isPublish = entry.kind === "publish";
     let waiting = 0;
-    for (const e of this.#pending) if (e.kind === entry.kind) waiting++;
+    for (const e of this.#pending) if ((e.kind === "publish") === isPublish) waiting++;
     if (waiting >= this.#opts.publishQueueSize) {
-      const what = entry.kind === "publish" ? "publishes" : "history reads";
+      const what = isPublish ? "publishes" : "reads";
       entry.reject(new HeraldError("queue_full", `too many ${what} waiting to be sent or answered`));
       return;
     }
@@ -893,12 +934,24 @@ export class Herald {
       case "history":
         this.#onHistory(conn, frame);
         break;
+      case "presence":
+        this.#onPresence(conn, frame);
+        break;
+      case "presence_stats":
+        this.#onPresenceStats(conn, frame);
+        break;
+      case "join":
+      case "leave":
+        this.#onPresenceEvent(conn, frame);
+        break;
       case "error":
         this.#onErrorFrame(conn, frame);
         break;
       case "batch_messages":
         for (const f of unpackBatch(frame)) {
           if (DELIVERY_TYPES.has(f.type)) this.#onDelivery(conn, f);
+          // The gateway never batches events; one that is batched is still an event.
+          else if (PRESENCE_EVENTS.has(f.type)) this.#onPresenceEvent(conn, f);
         }
         break;
       case "heartbeat":
@@ -942,6 +995,20 @@ export class Herald {
     this.#applyStep(conn, record, step);
   }
 
+  /** A `join` or `leave`: handed to the subscription that asked for them, and nothing
+   * else. Events have no offset, so the tracker and the position never see them. */
+  #onPresenceEvent(conn, frame) {
+    if (!conn.authed) return;
+    const record = this.#subs.get(frame.channel);
+    if (!record || record.closed || !record.joinLeave) return;
+    const member = toMember(frame);
+    if (!member) {
+      this.#log("ignored malformed", frame.type);
+      return;
+    }
+    record.emitter.emit(frame.type, { channel: record.channel, ...member });
+  }
+
   #applyStep(conn, record, step) {
     for (const f of step.deliver) {
       if (record.closed) return;
@@ -970,6 +1037,31 @@ export class Herald {
     this.#settle(req.entry, null, { publications: frame.publications, offset: frame.offset, epoch: frame.epoch });
   }
 
+  #onPresence(conn, frame) {
+    const req = conn.requests.get(frame.id);
+    if (!req || req.kind !== "presence") return;
+    const members = Array.isArray(frame.members) ? frame.members.map(toMember) : null;
+    if (!members || members.includes(null)) {
+      // Dropping the bad entries would pass for members that are not there.
+      const error = new HeraldError("protocol", "the server's presence answer is malformed", { channel: req.entry.channel });
+      this.#settle(req.entry, error);
+      return;
+    }
+    this.#settle(req.entry, null, { members, truncated: frame.truncated === true });
+  }
+
+  #onPresenceStats(conn, frame) {
+    const req = conn.requests.get(frame.id);
+    if (!req || req.kind !== "presence_stats") return;
+    const count = (n) => Number.isSafeInteger(n) && n >= 0;
+    if (!count(frame.num_clients) || !count(frame.num_users)) {
+      const error = new HeraldError("protocol", "the server's presence_stats answer is malformed", { channel: req.entry.channel });
+      this.#settle(req.entry, error);
+      return;
+    }
+    this.#settle(req.entry, null, { numClients: frame.num_clients, numUsers: frame.num_users });
+  }
+
   #onErrorFrame(conn, frame) {
     const code = typeof frame.code === "string" ? frame.code : "unknown";
     const message = typeof frame.message === "string" ? frame.message : code;
@@ -979,6 +1071,8 @@ export class Herald {
     switch (req?.kind) {
       case "publish":
       case "history":
+      case "presence":
+      case "presence_stats":
         this.#settle(req.entry, new HeraldError(code, message, { channel: frame.channel, retryAfterMs }));
         return;
       case "subscribe":
@@ -1043,6 +1137,7 @@ export class Herald {
     const id = this.#nextId++;
     const frame = { type: "subscribe", channel: record.channel, id };
     if (since) frame.since = since;
+    if (record.joinLeave) frame.join_leave = true;
     record.requestId = id;
     record.conn = conn;
     conn.requests.set(id, { kind: "subscribe", record });
@@ -1057,16 +1152,18 @@ export class Herald {
       this.#send(conn, { type: "broadcast", channel: entry.channel, message: entry.message, id: entry.id });
       return;
     }
-    const frame = { type: "history", channel: entry.channel };
-    if (entry.since) frame.since = entry.since;
-    if (entry.limit !== null) frame.limit = entry.limit;
-    if (entry.reverse) frame.reverse = true;
+    // A read: its kind is its frame's type.
+    const frame = { type: entry.kind, channel: entry.channel };
+    if (entry.kind === "history") {
+      if (entry.since) frame.since = entry.since;
+      if (entry.limit !== null) frame.limit = entry.limit;
+      if (entry.reverse) frame.reverse = true;
+    }
     frame.id = entry.id;
     this.#send(conn, frame);
   }
 
-  /** Settles a publish or history read once: rejects with `error`, or resolves with
-   * `answer`. */
+  /** Settles a publish or read once: rejects with `error`, or resolves with `answer`. */
   #settle(entry, error, answer) {
     if (!this.#pending.delete(entry)) return;
     entry.timer = this.#timers.cancel(entry.timer);
@@ -1200,9 +1297,9 @@ export class Herald {
     else this.#stop({ ...info, reconnect: false });
   }
 
-  /** Drops what belonged to `conn`: its timers, the publishes and history reads it
-   * carried (rejected with `code`: a publish may or may not have been published and is
-   * never resent; a read is not resent either, so that both kinds fail alike), and the
+  /** Drops what belonged to `conn`: its timers, the publishes and reads it carried
+   * (rejected with `code`: a publish may or may not have been published and is never
+   * resent; a read is not resent either, so that both kinds fail alike), and the
    * subscriptions' requests on it. */
   #teardown(conn, code) {
     conn.connectTimer = this.#timers.cancel(conn.connectTimer);

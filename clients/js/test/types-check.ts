@@ -17,6 +17,10 @@ import {
   type HistoryResult,
   type Message,
   type Position,
+  type PresenceEvent,
+  type PresenceMember,
+  type PresenceResult,
+  type PresenceStats,
   type PublishAck,
   type StateChange,
   type Subscription,
@@ -103,6 +107,25 @@ async function read(): Promise<void> {
   }
 }
 void read();
+
+async function who(): Promise<void> {
+  const here: PresenceResult = await herald.presence("room:1");
+  const first: PresenceMember | undefined = here.members[0];
+  const name: unknown = first?.info?.name;
+  const truncated: boolean = here.truncated;
+  console.log(first?.userId, first?.connId, name, truncated);
+  const stats: PresenceStats = await herald.presenceStats("room:1");
+  const counts: [number, number] = [stats.numClients, stats.numUsers];
+  console.log(counts);
+  const room = herald.subscribe("room:1", { joinLeave: true });
+  room.on("join", (e: PresenceEvent) => console.log(e.channel, e.userId, e.connId, e.info));
+  room.on("leave", (e) => {
+    const conn: string = e.connId;
+    console.log(conn);
+  });
+  herald.subscribe("room:2", { since: null, joinLeave: null });
+}
+void who();
 herald.connect();
 herald.close();
 
@@ -125,3 +148,9 @@ void herald.publish();
 void herald.history("news", { since: 41 });
 // @ts-expect-error: the options are checked.
 void herald.history("news", { limt: 3 });
+// @ts-expect-error: joinLeave is a boolean.
+herald.subscribe("room:3", { joinLeave: "yes" });
+// @ts-expect-error: presence takes a channel.
+void herald.presence();
+// @ts-expect-error: the stats are named like the rest of the client.
+void herald.presenceStats("room:1").then((s) => s.num_clients);

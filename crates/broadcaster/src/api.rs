@@ -1,5 +1,6 @@
 //! The HTTP API (docs/protocol.md): publish, broadcast, system notifications,
-//! user messages, jobs, channel history and presence, all behind
+//! user messages, jobs, channel history and presence, and server-side subscribe,
+//! unsubscribe and disconnect of a user's connections, all behind
 //! `Authorization: Bearer <HERALD_API_KEY>`.
 
 use axum::extract::rejection::QueryRejection;
@@ -22,6 +23,8 @@ use herald_proto::{channel, envelope, time::now_rfc3339};
 use crate::AppState;
 use crate::jobs::{self, Job};
 
+mod connections;
+
 /// Most channels one `/v1/broadcast` may name.
 pub const MAX_BROADCAST_CHANNELS: usize = 100;
 /// Longest idempotency key, in bytes.
@@ -43,6 +46,9 @@ pub fn router(ctx: AppState, ops: Router) -> Router {
         .route("/v1/history/{channel}", get(history).delete(delete_history))
         .route("/v1/presence/{channel}", get(presence))
         .route("/v1/presence/{channel}/stats", get(presence_stats))
+        .route("/v1/subscribe", post(connections::subscribe))
+        .route("/v1/unsubscribe", post(connections::unsubscribe))
+        .route("/v1/disconnect", post(connections::disconnect))
         // The key is checked before the body is read, so a caller without it
         // learns nothing about the body rules.
         .route_layer(middleware::from_extractor_with_state::<AdminKey, _>(
@@ -238,7 +244,9 @@ async fn system(
 #[derive(Debug, Deserialize)]
 struct UserMessageReq {
     user_id: String,
-    target_channel: String,
+    /// Absent: the user's personal channel, `user:<user_id>`.
+    #[serde(default)]
+    target_channel: Option<String>,
     content: Box<RawValue>,
 }
 
@@ -247,18 +255,14 @@ async fn user_messages(
     ApiJson(req): ApiJson<UserMessageReq>,
 ) -> Result<Json<Position>, ApiError> {
     check_user_id(&req.user_id)?;
-    check_channel("target_channel", &req.target_channel)?;
+    let target = req
+        .target_channel
+        .unwrap_or_else(|| format!("{}{}", channel::USER_CHANNEL_PREFIX, req.user_id));
+    check_channel("target_channel", &target)?;
     check_depth("content", &req.content)?;
     ctx.received();
-    let frame = envelope::user_message(
-        &req.target_channel,
-        &req.user_id,
-        &req.content,
-        &now_rfc3339(),
-    );
-    Ok(Json(
-        publish_counted(&ctx, &req.target_channel, &frame, None).await?,
-    ))
+    let frame = envelope::user_message(&target, &req.user_id, &req.content, &now_rfc3339());
+    Ok(Json(publish_counted(&ctx, &target, &frame, None).await?))
 }
 
 // === Jobs ===

@@ -206,14 +206,19 @@ pub fn translate(source: &str, payload: &[u8]) -> Result<Bridged, Malformed> {
         LEGACY_USER_MESSAGES => {
             let m: LegacyUserMessage =
                 serde_json::from_slice(payload).map_err(|e| Malformed::Json(e.to_string()))?;
-            channel::validate(&m.target_channel)?;
             if m.user_id.is_empty() {
                 return Err(Malformed::EmptyUser);
             }
+            // No target: the user's personal channel, which reaches the user on
+            // whichever gateway they are connected (HERALD_USER_CHANNEL=1).
+            let target = m
+                .target_channel
+                .unwrap_or_else(|| format!("{}{}", channel::USER_CHANNEL_PREFIX, m.user_id));
+            channel::validate(&target)?;
             let ts = frame_timestamp(m.timestamp.as_ref());
             Ok(Bridged {
-                frame: envelope::user_message(&m.target_channel, &m.user_id, &m.content, &ts),
-                channel: m.target_channel,
+                frame: envelope::user_message(&target, &m.user_id, &m.content, &ts),
+                channel: target,
                 once_id,
             })
         }
@@ -280,6 +285,10 @@ mod tests {
         assert_eq!(v["user_id"], "u1");
         assert_eq!(v["content"], "hi");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        // No target: the user's personal channel.
+        let b = translate(LEGACY_USER_MESSAGES, br#"{"user_id":"u1","content":"hi"}"#).unwrap();
+        assert_eq!(b.channel, "user:u1");
+        assert_eq!(frame(&b)["channel"], "user:u1");
     }
 
     #[test]

@@ -89,6 +89,11 @@ impl Keys {
         format!("{}control", self.prefix)
     }
 
+    /// Pub/Sub name where gateways answer a control command's `reply_to`.
+    pub fn control_reply(&self, reply_to: &str) -> String {
+        format!("{}control-reply:{reply_to}", self.prefix)
+    }
+
     pub fn revoked(&self, jti: &str) -> String {
         format!("{}revoked:{jti}", self.prefix)
     }

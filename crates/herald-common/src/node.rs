@@ -87,6 +87,52 @@ async fn beat(engine: &Engine, keys: &Keys, info: &NodeInfo) -> redis::RedisResu
         .await
 }
 
+/// The ids of the nodes of `service` whose last beat is recent enough to count as
+/// live (within [`crate::presence::DEAD_AFTER_MS`]).
+pub async fn live_nodes(
+    engine: &Engine,
+    keys: &Keys,
+    service: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let cutoff = now_ms().saturating_sub(crate::presence::DEAD_AFTER_MS);
+    let r = match engine {
+        Engine::Redis(r) => r,
+        Engine::Memory(m) => {
+            return Ok(m
+                .nodes()
+                .into_iter()
+                .filter(|(_, beat)| *beat >= cutoff)
+                .filter(|(id, _)| m.node_info(id).is_some_and(|i| i.service == service))
+                .map(|(id, _)| id)
+                .collect());
+        }
+    };
+    let mut conn = r.conn.clone();
+    let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys.nodes())
+        .arg(cutoff)
+        .arg("+inf")
+        .query_async(&mut conn)
+        .await?;
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let infos: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(ids.iter().map(|id| keys.node(id)).collect::<Vec<_>>())
+        .query_async(&mut conn)
+        .await?;
+    Ok(ids
+        .into_iter()
+        .zip(infos)
+        .filter(|(_, info)| {
+            info.as_deref()
+                .and_then(|j| serde_json::from_str::<NodeInfo>(j).ok())
+                .is_some_and(|i| i.service == service)
+        })
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// Removes a node from the registry (graceful stop).
 pub async fn deregister(engine: &Engine, keys: &Keys, id: &str) {
     let r = match engine {

@@ -47,7 +47,8 @@ pub struct SystemReq {
 #[derive(Debug, Deserialize)]
 pub struct UserMessageReq {
     pub user_id: String,
-    pub target_channel: String,
+    #[serde(default)]
+    pub target_channel: Option<String>,
     pub content: Box<RawValue>,
 }
 
@@ -126,7 +127,7 @@ pub fn http_body(data: &[u8]) {
         );
     }
     if let Some(r) = parsed::<UserMessageReq>(data) {
-        user_message(&r.target_channel, &r.user_id, &r.content);
+        user_message(r.target_channel.as_deref(), &r.user_id, &r.content);
     }
     if let Some(r) = parsed::<JobReq>(data) {
         job(&r.job_type, &r.data, &r.target_channel);
@@ -157,7 +158,7 @@ pub fn http_body(data: &[u8]) {
         );
     }
     if let Ok(m) = serde_json::from_slice::<LegacyUserMessage>(data) {
-        user_message(&m.target_channel, &m.user_id, &m.content);
+        user_message(m.target_channel.as_deref(), &m.user_id, &m.content);
     }
 }
 
@@ -190,9 +191,14 @@ fn parsed<T: DeserializeOwned>(data: &[u8]) -> Option<T> {
     }
 }
 
-fn user_message(target: &str, user_id: &str, content: &RawValue) {
-    if channel::validate(target).is_ok() {
-        let tpl = envelope::user_message(target, user_id, content, TS);
+/// Without a target, a user message goes to the user's personal channel.
+fn user_message(target: Option<&str>, user_id: &str, content: &RawValue) {
+    let target = target.map_or_else(
+        || format!("{}{user_id}", channel::USER_CHANNEL_PREFIX),
+        str::to_owned,
+    );
+    if channel::validate(&target).is_ok() {
+        let tpl = envelope::user_message(&target, user_id, content, TS);
         let fields = filled(&tpl);
         assert_eq!(
             fields.get("user_id").map(|v| v.get()),

@@ -35,13 +35,16 @@ pub enum DisconnectCode {
     AuthenticationFailed,
     /// The gateway is full (4503, HTTP 503).
     OverCapacity,
-    /// A code this version does not know.
+    /// The application's backend disconnected the user (broadcaster
+    /// `/v1/disconnect` without a `code` of its own).
+    ServerDisconnect,
+    /// A code this version does not know (or one the application chose).
     Other(String),
 }
 
 impl DisconnectCode {
     /// Every known code, in the order of docs/protocol.md.
-    pub const KNOWN: [Self; 10] = [
+    pub const KNOWN: [Self; 11] = [
         Self::Shutdown,
         Self::SlowConsumer,
         Self::TokenExpired,
@@ -52,6 +55,7 @@ impl DisconnectCode {
         Self::Forbidden,
         Self::AuthenticationFailed,
         Self::OverCapacity,
+        Self::ServerDisconnect,
     ];
 
     /// The code as spelled on the wire.
@@ -67,6 +71,7 @@ impl DisconnectCode {
             Self::Forbidden => "forbidden",
             Self::AuthenticationFailed => "authentication_failed",
             Self::OverCapacity => "over_capacity",
+            Self::ServerDisconnect => "server_disconnect",
             Self::Other(code) => code,
         }
     }
@@ -133,6 +138,14 @@ pub struct Refusal {
     pub retry_after_ms: Option<u64>,
 }
 
+/// A disconnect the application's backend asked for (broadcaster `/v1/disconnect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppDisconnect {
+    pub code: DisconnectCode,
+    pub reason: String,
+    pub reconnect: bool,
+}
+
 /// Every way the gateway ends a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disconnect {
@@ -161,6 +174,9 @@ pub enum Disconnect {
     BinaryFrame,
     /// A refused `herald.v1` handshake.
     Refused(Refusal),
+    /// The application's backend disconnected the user: close 1001 when it may
+    /// reconnect, 1008 when not.
+    Application(AppDisconnect),
 }
 
 impl Disconnect {
@@ -194,6 +210,8 @@ impl Disconnect {
             Self::TooLarge => MESSAGE_TOO_BIG,
             Self::BinaryFrame => UNSUPPORTED_DATA,
             Self::Refused(r) => REFUSAL_BASE + r.status,
+            Self::Application(a) if a.reconnect => GOING_AWAY,
+            Self::Application(_) => POLICY_VIOLATION,
         }
     }
 
@@ -209,6 +227,7 @@ impl Disconnect {
             Self::RateLimited => DisconnectCode::RateLimited,
             Self::TooLarge => DisconnectCode::TooLarge,
             Self::Refused(r) => r.code.clone(),
+            Self::Application(a) => a.code.clone(),
             Self::HeartbeatTimeout | Self::AuthTimeout | Self::AuthFailed | Self::BinaryFrame => {
                 return None;
             }
@@ -230,6 +249,7 @@ impl Disconnect {
             Self::AuthFailed => "authentication failed",
             Self::BinaryFrame => "binary frames are not supported",
             Self::Refused(r) => &r.reason,
+            Self::Application(a) => &a.reason,
         }
     }
 
@@ -240,6 +260,7 @@ impl Disconnect {
                 true
             }
             Self::Refused(r) => matches!(r.status, 429 | 503),
+            Self::Application(a) => a.reconnect,
             _ => false,
         }
     }
@@ -259,6 +280,7 @@ impl Disconnect {
             Self::AuthFailed => "authentication_failed",
             Self::BinaryFrame => "binary_frame",
             Self::Refused(_) => "refused",
+            Self::Application(_) => "server_disconnect",
         }
     }
 
@@ -355,6 +377,29 @@ mod tests {
         let back = Disconnect::from_close(4401, "authentication_failed").unwrap();
         assert_eq!(back.code(), Some(DisconnectCode::AuthenticationFailed));
         assert!(!back.reconnect());
+    }
+
+    #[test]
+    fn application_disconnects_say_what_the_backend_said() {
+        let d = Disconnect::Application(AppDisconnect {
+            code: DisconnectCode::parse("banned"),
+            reason: "you were banned".into(),
+            reconnect: false,
+        });
+        assert_eq!(d.close_code(), 1008);
+        let f: serde_json::Value = serde_json::from_str(&d.frame().unwrap()).unwrap();
+        assert_eq!(
+            f,
+            serde_json::json!({"type":"disconnect","code":"banned","reason":"you were banned",
+                               "reconnect":false})
+        );
+        let again = Disconnect::Application(AppDisconnect {
+            code: DisconnectCode::ServerDisconnect,
+            reason: "moving you".into(),
+            reconnect: true,
+        });
+        assert_eq!(again.close_code(), 1001);
+        assert_eq!(again.label(), "server_disconnect");
     }
 
     #[test]

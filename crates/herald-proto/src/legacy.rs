@@ -12,11 +12,13 @@ pub struct LegacySystemNotification {
     pub timestamp: Option<serde_json::Value>,
 }
 
-/// A message on the legacy Redis channel `user_messages`.
+/// A message on the legacy Redis channel `user_messages`. Without `target_channel` it
+/// goes to the user's personal channel, `user:<user_id>`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LegacyUserMessage {
     pub user_id: String,
-    pub target_channel: String,
+    #[serde(default)]
+    pub target_channel: Option<String>,
     pub content: Box<RawValue>,
     #[serde(default)]
     pub timestamp: Option<serde_json::Value>,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use herald_common::config::{CommonConfig, ConfigErrors};
+use herald_common::config::{CommonConfig, ConfigErrors, parse_bool_flag};
 use herald_common::jwt::{Alg, JwtConfig};
 use herald_common::presence::DEFAULT_MEMBERS_LIMIT;
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
@@ -87,6 +87,9 @@ pub struct Config {
     /// How often the gateway proves its Pub/Sub connection delivers.
     #[arg(long, env = "HERALD_PUBSUB_PROBE_INTERVAL_MS", default_value_t = 1_000)]
     pub pubsub_probe_interval_ms: u64,
+    /// Subscribe every connection to its user's channel `user:<user id>` at login.
+    #[arg(long, env = "HERALD_USER_CHANNEL", default_value = "0", num_args = 0..=1, default_missing_value = "1", value_parser = parse_bool_flag)]
+    pub user_channel: bool,
     /// Most members one `presence` answer lists (more are `truncated`).
     #[arg(long, env = "HERALD_PRESENCE_LIMIT", default_value_t = DEFAULT_MEMBERS_LIMIT)]
     pub presence_limit: usize,
@@ -117,6 +120,7 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub max_header_bytes: usize,
     pub presence_limit: usize,
+    pub user_channel: bool,
     pub dev: bool,
 }
 
@@ -224,6 +228,7 @@ impl Config {
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_header_bytes: self.max_header_bytes,
             presence_limit: self.presence_limit,
+            user_channel: self.user_channel,
             dev: self.common.dev,
         })
     }

@@ -26,12 +26,13 @@ use herald_common::keys::Keys;
 use herald_common::publish::Publisher;
 use herald_common::runtime::Gate;
 use herald_common::store;
-use herald_proto::control::Control;
-use herald_proto::disconnect::Disconnect;
+use herald_proto::client::Since;
+use herald_proto::control::{Control, ControlReply};
+use herald_proto::disconnect::{AppDisconnect, Disconnect, DisconnectCode};
 use herald_proto::envelope;
 use herald_proto::presence;
 
-use crate::hub::{Cmd, Delivery, Hub};
+use crate::hub::{Cmd, ConnCommand, Delivery, Hub};
 use crate::metrics::Metrics;
 
 /// Longest wait for a Pub/Sub connection or a SUBSCRIBE reply.
@@ -248,6 +249,7 @@ impl Driver {
                         offset,
                         epoch: epoch.into(),
                         published_ms: 0,
+                        command: None,
                     });
                     self.hub.fanout(&d);
                 }
@@ -311,6 +313,7 @@ impl Driver {
             offset: env.offset,
             epoch: env.epoch.into(),
             published_ms: env.published_ms,
+            command: None,
         });
         self.hub.fanout(&d);
     }
@@ -330,6 +333,7 @@ impl Driver {
             epoch: "".into(),
             // Kept out of the delivery-latency histogram, which is about messages.
             published_ms: 0,
+            command: None,
         });
         self.hub.fanout_event(&d, ev.origin);
     }
@@ -350,9 +354,62 @@ impl Driver {
                 |c| c.jti().as_deref() == Some(jti.as_str()),
                 &Disconnect::TokenRevoked,
             ),
+            Control::Subscribe {
+                user_id,
+                channel,
+                since,
+                ..
+            } => self.hub.command_user(
+                user_id,
+                &ConnCommand::Subscribe {
+                    channel: channel.clone(),
+                    since: since.as_ref().map(|p| Since {
+                        offset: p.offset,
+                        epoch: p.epoch.clone(),
+                    }),
+                },
+            ),
+            Control::Unsubscribe {
+                user_id, channel, ..
+            } => self.hub.command_user(
+                user_id,
+                &ConnCommand::Unsubscribe {
+                    channel: channel.clone(),
+                },
+            ),
+            Control::Disconnect {
+                user_id,
+                code,
+                reason,
+                reconnect,
+                ..
+            } => self.hub.kick_where(
+                |c| c.user == *user_id,
+                &Disconnect::Application(AppDisconnect {
+                    code: DisconnectCode::parse(code),
+                    reason: reason.clone(),
+                    reconnect: *reconnect,
+                }),
+            ),
         };
         if n > 0 {
-            tracing::info!(?cmd, closed = n, "control command applied");
+            tracing::info!(?cmd, affected = n, "control command applied");
+        }
+        if let Some(reply_to) = cmd.reply_to() {
+            // Off the delivery loop, like the probes: the sender waits for one
+            // answer per gateway.
+            let reply = ControlReply {
+                node: self.node_id.clone(),
+                affected: n as u64,
+            };
+            let (engine, name) = (self.engine.clone(), self.keys.control_reply(reply_to));
+            let errors = self.metrics.redis_errors.clone();
+            self.tasks.spawn(async move {
+                let body = serde_json::to_string(&reply).unwrap_or_default();
+                if engine.publish_raw(&name, body).await.is_err() {
+                    errors.inc();
+                }
+            });
         }
     }
 }

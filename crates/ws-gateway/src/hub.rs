@@ -32,6 +32,21 @@ pub(crate) struct Delivery {
     pub(crate) epoch: Box<str>,
     /// When it was published (Unix ms), for the delivery-latency histogram; 0 if unknown.
     pub(crate) published_ms: u64,
+    /// Not a frame but something the application's backend asks of this
+    /// connection, queued behind what it was sent before.
+    pub(crate) command: Option<Box<ConnCommand>>,
+}
+
+/// What the application's backend asks of a user's connections (control commands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ConnCommand {
+    Subscribe {
+        channel: String,
+        since: Option<herald_proto::client::Since>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
 }
 
 /// The part of a connection that other tasks (fan-out, control) may touch.
@@ -195,6 +210,23 @@ impl Hub {
 
     pub(crate) fn conn_count(&self) -> usize {
         read(&self.conns).len()
+    }
+
+    /// Queues `cmd` for every connection of `user`; returns how many.
+    pub(crate) fn command_user(&self, user: &str, cmd: &ConnCommand) -> usize {
+        let conns = read(&self.conns);
+        let d = Arc::new(Delivery {
+            text: Utf8Bytes::from_static(""),
+            channel: Arc::from(""),
+            offset: 0,
+            epoch: "".into(),
+            published_ms: 0,
+            command: Some(Box::new(cmd.clone())),
+        });
+        conns
+            .values()
+            .filter(|c| c.user == user && self.hand(c, &d))
+            .count()
     }
 
     /// Kicks every connection `pred` selects; returns how many.
@@ -377,6 +409,7 @@ mod tests {
             offset,
             epoch: "e".into(),
             published_ms: 0,
+            command: None,
         })
     }
 
@@ -434,6 +467,7 @@ mod tests {
             offset: 0,
             epoch: "".into(),
             published_ms: 0,
+            command: None,
         });
         assert_eq!(hub.fanout_event(&ev, "a"), 1, "only b: a caused it");
         assert!(rb.try_recv().is_ok());
@@ -447,6 +481,7 @@ mod tests {
             offset: 0,
             epoch: "".into(),
             published_ms: 0,
+            command: None,
         });
         assert_eq!(hub.fanout_event(&ev, "x"), 1, "only a now");
         hub.unsubscribe("room", 2);

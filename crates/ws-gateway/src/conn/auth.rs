@@ -14,7 +14,9 @@ use herald_proto::client::{self, ClientMsg, ErrorCode, Id};
 use herald_proto::disconnect::Disconnect;
 use herald_proto::server::ServerMsg;
 
-use super::request::SubError;
+use herald_proto::channel::USER_CHANNEL_PREFIX;
+
+use super::request::{How, SubError};
 use super::{Conn, Flow, Preauth, Socket};
 use crate::state::State;
 
@@ -106,7 +108,12 @@ impl<S: Socket> Conn<S> {
         let mut subscribed = Vec::new();
         let mut errors = Vec::new();
         for ch in initial.into_iter().filter(|c| seen.insert(c.clone())) {
-            match Box::pin(self.subscribe(&ch, None, false, None, false)).await {
+            let how = How {
+                join_leave: false,
+                reply: false,
+                by_server: false,
+            };
+            match Box::pin(self.subscribe(&ch, None, how, None)).await {
                 Ok(()) => subscribed.push(ch),
                 Err(SubError::Frame(frame)) => errors.push(frame),
                 Err(SubError::Broken) => return Flow::Gone,
@@ -123,7 +130,35 @@ impl<S: Socket> Conn<S> {
                 return Flow::Gone;
             }
         }
+        if self.state.settings.user_channel {
+            return self.join_user_channel().await;
+        }
         Flow::Continue
+    }
+
+    /// Subscribes the connection to its user's personal channel, as the backend
+    /// would (`subscribed` with `server`), so the backend can reach the user
+    /// wherever they are connected.
+    async fn join_user_channel(&mut self) -> Flow {
+        let channel = format!("{USER_CHANNEL_PREFIX}{}", self.shared.user);
+        if self.channels.contains(&channel) {
+            return Flow::Continue;
+        }
+        if herald_proto::channel::validate(&channel).is_err() {
+            // A user id outside the channel alphabet has no personal channel.
+            tracing::debug!("no personal channel: the user id is not a channel name");
+            return Flow::Continue;
+        }
+        let how = How {
+            join_leave: false,
+            reply: true,
+            by_server: true,
+        };
+        match Box::pin(self.subscribe(&channel, None, how, None)).await {
+            Ok(()) => Flow::Continue,
+            Err(SubError::Frame(frame)) => self.send_text(frame).await,
+            Err(SubError::Broken) => Flow::Gone,
+        }
     }
 
     fn auth_success(&self, channels: &[String], id: Option<&Id>) -> String {

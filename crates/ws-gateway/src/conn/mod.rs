@@ -37,7 +37,7 @@ use herald_proto::client::Id;
 use herald_proto::disconnect::Disconnect;
 use herald_proto::presence::EventKind;
 
-use crate::hub::{ConnShared, Delivery};
+use crate::hub::{ConnCommand, ConnShared, Delivery};
 use crate::limits::IpSlot;
 use crate::presence;
 use crate::state::State;
@@ -154,6 +154,8 @@ struct Conn<S> {
     /// A channel whose subscription is in progress (added to the hub, not yet to
     /// `channels`), so that a connection ending mid-subscribe still leaves it.
     joining: Option<String>,
+    /// Backend commands taken off the queue, to run after the current write.
+    commands: Vec<ConnCommand>,
     /// After a subscribe, live messages at or below the reported offset were
     /// already covered (replayed or before the client's position): skip them.
     floors: HashMap<Arc<str>, (Box<str>, u64)>,
@@ -208,6 +210,7 @@ impl<S: Socket> Conn<S> {
             claims: pre.claims,
             channels: HashSet::new(),
             joining: None,
+            commands: Vec::new(),
             floors: HashMap::new(),
             limiter: RateLimiter::direct_with_clock(quota, state.clock.clone()),
             refused: 0,
@@ -269,7 +272,7 @@ impl<S: Socket> Conn<S> {
                 _ = heartbeat.tick() => Event::Heartbeat,
                 () = &mut expiry => Event::Expired,
             };
-            let flow = match event {
+            let mut flow = match event {
                 Event::Kicked => Flow::End(self.kick_reason()),
                 // Writes are not interrupted: a frame cut off mid-write would leave the
                 // socket unusable for the `disconnect` that tells a slow consumer why. A
@@ -285,6 +288,13 @@ impl<S: Socket> Conn<S> {
                     flow = Box::pin(self.handle(event)) => flow,
                 },
             };
+            if matches!(flow, Flow::Continue) && !self.commands.is_empty() {
+                flow = tokio::select! {
+                    biased;
+                    () = &mut cancelled => Flow::End(self.kick_reason()),
+                    flow = Box::pin(self.run_commands()) => flow,
+                };
+            }
             match flow {
                 Flow::Continue => {}
                 Flow::Gone => return,

@@ -129,8 +129,13 @@ impl<S: Socket> Conn<S> {
     }
 
     /// Whether a delivery is new to this client (see `floors`). Presence events
-    /// (offset 0) have no position and always are.
+    /// (offset 0) have no position and always are. A backend command is not written: it is set aside for the loop to run once
+    /// the deliveries before it are out.
     pub(super) fn keep(&mut self, d: &Delivery) -> bool {
+        if let Some(cmd) = &d.command {
+            self.commands.push(cmd.as_ref().clone());
+            return false;
+        }
         if self.floors.is_empty() || d.offset == 0 {
             return true;
         }

@@ -20,6 +20,7 @@ use herald_proto::server::ServerMsg;
 use herald_proto::time::{now_ms, now_rfc3339};
 
 use super::{Conn, Flow, Socket};
+use crate::hub::ConnCommand;
 
 /// How long a subscriber waits for Redis to confirm a new channel subscription.
 const SUBSCRIBE_READY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,6 +40,19 @@ enum Reply {
     Nothing,
     /// The socket failed while answering.
     Broken,
+}
+
+/// How a subscription is made.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct How {
+    /// Deliver the channel's join/leave events too.
+    pub(super) join_leave: bool,
+    /// Answer with `subscribed` (else only the replay is written: subscriptions
+    /// made at login are listed in `auth_success`).
+    pub(super) reply: bool,
+    /// The application's backend asked for it: no permission check, and the
+    /// `subscribed` frame says `server`.
+    pub(super) by_server: bool,
 }
 
 /// A subscribe that did not happen.
@@ -157,15 +171,19 @@ impl<S: Socket> Conn<S> {
                 join_leave,
                 id,
             } => {
-                match Box::pin(self.subscribe(&channel, since, join_leave, id.as_ref(), true)).await
-                {
+                let how = How {
+                    join_leave,
+                    reply: true,
+                    by_server: false,
+                };
+                match Box::pin(self.subscribe(&channel, since, how, id.as_ref())).await {
                     Ok(()) => Reply::Nothing,
                     Err(SubError::Frame(frame)) => Reply::Frame(frame),
                     Err(SubError::Broken) => Reply::Broken,
                 }
             }
             ClientMsg::Unsubscribe { channel, id } => {
-                Reply::Frame(self.unsubscribe(&channel, id.as_ref()))
+                Reply::Frame(self.unsubscribe(&channel, id.as_ref(), false))
             }
             ClientMsg::Broadcast {
                 channel,
@@ -308,7 +326,39 @@ impl<S: Socket> Conn<S> {
         }
     }
 
-    fn unsubscribe(&mut self, channel: &str, id: Option<&Id>) -> String {
+    /// Runs the backend's commands set aside by the writer, in order.
+    pub(super) async fn run_commands(&mut self) -> Flow {
+        for cmd in std::mem::take(&mut self.commands) {
+            let flow = match cmd {
+                ConnCommand::Subscribe { channel, since } => {
+                    let how = How {
+                        join_leave: false,
+                        reply: true,
+                        by_server: true,
+                    };
+                    match Box::pin(self.subscribe(&channel, since, how, None)).await {
+                        Ok(()) => Flow::Continue,
+                        Err(SubError::Frame(frame)) => self.send_text(frame).await,
+                        Err(SubError::Broken) => Flow::Gone,
+                    }
+                }
+                ConnCommand::Unsubscribe { channel } => {
+                    if self.channels.contains(&channel) {
+                        let frame = self.unsubscribe(&channel, None, true);
+                        self.send_text(frame).await
+                    } else {
+                        Flow::Continue
+                    }
+                }
+            };
+            if !matches!(flow, Flow::Continue) {
+                return flow;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn unsubscribe(&mut self, channel: &str, id: Option<&Id>, by_server: bool) -> String {
         if !self.channels.remove(channel) {
             return ServerMsg::channel_error(
                 ErrorCode::NotSubscribed,
@@ -326,7 +376,7 @@ impl<S: Socket> Conn<S> {
         ServerMsg::Unsubscribed {
             channel,
             id,
-            server: false,
+            server: by_server,
         }
         .to_json()
     }
@@ -387,17 +437,21 @@ impl<S: Socket> Conn<S> {
         }
     }
 
-    /// Subscribes this connection to `channel` (with its `join`/`leave` events when
-    /// `join_leave`); `Ok` after `subscribed` (and any replay) was written when
-    /// `reply`, otherwise silently. `Err` is an error frame.
+    /// Subscribes this connection to `channel` as `how` says; `Ok` after
+    /// `subscribed` (and any replay) was written when `how.reply`, otherwise
+    /// silently. `Err` is an error frame.
     pub(super) async fn subscribe(
         &mut self,
         channel: &str,
         since: Option<Since>,
-        join_leave: bool,
+        how: How,
         id: Option<&Id>,
-        reply: bool,
     ) -> Result<(), SubError> {
+        let How {
+            join_leave,
+            reply,
+            by_server,
+        } = how;
         let err = |code, msg: &str| {
             Err(SubError::Frame(
                 ServerMsg::channel_error(code, msg, id, channel).to_json(),
@@ -406,7 +460,10 @@ impl<S: Socket> Conn<S> {
         if let Err(e) = herald_proto::channel::validate(channel) {
             return err(ErrorCode::BadRequest, &e.to_string());
         }
-        if !self.claims.may_subscribe(channel) {
+        let already = self.channels.contains(channel);
+        // The backend's subscriptions need no permission, and a channel already
+        // subscribed (perhaps by the backend) may be renewed, e.g. to recover.
+        if !by_server && !already && !self.claims.may_subscribe(channel) {
             return err(
                 ErrorCode::Forbidden,
                 "not allowed to subscribe to this channel",
@@ -418,7 +475,6 @@ impl<S: Socket> Conn<S> {
                 "not allowed to see this channel's presence (join_leave)",
             );
         }
-        let already = self.channels.contains(channel);
         if !already && self.channels.len() >= self.state.settings.max_channels {
             let max = self.state.settings.max_channels;
             return err(
@@ -483,7 +539,7 @@ impl<S: Socket> Conn<S> {
                 offset: rec.offset,
                 epoch: &rec.epoch,
                 recovered,
-                server: false,
+                server: by_server,
             };
             self.send_text(frame.to_json()).await
         } else {

@@ -232,6 +232,7 @@ impl Harness {
                 offset,
                 epoch: epoch.into(),
                 published_ms: 0,
+                command: None,
             });
             self.state.hub.fanout(&d);
         }
