@@ -111,9 +111,19 @@ fn stats_lua() -> String {
         r#"
 local users, n = {}, 0
 for i = 1, #members do
-  local ok, m = pcall(cjson.decode, members[i])
-  if ok and type(m) == 'table' and m.user_id and not users[m.user_id] then
-    users[m.user_id] = true
+  -- Records start {"user_id":"<escaped id>","conn_id":…, and an escaped id cannot
+  -- hold that unescaped quote sequence: the id's JSON text, without decoding.
+  local m = members[i]
+  local user
+  local stop = string.find(m, '","conn_id":"', 13, true)
+  if stop and string.sub(m, 1, 12) == '{"user_id":"' then
+    user = string.sub(m, 13, stop - 1)
+  else
+    local ok, d = pcall(cjson.decode, m)
+    if ok and type(d) == 'table' then user = d.user_id end
+  end
+  if user and not users[user] then
+    users[user] = true
     n = n + 1
   end
 end
@@ -303,21 +313,35 @@ impl Presence {
     /// How many connections and distinct users the channel has on live nodes.
     pub async fn stats(&self, channel: &str) -> redis::RedisResult<Stats> {
         let alive = self.liveness().await?;
+        self.stats_with(channel, &alive).await
+    }
+
+    /// [`Self::stats`] of several channels, with one read of the registry.
+    pub async fn stats_of(&self, channels: &[&str]) -> redis::RedisResult<Vec<Stats>> {
+        let alive = self.liveness().await?;
+        let mut out = Vec::with_capacity(channels.len());
+        for c in channels {
+            out.push(self.stats_with(c, &alive).await?);
+        }
+        Ok(out)
+    }
+
+    async fn stats_with(&self, channel: &str, alive: &Liveness) -> redis::RedisResult<Stats> {
         let r = match &self.engine {
             Engine::Redis(r) => r,
             Engine::Memory(m) => {
                 let (members, _) = m.members(
                     channel,
                     &self.keys.channel(channel),
-                    &alive,
+                    alive,
                     usize::MAX,
                     now_ms(),
                 );
-                return Ok(stats_of(&members));
+                return Ok(count(&members));
             }
         };
         let mut inv = self.stats.prepare_invoke();
-        self.sort_args(&mut inv, channel, &alive);
+        self.sort_args(&mut inv, channel, alive);
         let (num_clients, num_users): (u64, u64) = inv.invoke_async(&mut r.conn.clone()).await?;
         Ok(Stats {
             num_clients,
@@ -412,7 +436,7 @@ fn event_payload(c: &Change, published_ms: u64) -> String {
 }
 
 /// Counts connections and distinct users in member records.
-fn stats_of(members: &[String]) -> Stats {
+fn count(members: &[String]) -> Stats {
     #[derive(serde::Deserialize)]
     struct UserOnly {
         user_id: String,
@@ -444,7 +468,7 @@ mod tests {
 
     #[test]
     fn stats_count_users_once() {
-        let s = stats_of(&[
+        let s = count(&[
             r#"{"user_id":"a","conn_id":"1"}"#.to_owned(),
             r#"{"user_id":"a","conn_id":"2"}"#.to_owned(),
             r#"{"user_id":"b","conn_id":"3"}"#.to_owned(),

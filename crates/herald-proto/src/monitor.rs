@@ -102,6 +102,10 @@ pub struct ChannelRow {
     /// Summed over gateways.
     pub subscribers: u64,
     pub messages_per_sec: f64,
+    /// Distinct users in the channel's presence, on every gateway; read for the
+    /// top channels only (absent elsewhere, or when presence could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u64>,
 }
 
 /// The rate-limit hits the monitor has read from `herald:ratelimit`.
@@ -190,6 +194,7 @@ mod tests {
                 channel: "news".to_owned(),
                 subscribers: 3,
                 messages_per_sec: 2.0,
+                members: None,
             }],
             ratelimit: RateLimitView {
                 hits_total: 3,

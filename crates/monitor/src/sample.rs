@@ -329,6 +329,7 @@ pub(crate) fn build(
             channel: channel.to_owned(),
             subscribers,
             messages_per_sec: round2(rate),
+            members: None,
         })
         .collect();
     all_channels.sort_by(|a, b| {
@@ -571,12 +572,14 @@ mod tests {
                 ChannelRow {
                     channel: "chat:1".to_owned(),
                     subscribers: 6,
-                    messages_per_sec: 0.0
+                    messages_per_sec: 0.0,
+                    members: None,
                 },
                 ChannelRow {
                     channel: "news".to_owned(),
                     subscribers: 4,
-                    messages_per_sec: 100.0
+                    messages_per_sec: 100.0,
+                    members: None,
                 },
             ]
         );

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use herald_common::engine::{Engine, MemoryEngine, RedisEngine};
 use herald_common::keys::Keys;
+use herald_common::presence::Presence;
 use herald_common::runtime::Gate;
 use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
@@ -99,6 +100,8 @@ pub(crate) struct Sampler {
     tally: Tally,
     /// The `herald_node_up` label sets currently exported.
     shown: HashSet<(String, String)>,
+    /// Reads the top channels' members.
+    presence: Presence,
 }
 
 impl Sampler {
@@ -110,6 +113,7 @@ impl Sampler {
         ready: Gate,
     ) -> Self {
         Self {
+            presence: Presence::new(engine.clone(), keys.clone()),
             engine,
             keys,
             shared,
@@ -148,6 +152,7 @@ impl Sampler {
                 let probes = self.shared.probes();
                 let (snapshot, statuses) =
                     sample::build(now, &nodes, &mut self.rates, &self.tally, &probes);
+                let snapshot = self.with_members(snapshot).await;
                 self.metrics
                     .record_sample(&snapshot.overview.totals, &statuses, &mut self.shown);
                 self.shared.replace(snapshot);
@@ -166,6 +171,41 @@ impl Sampler {
                 self.shared.replace(last.into_stale());
             }
         }
+    }
+
+    /// Adds the top channels' members (distinct users in presence). A presence read
+    /// that fails or takes too long leaves them out rather than failing the sample.
+    async fn with_members(&self, snapshot: Snapshot) -> Snapshot {
+        let Snapshot {
+            mut overview,
+            mut channels,
+            ..
+        } = snapshot;
+        let names: Vec<&str> = overview
+            .top_channels
+            .iter()
+            .map(|c| c.channel.as_str())
+            .collect();
+        if names.is_empty() {
+            return Snapshot::new(overview, channels);
+        }
+        let stats = tokio::time::timeout(SAMPLE_TIMEOUT, self.presence.stats_of(&names)).await;
+        match stats {
+            Ok(Ok(stats)) => {
+                let members: HashMap<String, u64> = names
+                    .iter()
+                    .zip(&stats)
+                    .map(|(n, s)| ((*n).to_owned(), s.num_users))
+                    .collect();
+                for row in overview.top_channels.iter_mut().chain(channels.iter_mut()) {
+                    if let Some(m) = members.get(&row.channel) {
+                        row.members = Some(*m);
+                    }
+                }
+            }
+            _ => self.metrics.redis_errors_total.inc(),
+        }
+        Snapshot::new(overview, channels)
     }
 
     async fn read(&mut self) -> Result<(u64, Vec<NodeReading>), SampleError> {

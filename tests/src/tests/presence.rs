@@ -338,9 +338,42 @@ async fn presence_and_history_follow_their_claims(backend: Backend) {
     .await;
 }
 
+/// The monitor lists each top channel's members (distinct users in presence) next
+/// to its subscriber count, which herald-tui shows.
+async fn the_monitor_shows_members_next_to_subscribers(backend: Backend) {
+    let gw1 = gateway(&backend).spawn().await;
+    let gw2 = gateway(&backend).spawn().await;
+    let monitor = ServiceBuilder::new("monitor").on(&backend).spawn().await;
+    let alice = room_token("alice", json!({}));
+    let _a1 = Ws::auth(&gw1, &alice, &["room:1"]).await;
+    let _a2 = Ws::auth(&gw2, &alice, &["room:1"]).await;
+    let _b = Ws::auth(&gw2, &room_token("bob", json!({})), &["room:1"]).await;
+    let row = eventually("the monitor to count room:1's members", || async {
+        let (_, o) = http_json(
+            Method::GET,
+            &format!("{}/api/v1/overview", monitor.http()),
+            None,
+            None,
+        )
+        .await;
+        let row = o["top_channels"]
+            .as_array()?
+            .iter()
+            .find(|c| c["channel"] == "room:1")?
+            .clone();
+        (row["subscribers"] == 3 && row["members"] == 2).then_some(row)
+    })
+    .await;
+    assert_eq!(
+        (&row["subscribers"], &row["members"]),
+        (&json!(3), &json!(2))
+    );
+}
+
 crate::both_engines!(
     presence_lists_members_of_every_gateway_and_announces_changes,
     presence_and_history_follow_their_claims,
+    the_monitor_shows_members_next_to_subscribers,
 );
 
 /// A gateway killed with SIGKILL: its members leave, announced to listeners on the

@@ -1,4 +1,5 @@
-//! The busiest channels by subscribers, with their message rates.
+//! The busiest channels by subscribers, with their members (distinct users in
+//! presence) and message rates.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -32,6 +33,7 @@ impl Widget for ChannelsPanel<'_> {
             Row::new([
                 c.channel.clone(),
                 count(c.subscribers),
+                c.members.map_or_else(|| "–".to_owned(), count),
                 rate(c.messages_per_sec),
             ])
             .style(p.text())
@@ -40,6 +42,7 @@ impl Widget for ChannelsPanel<'_> {
             .add([
                 ("CHANNEL", Constraint::Min(10)),
                 ("SUBS", Constraint::Length(7)),
+                ("MEMBERS", Constraint::Length(7)),
                 ("MSG/s", Constraint::Length(8)),
             ])
             .table(rows, p)

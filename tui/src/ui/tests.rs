@@ -130,7 +130,7 @@ fn healthy_cluster() {
         assert!(gw.contains(part), "{part:?} not in {gw:?}");
     }
     assert_eq!(s.fg_at("gw-1", "● up"), Color::Green);
-    s.row(&["news", "812", "2.0"]);
+    s.row(&["news", "812", "640", "2.0"]);
     s.row(&["chat:lobby", "300"]);
     s.has("Top channels (3 of 3)");
     s.has("reported 0 · connection 0 · message 0");
@@ -407,9 +407,9 @@ fn channels_panel_alone() {
         s.lines,
         [
             "┌ Top channels (2 of 3) ─────────┐",
-            "│CHANNEL         SUBS    MSG/s   │",
-            "│news            812     2.0     │",
-            "│chat:lobby      300     0.5     │",
+            "│CHANNEL    SUBS   MEMBERS MSG/s │",
+            "│news       812    640     2.0   │",
+            "│chat:lobby 300    212     0.5   │",
             "│                                │",
             "└────────────────────────────────┘",
         ]
