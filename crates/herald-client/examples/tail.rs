@@ -87,6 +87,8 @@ async fn main() -> ExitCode {
                     eprintln!("subscribed to {} at {}@{}", s.channel, s.offset, s.epoch);
                 }
                 Some(Event::Error(e)) => eprintln!("subscription refused: {e}"),
+                // Joins and leaves: not asked for (`subscribe` leaves them off).
+                Some(_) => {}
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => break,

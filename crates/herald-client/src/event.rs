@@ -8,9 +8,12 @@ use herald_proto::disconnect::DisconnectCode;
 use herald_proto::frames::{JobStatus, Position, ServerFrame};
 use serde_json::Value;
 
+use crate::presence::Member;
 use crate::tracker::GapReason;
 
 /// What a [`Subscription`](crate::Subscription) yields.
+// More kinds may come (as joins and leaves did): matches need a wildcard arm.
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The next message of the channel: exactly once, in offset order.
@@ -25,6 +28,25 @@ pub enum Event {
     /// the last event, the stream ends after it. Temporary refusals (`unavailable`,
     /// `rate_limited`, `internal`) are retried with a backoff instead, silently.
     Error(SubscribeError),
+    /// Another connection (on any gateway) subscribed to the channel; only for a
+    /// subscription made with
+    /// [`SubscribeOptions::join_leave`](crate::SubscribeOptions::join_leave). Its
+    /// [`Member::info`] is the `info` claim of that connection's token. This client's
+    /// own connection is never announced to itself.
+    ///
+    /// Joins and leaves come in the order they arrive among the messages (a message
+    /// that had to be recovered, after a hole or while the subscription was paused
+    /// for not being read, comes when the recovery brings it). They have no offset:
+    /// they are not recovered, so those that happened while disconnected are never
+    /// told; after each [`Event::Subscribed`],
+    /// [`Client::presence`](crate::Client::presence) tells who is there. A
+    /// subscription not read keeps at most
+    /// [`Options::subscription_buffer`](crate::Options::subscription_buffer) of them
+    /// and drops the oldest past that.
+    Join(Member),
+    /// Another connection left the channel: it unsubscribed, disconnected, or its
+    /// gateway died. As [`Event::Join`].
+    Leave(Member),
 }
 
 /// What kind of delivery a [`Message`] was.

@@ -8,11 +8,14 @@
 //! good. With a fetching [`TokenSource`] it replaces the token on the live connection
 //! before it expires. [`Client::publish`] waits for the gateway's acknowledgement.
 //! [`Client::history`] reads a channel's kept messages without subscribing, as the
-//! same [`Message`]s a subscription delivers.
+//! same [`Message`]s a subscription delivers. [`Client::presence`] and
+//! [`Client::presence_stats`] tell who is in a channel, on every gateway; a
+//! subscription made with [`SubscribeOptions::join_leave`] also yields an
+//! [`Event::Join`] or [`Event::Leave`] as other connections come and go.
 //!
 //! ```no_run
 //! use futures_util::StreamExt as _;
-//! use herald_client::{Client, Event, HistoryQuery, Options, TokenSource};
+//! use herald_client::{Client, Event, HistoryQuery, Options, SubscribeOptions, TokenSource};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = Client::connect(
@@ -39,11 +42,31 @@
 //! for m in &latest.publications {
 //!     println!("#{}: {}", m.offset, m.data);
 //! }
+//! // Who is in the lobby now, and who comes and goes from here on.
+//! let mut lobby = client.subscribe_with(
+//!     "chat:lobby",
+//!     SubscribeOptions {
+//!         join_leave: true,
+//!         ..SubscribeOptions::default()
+//!     },
+//! );
+//! for member in client.presence("chat:lobby").await?.members {
+//!     println!("{} is here ({:?})", member.user_id, member.info);
+//! }
+//! tokio::spawn(async move {
+//!     while let Some(event) = lobby.next().await {
+//!         match event {
+//!             Event::Join(member) => println!("{} came", member.user_id),
+//!             Event::Leave(member) => println!("{} left", member.user_id),
+//!             _ => {}
+//!         }
+//!     }
+//! });
 //! while let Some(event) = news.next().await {
 //!     match event {
 //!         Event::Message(m) => println!("{} #{}: {}", m.channel, m.offset, m.data),
 //!         Event::Gap(gap) => println!("lost {} to {}", gap.from, gap.to),
-//!         Event::Subscribed(_) | Event::Error(_) => {}
+//!         Event::Subscribed(_) | Event::Error(_) | Event::Join(_) | Event::Leave(_) => {}
 //!     }
 //! }
 //! client.close().await;
@@ -62,8 +85,12 @@
 //! - [`backoff`]: reconnect delays.
 //! - [`token`]: [`TokenSource`] and when a token is due for refresh.
 //! - `queue`: the bounded queue between the driver and one subscription.
-//! - [`Options`], and what the client reports ([`Event`], [`ConnState`], …).
+//! - [`Options`], [`SubscribeOptions`], and what the client reports ([`Event`],
+//!   [`ConnState`], …).
 //! - [`HistoryQuery`], [`History`], [`HistoryError`]: reading a channel's history.
+//! - [`Presence`], [`PresenceStats`], [`PresenceError`], [`Member`]: who is in a
+//!   channel; `arrivals` keeps join/leave events in their place among the messages
+//!   a subscription holds before its first `subscribed`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,11 +103,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+mod arrivals;
 pub mod backoff;
 mod driver;
 mod event;
 mod history;
 mod options;
+mod presence;
 mod queue;
 #[cfg(test)]
 mod tests;
@@ -95,7 +124,8 @@ pub use herald_proto::ErrorCode;
 pub use herald_proto::disconnect::DisconnectCode;
 pub use herald_proto::frames::{JobStatus, Position};
 pub use history::{History, HistoryError, HistoryQuery};
-pub use options::Options;
+pub use options::{Options, SubscribeOptions};
+pub use presence::{Member, Presence, PresenceError, PresenceStats};
 pub use token::TokenSource;
 pub use tracker::GapReason;
 
@@ -131,6 +161,8 @@ struct Shared {
     /// The same for history reads, bounded apart so that reads never crowd out
     /// publishes.
     history_slots: Arc<Semaphore>,
+    /// The same for presence reads (`presence` and `presence_stats` together).
+    presence_slots: Arc<Semaphore>,
     publish_timeout: std::time::Duration,
     subscription_buffer: usize,
     room: Arc<Notify>,
@@ -151,8 +183,8 @@ impl Drop for Shared {
 impl Client {
     /// Starts connecting to the gateways at `urls` (`ws://host:port/ws`), tried in
     /// turn, with tokens from `token`. Returns at once; watch [`Client::states`] to
-    /// know when it is connected. Subscriptions, publishes and history reads can be
-    /// made right away.
+    /// know when it is connected. Subscriptions, publishes, history and presence
+    /// reads can be made right away.
     ///
     /// # Panics
     ///
@@ -197,6 +229,7 @@ impl Client {
                 errors,
                 publish_slots: Arc::new(Semaphore::new(slots)),
                 history_slots: Arc::new(Semaphore::new(slots)),
+                presence_slots: Arc::new(Semaphore::new(slots)),
                 publish_timeout,
                 subscription_buffer,
                 room,
@@ -228,8 +261,29 @@ impl Client {
     /// message after that position (what was missed meanwhile is replayed if the
     /// gateway's history still holds it, otherwise an [`Event::Gap`] says so).
     ///
-    /// Several subscriptions to one channel each get every message.
+    /// Several subscriptions to one channel each get every message. For join/leave
+    /// events too, see [`Client::subscribe_with`].
     pub fn subscribe(&self, channel: impl Into<String>, since: Option<Position>) -> Subscription {
+        self.subscribe_with(
+            channel,
+            SubscribeOptions {
+                since,
+                ..SubscribeOptions::default()
+            },
+        )
+    }
+
+    /// Subscribes to `channel` as `options` say: [`Client::subscribe`], and with
+    /// [`SubscribeOptions::join_leave`] an [`Event::Join`] or [`Event::Leave`] each
+    /// time another connection comes to or leaves the channel.
+    ///
+    /// Several subscriptions to one channel each get every message, and each that
+    /// asked gets every join and leave.
+    pub fn subscribe_with(
+        &self,
+        channel: impl Into<String>,
+        options: SubscribeOptions,
+    ) -> Subscription {
         let channel = channel.into();
         let sub = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(EventQueue::new(
@@ -239,7 +293,8 @@ impl Client {
         let cmd = Command::Subscribe {
             sub,
             channel: channel.clone(),
-            since,
+            since: options.since,
+            join_leave: options.join_leave,
             queue: queue.clone(),
         };
         if self.shared.commands.send(cmd).is_err() {
@@ -312,6 +367,50 @@ impl Client {
         answer.await.unwrap_or(Err(HistoryError::Closed))
     }
 
+    /// Lists `channel`'s members: every connection subscribed to it, on every
+    /// gateway, each with the `info` claim of its token (at most the gateway's limit,
+    /// [`Presence::truncated`] when there were more). The token's `presence` claim,
+    /// or without one its `channels`, must cover the channel; subscribing is not
+    /// needed.
+    ///
+    /// While disconnected it waits like a history read: queued for the next
+    /// connection (at most [`Options::publish_queue`] presence reads not yet
+    /// answered, this and [`Client::presence_stats`] together, counted apart from
+    /// publishes and history reads; one more fails with
+    /// [`PresenceError::QueueFull`] at once), answered within
+    /// [`Options::publish_timeout`] of the call or failing with
+    /// [`PresenceError::Timeout`]. One sent on a connection that then drops fails
+    /// with [`PresenceError::Disconnected`] and is not sent again; calling again is
+    /// safe. The gateway's refusals (`forbidden`, `unavailable`, `bad_request`, …)
+    /// are [`PresenceError::Refused`] with their [`ErrorCode`].
+    pub async fn presence(&self, channel: &str) -> Result<Presence, PresenceError> {
+        let (reply, answer) = oneshot::channel();
+        let ask = Ask::Presence {
+            channel: channel.to_owned(),
+        };
+        self.presence_request(ask, Reply::Presence(reply))?;
+        answer.await.unwrap_or(Err(PresenceError::Closed))
+    }
+
+    /// Counts `channel`'s members: connections and distinct users, on every gateway,
+    /// without listing them. Allowed, queued and failing as [`Client::presence`].
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, PresenceError> {
+        let (reply, answer) = oneshot::channel();
+        let ask = Ask::PresenceStats {
+            channel: channel.to_owned(),
+        };
+        self.presence_request(ask, Reply::PresenceStats(reply))?;
+        answer.await.unwrap_or(Err(PresenceError::Closed))
+    }
+
+    fn presence_request(&self, ask: Ask, reply: Reply) -> Result<(), PresenceError> {
+        let slots = &self.shared.presence_slots;
+        self.request(slots, ask, reply).map_err(|e| match e {
+            Unsent::QueueFull => PresenceError::QueueFull,
+            Unsent::Closed => PresenceError::Closed,
+        })
+    }
+
     /// Hands a request to the driver, within the bound `slots` keeps on requests of
     /// its kind not yet settled.
     fn request(&self, slots: &Arc<Semaphore>, ask: Ask, reply: Reply) -> Result<(), Unsent> {
@@ -328,9 +427,9 @@ impl Client {
         self.shared.commands.send(cmd).map_err(|_| Unsent::Closed)
     }
 
-    /// Closes the connection and stops the client: pending publishes and history
-    /// reads fail with [`PublishError::Closed`] / [`HistoryError::Closed`],
-    /// subscription streams end. Returns once the
+    /// Closes the connection and stops the client: pending publishes, history and
+    /// presence reads fail with [`PublishError::Closed`] / [`HistoryError::Closed`] /
+    /// [`PresenceError::Closed`], subscription streams end. Returns once the
     /// background task has finished.
     pub async fn close(&self) {
         self.shared.cancel.cancel();

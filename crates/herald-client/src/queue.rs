@@ -4,7 +4,9 @@
 //! keep up, the driver stops delivering to that subscription (its tracker stalls) and
 //! recovers from the last delivered position once the queue has drained to half, so a
 //! slow subscription costs memory for its own queue only and never holds up the
-//! others, nor the socket.
+//! others, nor the socket. Join/leave events cannot be recovered that way, so they
+//! never pause anything: they have a bound of their own, past which the oldest are
+//! dropped.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,9 +16,9 @@ use tokio::sync::Notify;
 
 use crate::event::Event;
 
-/// Events other than messages a queue holds beyond its message capacity. They come
-/// from this client's own requests (one in flight per subscription), so this is
-/// plenty; past it the oldest is dropped.
+/// Events other than messages and join/leave events a queue holds beyond its message
+/// capacity. They come from this client's own requests (one in flight per
+/// subscription), so this is plenty; past it the oldest is dropped.
 const CONTROL_SLACK: usize = 64;
 
 #[derive(Debug)]
@@ -24,6 +26,10 @@ struct State {
     events: VecDeque<Event>,
     /// How many of `events` are messages.
     messages: usize,
+    /// How many of `events` are joins and leaves.
+    presence: usize,
+    /// Join/leave events were dropped since the last one was read (warned once).
+    presence_dropped: bool,
     /// Set by the driver when a message did not fit; cleared (and the driver told)
     /// once the application has read the queue down to half.
     stalled: bool,
@@ -47,6 +53,8 @@ impl EventQueue {
             state: Mutex::new(State {
                 events: VecDeque::new(),
                 messages: 0,
+                presence: 0,
+                presence_dropped: false,
                 stalled: false,
                 closed: false,
                 waker: None,
@@ -99,21 +107,39 @@ impl EventQueue {
         wake(&mut s);
     }
 
-    /// Queues a subscription event other than a message.
+    /// Queues a subscription event other than a message or a join/leave.
     pub(crate) fn push_control(&self, event: Event) {
         let mut s = self.lock();
         if s.closed {
             return;
         }
-        if s.events.len() >= self.capacity + CONTROL_SLACK
-            && let Some(i) = s
-                .events
-                .iter()
-                .position(|e| !matches!(e, Event::Message(_)))
+        if s.events.len() - s.presence >= self.capacity + CONTROL_SLACK
+            && let Some(i) = s.events.iter().position(is_control)
         {
             s.events.remove(i);
             tracing::warn!("subscription events not read: dropped the oldest");
         }
+        s.events.push_back(event);
+        wake(&mut s);
+    }
+
+    /// Queues a join or leave: at most `capacity` of them, the oldest dropped past
+    /// that. They never count as messages, so they never pause the subscription.
+    pub(crate) fn push_presence(&self, event: Event) {
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        if s.presence >= self.capacity
+            && let Some(i) = s.events.iter().position(is_presence)
+        {
+            s.events.remove(i);
+            s.presence -= 1;
+            if !std::mem::replace(&mut s.presence_dropped, true) {
+                tracing::warn!("join/leave events not read: dropping the oldest");
+            }
+        }
+        s.presence += 1;
         s.events.push_back(event);
         wake(&mut s);
     }
@@ -128,7 +154,10 @@ impl EventQueue {
     pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let mut s = self.lock();
         if let Some(event) = s.events.pop_front() {
-            if matches!(event, Event::Message(_)) {
+            if is_presence(&event) {
+                s.presence -= 1;
+                s.presence_dropped = false;
+            } else if matches!(event, Event::Message(_)) {
                 s.messages -= 1;
                 if s.stalled && s.messages <= self.capacity / 2 {
                     s.stalled = false;
@@ -146,6 +175,14 @@ impl EventQueue {
         }
         Poll::Pending
     }
+}
+
+fn is_presence(e: &Event) -> bool {
+    matches!(e, Event::Join(_) | Event::Leave(_))
+}
+
+fn is_control(e: &Event) -> bool {
+    !matches!(e, Event::Message(_)) && !is_presence(e)
 }
 
 fn wake(s: &mut State) {
@@ -236,5 +273,56 @@ mod tests {
             }));
         }
         assert_eq!(q.lock().events.len(), 1 + CONTROL_SLACK);
+    }
+
+    fn join(n: u64) -> Event {
+        Event::Join(herald_proto::presence::Member {
+            user_id: format!("u{n}"),
+            conn_id: format!("c{n}"),
+            info: None,
+        })
+    }
+
+    fn gap() -> Event {
+        Event::Gap(Gap {
+            channel: "c".into(),
+            from: Position::new(0, "e"),
+            to: Position::new(1, "e"),
+            reason: GapReason::NotRecovered,
+        })
+    }
+
+    #[test]
+    fn joins_and_leaves_have_a_bound_of_their_own_and_never_pause() {
+        let q = EventQueue::new(2, Arc::new(Notify::new()));
+        q.push_message(msg(1));
+        for n in 1..=5 {
+            q.push_presence(join(n));
+        }
+        // Messages still have their room: events take none of it.
+        assert_eq!(q.room(), 1);
+        q.push_message(msg(2));
+        // Control events are bounded without counting joins and leaves, and never
+        // push them out.
+        for _ in 0..(CONTROL_SLACK + 5) {
+            q.push_control(gap());
+        }
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(e)) = next(&q) {
+            got.push(match e {
+                Event::Message(m) => format!("m{}", m.offset),
+                Event::Join(m) => m.user_id,
+                _ => "gap".to_owned(),
+            });
+        }
+        // The two newest joins are kept, in their place among the messages.
+        assert_eq!(got[..4], ["m1", "u4", "u5", "m2"]);
+        assert_eq!(got.len(), 4 + CONTROL_SLACK);
+        assert_eq!(q.lock().presence, 0);
+        // Read down to nothing, the bound applies from scratch.
+        for n in 6..=7 {
+            q.push_presence(join(n));
+        }
+        assert!(matches!(next(&q), Poll::Ready(Some(Event::Join(m))) if m.user_id == "u6"));
     }
 }

@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::{
     Client, ClientError, ConnState, DisconnectCode, ErrorCode, Event, History, HistoryError,
-    HistoryQuery, MessageKind, Options, Position, PublishError, Subscription, TokenSource,
+    HistoryQuery, Member, MessageKind, Options, Position, Presence, PresenceError, PresenceStats,
+    PublishError, SubscribeOptions, Subscription, TokenSource,
 };
 
 /// How long any one step may take.
@@ -87,6 +88,12 @@ fn auth_success(id: &Value, heartbeat_ms: u64) -> Value {
 fn message(offset: u64, epoch: &str) -> Value {
     json!({"type": "message", "channel": "news", "offset": offset, "epoch": epoch,
            "message": {"n": offset}, "timestamp": "2026-01-05T14:47:57.123Z"})
+}
+
+/// A `join` or `leave` (`kind`) on `news` of `user`'s connection.
+fn presence_event(kind: &str, user: &str) -> Value {
+    json!({"type": kind, "channel": "news", "user_id": user, "conn_id": format!("{user}-conn"),
+           "info": {"name": user}})
 }
 
 // === the scripted gateway ===
@@ -261,6 +268,28 @@ async fn offsets(sub: &mut Subscription, count: usize) -> Vec<u64> {
             Event::Subscribed(_) => {}
             other => panic!("expected a message, got {other:?}"),
         }
+    }
+    got
+}
+
+/// An event in short: `m<offset>`, `+<user>` (join), `-<user>` (leave), `subscribed`,
+/// `gap`, `error:<code>`.
+fn shape(event: &Event) -> String {
+    match event {
+        Event::Message(m) => format!("m{}", m.offset),
+        Event::Join(m) => format!("+{}", m.user_id),
+        Event::Leave(m) => format!("-{}", m.user_id),
+        Event::Subscribed(_) => "subscribed".to_owned(),
+        Event::Gap(_) => "gap".to_owned(),
+        Event::Error(e) => format!("error:{}", e.code.as_str()),
+    }
+}
+
+/// The next `count` events, in short.
+async fn shapes(sub: &mut Subscription, count: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        got.push(shape(&next_event(sub).await));
     }
     got
 }
@@ -826,4 +855,283 @@ async fn a_history_read_never_sent_times_out_or_fails_with_the_close() {
         client.history("news", HistoryQuery::default()).await,
         Err(HistoryError::Closed)
     );
+}
+
+fn join_leave() -> SubscribeOptions {
+    SubscribeOptions {
+        join_leave: true,
+        ..SubscribeOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn join_leave_is_asked_on_every_subscribe_and_events_keep_their_place() {
+    let fake = Fake::start().await;
+    let opts = Options {
+        batch: true,
+        ..options()
+    };
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), opts);
+    let mut room = client.subscribe_with("news", join_leave());
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    let req = gw.recv_subscribe().await;
+    assert_eq!(
+        req,
+        json!({"type": "subscribe", "channel": "news", "join_leave": true, "id": req["id"]})
+    );
+    // Before `subscribed`, the tracker holds the messages (1 turns out to be older
+    // than the start); the events keep their place among those it lets through.
+    gw.send(message(1, "e")).await;
+    gw.send(presence_event("join", "a")).await;
+    gw.send(message(2, "e")).await;
+    gw.send(presence_event("join", "b")).await;
+    gw.reply_subscribed(&req, 1, "e", None).await;
+    assert_eq!(shapes(&mut room, 1).await, ["subscribed"]);
+    match next_event(&mut room).await {
+        Event::Join(m) => assert_eq!(
+            m,
+            Member {
+                user_id: "a".to_owned(),
+                conn_id: "a-conn".to_owned(),
+                info: Some(json!({"name": "a"})),
+            }
+        ),
+        other => panic!("expected a join, got {other:?}"),
+    }
+    assert_eq!(shapes(&mut room, 2).await, ["m2", "+b"]);
+
+    // Live, alone or batched: in arrival order, and never mistaken for a hole.
+    gw.send(presence_event("join", "c")).await;
+    gw.send(message(3, "e")).await;
+    gw.send(json!({"type": "batch_messages", "count": 3,
+                   "messages": [presence_event("leave", "a"), message(4, "e"), presence_event("join", "d")]}))
+        .await;
+    assert_eq!(shapes(&mut room, 5).await, ["+c", "m3", "-a", "m4", "+d"]);
+
+    // A hole: the recovery asks for the events too. One arriving meanwhile is not
+    // held back for the replay.
+    gw.send(message(6, "e")).await;
+    let req = gw.recv_subscribe().await;
+    assert_eq!(
+        (&req["since"], &req["join_leave"]),
+        (&json!({"offset": 4, "epoch": "e"}), &json!(true))
+    );
+    gw.send(presence_event("join", "e")).await;
+    gw.send(message(5, "e")).await;
+    gw.send(message(6, "e")).await;
+    gw.reply_subscribed(&req, 6, "e", Some(true)).await;
+    assert_eq!(shapes(&mut room, 4).await, ["+e", "m5", "m6", "subscribed"]);
+
+    // Another subscription of the channel, without events: its subscribe asks for
+    // them all the same (one without would turn them off for the first), and it
+    // gets none.
+    let mut plain = client.subscribe("news", None);
+    let req = gw.recv_subscribe().await;
+    assert_eq!(req["join_leave"], true, "{req}");
+    gw.reply_subscribed(&req, 6, "e", None).await;
+    gw.send(presence_event("leave", "c")).await;
+    gw.send(message(7, "e")).await;
+    assert_eq!(shapes(&mut room, 2).await, ["-c", "m7"]);
+    assert_eq!(shapes(&mut plain, 2).await, ["subscribed", "m7"]);
+
+    // Renewed on the next connection, both still ask for them.
+    gw.close(1001, "going away").await;
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    for _ in 0..2 {
+        let req = gw.recv_subscribe().await;
+        assert_eq!(
+            (&req["since"], &req["join_leave"]),
+            (&json!({"offset": 7, "epoch": "e"}), &json!(true)),
+            "{req}"
+        );
+        gw.reply_subscribed(&req, 7, "e", Some(true)).await;
+    }
+    gw.send(presence_event("join", "f")).await;
+    gw.send(message(8, "e")).await;
+    assert_eq!(shapes(&mut room, 3).await, ["subscribed", "+f", "m8"]);
+    assert_eq!(shapes(&mut plain, 2).await, ["subscribed", "m8"]);
+
+    // The last subscription that wanted them gone, the channel's next subscribe no
+    // longer asks.
+    room.unsubscribe().await;
+    gw.send(message(10, "e")).await;
+    let req = gw.recv_subscribe().await;
+    assert_eq!(
+        req,
+        json!({"type": "subscribe", "channel": "news", "since": {"offset": 8, "epoch": "e"},
+               "id": req["id"]})
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn join_leave_refused_ends_only_the_subscription_that_asked() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut room = client.subscribe_with("news", join_leave());
+    let mut plain = client.subscribe("news", None);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    // Both ask for the events, so both are refused.
+    for _ in 0..2 {
+        let req = gw.recv_subscribe().await;
+        assert_eq!(req["join_leave"], true, "{req}");
+        gw.send(
+            json!({"type": "error", "code": "forbidden", "id": req["id"], "channel": "news",
+                       "message": "not allowed to see this channel's presence (join_leave)"}),
+        )
+        .await;
+    }
+    assert_eq!(shapes(&mut room, 1).await, ["error:forbidden"]);
+    assert!(within("the end", room.next()).await.is_none());
+    // The other asked only for the first one's sake: it tries again without.
+    let req = gw.recv_subscribe().await;
+    assert_eq!(req.get("join_leave"), None, "{req}");
+    gw.reply_subscribed(&req, 0, "e", None).await;
+    gw.send(message(1, "e")).await;
+    assert_eq!(shapes(&mut plain, 2).await, ["subscribed", "m1"]);
+    client.close().await;
+}
+
+/// Reads `channel`'s presence from a task of its own.
+fn spawn_presence(
+    client: &Client,
+    channel: &'static str,
+) -> tokio::task::JoinHandle<Result<Presence, PresenceError>> {
+    let client = client.clone();
+    tokio::spawn(async move { client.presence(channel).await })
+}
+
+#[tokio::test]
+async fn presence_reads_wait_for_the_connection_and_are_typed() {
+    let fake = Fake::start().await;
+    let opts = Options {
+        publish_queue: 1,
+        ..options()
+    };
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), opts);
+    // Polled first, so the read is queued before the gateway even accepts.
+    let (read, mut gw) = tokio::join!(client.presence("room:1"), async {
+        let mut gw = fake.accept().await;
+        gw.hello(25_000).await;
+        let req = gw.recv().await;
+        assert_eq!(
+            req,
+            json!({"type": "presence", "channel": "room:1", "id": req["id"]})
+        );
+        assert!(req["id"].is_u64(), "{req}");
+        // One presence read unanswered is the bound for both kinds; history reads
+        // are counted apart.
+        assert_eq!(
+            client.presence_stats("room:1").now_or_never(),
+            Some(Err(PresenceError::QueueFull))
+        );
+        let history = spawn_history(&client, "news", HistoryQuery::default());
+        let h = gw.recv().await;
+        assert_eq!(h["type"], "history");
+        gw.send(
+            json!({"type": "history", "channel": "news", "id": h["id"], "publications": [],
+                       "offset": 0, "epoch": "e"}),
+        )
+        .await;
+        assert!(within("the history", history).await.expect("task").is_ok());
+        gw.send(
+            json!({"type": "presence", "channel": "room:1", "id": req["id"], "truncated": true,
+                       "members": [{"user_id": "alice", "conn_id": "c1", "info": {"name": "Alice"}},
+                                   {"user_id": "bob", "conn_id": "c2", "future": 1}]}),
+        )
+        .await;
+        gw
+    });
+    assert_eq!(
+        read.expect("presence"),
+        Presence {
+            members: vec![
+                Member {
+                    user_id: "alice".to_owned(),
+                    conn_id: "c1".to_owned(),
+                    info: Some(json!({"name": "Alice"})),
+                },
+                Member {
+                    user_id: "bob".to_owned(),
+                    conn_id: "c2".to_owned(),
+                    info: None,
+                },
+            ],
+            truncated: true,
+        }
+    );
+
+    // Free again once answered.
+    let stats = {
+        let client = client.clone();
+        tokio::spawn(async move { client.presence_stats("room:1").await })
+    };
+    let req = gw.recv().await;
+    assert_eq!(
+        req,
+        json!({"type": "presence_stats", "channel": "room:1", "id": req["id"]})
+    );
+    gw.send(
+        json!({"type": "presence_stats", "channel": "room:1", "id": req["id"],
+                   "num_clients": 3, "num_users": 2}),
+    )
+    .await;
+    assert_eq!(
+        within("the stats", stats).await.expect("task"),
+        Ok(PresenceStats {
+            num_clients: 3,
+            num_users: 2
+        })
+    );
+
+    // Refusals carry the gateway's code.
+    for (wire, code) in [
+        ("forbidden", ErrorCode::Forbidden),
+        ("unavailable", ErrorCode::Unavailable),
+        ("bad_request", ErrorCode::BadRequest),
+    ] {
+        let read = spawn_presence(&client, "room:1");
+        let req = gw.recv().await;
+        gw.send(json!({"type": "error", "code": wire, "message": "no", "id": req["id"], "channel": "room:1"}))
+            .await;
+        assert_eq!(
+            within("the refusal", read).await.expect("task"),
+            Err(PresenceError::Refused {
+                code,
+                message: "no".to_owned()
+            })
+        );
+    }
+    // The other kind of presence answer settles it too, as a fault.
+    let read = spawn_presence(&client, "room:1");
+    let req = gw.recv().await;
+    gw.send(
+        json!({"type": "presence_stats", "channel": "room:1", "id": req["id"],
+                   "num_clients": 1, "num_users": 1}),
+    )
+    .await;
+    assert!(matches!(
+        within("the fault", read).await.expect("task"),
+        Err(PresenceError::Refused {
+            code: ErrorCode::Internal,
+            ..
+        })
+    ));
+
+    let read = spawn_presence(&client, "room:1");
+    gw.recv().await;
+    drop(gw);
+    assert_eq!(
+        within("the loss", read).await.expect("task"),
+        Err(PresenceError::Disconnected)
+    );
+    // Reconnected, nothing is sent again.
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.assert_silent().await;
+    client.close().await;
+    assert_eq!(client.presence("room:1").await, Err(PresenceError::Closed));
 }

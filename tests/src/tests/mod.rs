@@ -13,6 +13,7 @@ mod chaos;
 mod client;
 mod client_faults;
 mod client_history;
+mod client_presence;
 mod compose;
 mod config;
 mod contract;

@@ -14,6 +14,7 @@ use super::timers::pending_or;
 use super::{
     CLOSE_TIMEOUT, Command, Conn, DEAD_SOCKET_SLACK, Driver, End, Failure, Hello, IDLE, Sub, Ws,
 };
+use crate::arrivals::Arrivals;
 use crate::backoff;
 use crate::event::ConnState;
 use crate::token::Token;
@@ -191,6 +192,7 @@ impl Driver {
                 sub,
                 channel,
                 since,
+                join_leave,
                 queue,
             } => {
                 self.by_channel
@@ -203,7 +205,10 @@ impl Driver {
                         channel,
                         queue,
                         tracker: Tracker::new(since, self.opts.pending_limit),
+                        join_leave,
+                        arrivals: Arrivals::new(self.opts.subscription_buffer),
                         request: None,
+                        lent_join_leave: false,
                         retry_at: None,
                         retries: 0,
                     },
@@ -257,6 +262,7 @@ impl Driver {
         }
         for sub in self.subs.values_mut() {
             sub.tracker.reset();
+            sub.arrivals.clear();
             sub.request = None;
             sub.retry_at = None;
         }

@@ -1,13 +1,13 @@
 //! The one task behind a [`Client`](crate::Client): it owns the socket, every
 //! subscription's [`Tracker`], the requests waiting for their reply (publishes,
-//! history reads) and the token, and runs the connection lifecycle.
+//! history and presence reads) and the token, and runs the connection lifecycle.
 //!
 //! The lifecycle is a loop: wait out the backoff, get a token, open a WebSocket and
 //! authenticate, serve the connection until it ends, then decide from how it ended
 //! (see [`Driver::next_step`]) whether to stop or which delay comes before the next
 //! gateway. In every phase the driver keeps answering the application's commands, so
-//! a publish or history read made while disconnected is queued (or refused at once
-//! when the queue is full), and timeouts fire on time.
+//! a publish or a read made while disconnected is queued (or refused at once when
+//! the queue is full), and timeouts fire on time.
 //!
 //! # Layout
 //! - this file: the driver's state and the tunables.
@@ -15,9 +15,10 @@
 //! - `connect`: token, WebSocket upgrade, `auth` and `auth_success`.
 //! - `ending`: how a connection ended and what follows it ([`Driver::next_step`]).
 //! - `socket`: server frames to their handlers; writes with a timeout.
-//! - `subscriptions`: subscribe with `since`, deliveries, recovery, refusals.
-//! - `publish`: requests answered by one reply (publishes, history reads): queued,
-//!   sent and settled.
+//! - `subscriptions`: subscribe with `since` (and `join_leave`), deliveries and
+//!   join/leave events, recovery, refusals.
+//! - `publish`: requests answered by one reply (publishes, history and presence
+//!   reads): queued, sent and settled.
 //! - `timers`: the dead-socket check, deadlines, retries and the token refresh.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -35,9 +36,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::arrivals::Arrivals;
 use crate::event::{Ack, ClientError, ConnState, Message, PublishError};
 use crate::history::{History, HistoryError, HistoryQuery};
 use crate::options::Options;
+use crate::presence::{Presence, PresenceError, PresenceStats};
 use crate::queue::EventQueue;
 use crate::token::{Token, TokenSource};
 use crate::tracker::Tracker;
@@ -81,14 +84,15 @@ pub(crate) enum Command {
         sub: u64,
         channel: String,
         since: Option<Position>,
+        join_leave: bool,
         queue: Arc<EventQueue>,
     },
     Unsubscribe {
         sub: u64,
         done: Option<oneshot::Sender<()>>,
     },
-    /// A publish or a history read: queued while disconnected, answered by one
-    /// reply frame.
+    /// A publish, a history read or a presence read: queued while disconnected,
+    /// answered by one reply frame.
     Request {
         ask: Ask,
         deadline: Instant,
@@ -109,6 +113,12 @@ pub(crate) enum Ask {
         channel: String,
         query: HistoryQuery,
     },
+    Presence {
+        channel: String,
+    },
+    PresenceStats {
+        channel: String,
+    },
 }
 
 impl Ask {
@@ -127,6 +137,14 @@ impl Ask {
                 reverse: query.reverse,
                 id: Some(id),
             },
+            Self::Presence { channel } => ClientFrame::Presence {
+                channel,
+                id: Some(id),
+            },
+            Self::PresenceStats { channel } => ClientFrame::PresenceStats {
+                channel,
+                id: Some(id),
+            },
         }
         .to_json()
     }
@@ -136,12 +154,16 @@ impl Ask {
 pub(crate) enum Reply {
     Publish(oneshot::Sender<Result<Ack, PublishError>>),
     History(oneshot::Sender<Result<History, HistoryError>>),
+    Presence(oneshot::Sender<Result<Presence, PresenceError>>),
+    PresenceStats(oneshot::Sender<Result<PresenceStats, PresenceError>>),
 }
 
 /// A reply frame that settles a request.
 enum Answer {
     Ack(Ack),
     History(History),
+    Presence(Presence),
+    PresenceStats(PresenceStats),
 }
 
 impl Answer {
@@ -149,6 +171,8 @@ impl Answer {
         match self {
             Self::Ack(_) => "ack",
             Self::History(_) => "history",
+            Self::Presence(_) => "presence",
+            Self::PresenceStats(_) => "presence_stats",
         }
     }
 }
@@ -170,6 +194,12 @@ impl Reply {
             }
             (Self::History(tx), Answer::History(history)) => {
                 let _ = tx.send(Ok(history));
+            }
+            (Self::Presence(tx), Answer::Presence(presence)) => {
+                let _ = tx.send(Ok(presence));
+            }
+            (Self::PresenceStats(tx), Answer::PresenceStats(stats)) => {
+                let _ = tx.send(Ok(stats));
             }
             // Only a faulty gateway answers a request with another kind of reply;
             // waiting longer would not bring the right one.
@@ -198,6 +228,24 @@ impl Reply {
                     Failure::Closed => HistoryError::Closed,
                 }));
             }
+            Self::Presence(tx) => {
+                let _ = tx.send(Err(failure.into_presence()));
+            }
+            Self::PresenceStats(tx) => {
+                let _ = tx.send(Err(failure.into_presence()));
+            }
+        }
+    }
+}
+
+impl Failure {
+    /// Both presence reads fail alike.
+    fn into_presence(self) -> PresenceError {
+        match self {
+            Self::Refused { code, message } => PresenceError::Refused { code, message },
+            Self::Timeout => PresenceError::Timeout,
+            Self::Disconnected => PresenceError::Disconnected,
+            Self::Closed => PresenceError::Closed,
         }
     }
 }
@@ -241,15 +289,24 @@ struct Sub {
     channel: String,
     queue: Arc<EventQueue>,
     tracker: Tracker<Message>,
+    /// Whether it asked for the channel's join/leave events.
+    join_leave: bool,
+    /// Join/leave events, and the messages among them, that arrived before the
+    /// first `subscribed` (while the tracker holds the messages).
+    arrivals: Arrivals,
     /// The `subscribe` in flight on this connection.
     request: Option<u64>,
+    /// That `subscribe` carried `join_leave` for another subscription of the channel
+    /// (see `Driver::send_subscribe_since`).
+    lent_join_leave: bool,
     /// When to retry a subscribe refused for a temporary reason.
     retry_at: Option<Instant>,
     /// Temporary refusals in a row, for the retry's backoff.
     retries: u32,
 }
 
-/// One request (a publish, a history read), from the call until it is settled.
+/// One request (a publish, a history or presence read), from the call until it is
+/// settled.
 struct Pending {
     /// The request's frame, until it is sent.
     frame: Option<String>,

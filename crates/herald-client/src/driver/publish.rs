@@ -1,6 +1,6 @@
-//! Requests answered by one reply frame (publishes and history reads): queued while
-//! disconnected, sent on the connection, settled by their reply, an error, their
-//! deadline or the connection's loss.
+//! Requests answered by one reply frame (publishes, history and presence reads):
+//! queued while disconnected, sent on the connection, settled by their reply, an
+//! error, their deadline or the connection's loss.
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;

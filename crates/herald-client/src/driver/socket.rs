@@ -9,8 +9,9 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use super::ending::closed;
 use super::timers::retry_refresh;
 use super::{Answer, Conn, Driver, End, Failure, Request, WRITE_TIMEOUT};
-use crate::event::{Ack, ClientError, ConnState, Message};
+use crate::event::{Ack, ClientError, ConnState, Event, Message};
 use crate::history::History;
+use crate::presence::{Presence, PresenceStats};
 
 impl Driver {
     pub(super) async fn on_socket(
@@ -109,6 +110,30 @@ impl Driver {
                     self.answer(id, Answer::History(history));
                 }
             }
+            ServerFrame::Presence {
+                id,
+                members,
+                truncated,
+                ..
+            } => {
+                if let Some(id) = id {
+                    self.answer(id, Answer::Presence(Presence { members, truncated }));
+                }
+            }
+            ServerFrame::PresenceStats {
+                id,
+                num_clients,
+                num_users,
+                ..
+            } => {
+                if let Some(id) = id {
+                    let stats = PresenceStats {
+                        num_clients,
+                        num_users,
+                    };
+                    self.answer(id, Answer::PresenceStats(stats));
+                }
+            }
             ServerFrame::Error {
                 code,
                 message,
@@ -121,10 +146,8 @@ impl Driver {
                     .await;
             }
             ServerFrame::BatchMessages { messages, .. } => {
-                for m in messages {
-                    if let Some(m) = Message::from_frame(m) {
-                        self.on_delivery(m, conn).await?;
-                    }
+                for frame in messages {
+                    self.on_channel_frame(frame, conn).await?;
                 }
             }
             ServerFrame::Disconnect {
@@ -136,9 +159,25 @@ impl Driver {
                 return Err(End::disconnect(code, reason, reconnect, retry_after_ms));
             }
             ServerFrame::Heartbeat { .. } | ServerFrame::Pong { .. } | ServerFrame::Unknown => {}
-            delivery => {
-                if let Some(m) = Message::from_frame(delivery) {
-                    self.on_delivery(m, conn).await?;
+            // Channel deliveries, joins and leaves.
+            frame => return self.on_channel_frame(frame, conn).await,
+        }
+        Ok(())
+    }
+
+    /// A channel delivery or a join/leave, alone or out of a `batch_messages` (the
+    /// gateway's outbound queue carries both, so a batch may hold both).
+    async fn on_channel_frame(&mut self, frame: ServerFrame, conn: &mut Conn) -> Result<(), End> {
+        match frame {
+            ServerFrame::Join { channel, member } => {
+                self.on_presence_event(&channel, Event::Join(member));
+            }
+            ServerFrame::Leave { channel, member } => {
+                self.on_presence_event(&channel, Event::Leave(member));
+            }
+            frame => {
+                if let Some(m) = Message::from_frame(frame) {
+                    return self.on_delivery(m, conn).await;
                 }
             }
         }

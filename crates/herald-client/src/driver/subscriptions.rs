@@ -1,5 +1,6 @@
-//! Subscriptions: `subscribe` with `since`, deliveries through each one's
-//! [`Tracker`](crate::tracker::Tracker), recovery of gaps and of a paused queue, refusals.
+//! Subscriptions: `subscribe` with `since` and `join_leave`, deliveries through each
+//! one's [`Tracker`](crate::tracker::Tracker), join/leave events beside it, recovery
+//! of gaps and of a paused queue, refusals.
 
 use std::time::Duration;
 
@@ -54,18 +55,34 @@ impl Driver {
         conn: &mut Conn,
     ) -> Result<(), End> {
         let id = self.next_id();
+        let Some(channel) = self.subs.get(&sub).map(|s| s.channel.clone()) else {
+            return Ok(());
+        };
+        // The gateway keeps one subscription per channel and connection, and any
+        // `subscribe` without `join_leave` turns that subscription's events off: so
+        // each one asks for them while any subscription of the channel wants them.
+        let join_leave = self.join_leave_wanted(&channel);
         let Some(s) = self.subs.get_mut(&sub) else {
             return Ok(());
         };
         s.request = Some(id);
+        s.lent_join_leave = join_leave && !s.join_leave;
         conn.requests.insert(id, Request::Subscribe(sub));
         let frame = ClientFrame::Subscribe {
-            channel: s.channel.clone(),
+            channel,
             since,
-            join_leave: false,
+            join_leave,
             id: Some(id),
         };
         conn_send(conn, &frame).await
+    }
+
+    /// Whether some subscription of `channel` asked for its join/leave events.
+    fn join_leave_wanted(&self, channel: &str) -> bool {
+        self.by_channel.get(channel).is_some_and(|ids| {
+            ids.iter()
+                .any(|id| self.subs.get(id).is_some_and(|s| s.join_leave))
+        })
     }
 
     /// Some stalled subscription has room again: recover what it dropped.
@@ -131,6 +148,7 @@ impl Driver {
                     tracing::debug!(channel = %s.channel, %since, offset, epoch = %epoch, "missing messages: recovering");
                     recover.push((*sub, since));
                 }
+                Verdict::Buffered if s.join_leave => s.arrivals.message(offset, &epoch),
                 Verdict::Duplicate | Verdict::Buffered | Verdict::Skip => {}
             }
         }
@@ -138,6 +156,40 @@ impl Driver {
             self.send_subscribe_since(sub, Some(since), conn).await?;
         }
         Ok(())
+    }
+
+    /// A join or leave on `channel`, for each of its subscriptions that asked.
+    /// Events carry no offset, so they stay out of the trackers: they neither move a
+    /// position nor call for a recovery, and they are queued apart from messages,
+    /// never pausing a subscription.
+    pub(super) fn on_presence_event(&mut self, channel: &str, event: Event) {
+        let Some(ids) = self.by_channel.get(channel) else {
+            return;
+        };
+        let listeners: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.subs.get(id).is_some_and(|s| s.join_leave))
+            .collect();
+        let mut event = Some(event);
+        for (i, sub) in listeners.iter().enumerate() {
+            // The last listener takes the event itself.
+            let e = if i + 1 == listeners.len() {
+                event.take()
+            } else {
+                event.clone()
+            };
+            let (Some(s), Some(e)) = (self.subs.get_mut(sub), e) else {
+                continue;
+            };
+            if s.tracker.position().is_none() {
+                // The tracker holds this subscription's messages until its first
+                // `subscribed`; the event waits with them to keep its place.
+                s.arrivals.event(e);
+            } else {
+                s.queue.push_presence(e);
+            }
+        }
     }
 
     pub(super) async fn on_subscribed(
@@ -172,8 +224,11 @@ impl Driver {
             epoch,
             recovered,
         }));
-        for m in out.deliver {
-            s.queue.push_message(Event::Message(m));
+        for e in s.arrivals.merge(out.deliver) {
+            match e {
+                Event::Message(_) => s.queue.push_message(e),
+                _ => s.queue.push_presence(e),
+            }
         }
         if s.tracker.stalled() {
             s.queue.stall();
@@ -199,10 +254,17 @@ impl Driver {
         };
         s.request = None;
         s.tracker.request_failed();
-        if matches!(
-            code,
-            ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
-        ) {
+        // A `subscribe` that asked for join/leave events on behalf of another
+        // subscription of the channel is refused as a whole when the token may not
+        // see the channel's presence; that other subscription ends with its own
+        // refusal, and the retry no longer asks for them.
+        let lent = code == ErrorCode::Forbidden && std::mem::take(&mut s.lent_join_leave);
+        if lent
+            || matches!(
+                code,
+                ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
+            )
+        {
             let wait = backoff::jittered(
                 s.retries,
                 self.opts.min_reconnect_delay,
