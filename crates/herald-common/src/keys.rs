@@ -113,6 +113,11 @@ impl Keys {
         format!("{}ip:{{{ip}}}:att:{second}", self.prefix)
     }
 
+    /// Stream of webhook events for the broadcaster to deliver.
+    pub fn webhooks(&self) -> String {
+        format!("{}webhooks", self.prefix)
+    }
+
     pub fn jobs(&self) -> String {
         format!("{}jobs", self.prefix)
     }

@@ -13,6 +13,7 @@
 //! - [`store`]: Redis connections with a fail-fast startup check.
 //! - [`publish`]: the atomic publish script (offset + history + fan-out) and history reads.
 //! - [`presence`]: channel members on every gateway, join/leave events, dead nodes' cleanup.
+//! - [`webhooks`]: the queue of webhook events gateways append and the broadcaster delivers.
 //! - [`node`]: the per-second node heartbeat every service writes for the monitor.
 //! - [`http`]: the JSON error shape, body extractor, the `AdminKey` extractor and
 //!   `/healthz` `/readyz` `/metrics`.
@@ -33,6 +34,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 /// The version every service reports in its heartbeat and `--version`: the workspace
 /// version and, when the build saw one, the git revision, e.g. `0.4.0 (abc1234)`

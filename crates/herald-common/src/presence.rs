@@ -40,22 +40,21 @@ pub const DEFAULT_MEMBERS_LIMIT: usize = 1000;
 const REAPED_MARK_TTL_MS: u64 = 10 * 60 * 1000;
 
 /// KEYS: presence hash. ARGV: conn_id, `<node>\n<member>`, pubsub name, event
-/// payload, key ttl. Publishes the join only for a new entry.
+/// payload, key ttl. Publishes the join only for a new entry. Returns {new (0/1),
+/// members now}.
 const JOIN_LUA: &str = r#"
 local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if new == 1 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
-return new
+return {new, redis.call('HLEN', KEYS[1])}
 "#;
 
 /// KEYS: presence hash. ARGV: conn_id, pubsub name, event payload. Publishes the
-/// leave only if the entry was still there.
+/// leave only if the entry was still there. Returns {gone (0/1), members now}.
 const LEAVE_LUA: &str = r#"
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
+local gone = redis.call('HDEL', KEYS[1], ARGV[1])
+if gone == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return {gone, redis.call('HLEN', KEYS[1])}
 "#;
 
 /// Shared by the read scripts: sorts the hash's entries into those of live nodes
@@ -67,7 +66,7 @@ local nlive = tonumber(ARGV[4])
 for i = 5, 4 + nlive do live[ARGV[i]] = true end
 for i = 5 + nlive, #ARGV do dead[ARGV[i]] = true end
 local all = redis.call('HGETALL', KEYS[1])
-local members = {}
+local members, removed = {}, {}
 for i = 1, #all, 2 do
   local v = all[i + 1]
   local nl = string.find(v, '\n', 1, true)
@@ -77,6 +76,7 @@ for i = 1, #all, 2 do
       members[#members + 1] = member
     elseif dead[node] then
       redis.call('HDEL', KEYS[1], all[i])
+      removed[#removed + 1] = member
       redis.call('PUBLISH', ARGV[1], 'ev ' .. ARGV[3] .. ' ' .. all[i] .. '\n{"type":"leave","channel":"' .. ARGV[2] .. '",' .. string.sub(member, 2))
     end
   end
@@ -164,6 +164,24 @@ impl Liveness {
     }
 }
 
+/// What one join or leave did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The entry really came (join) or went (leave).
+    pub changed: bool,
+    /// Members the channel has after it, on every node.
+    pub remaining: u64,
+}
+
+/// What a reap removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// The removed members' records (JSON).
+    pub removed: Vec<String>,
+    /// Members the channel has after it.
+    pub remaining: u64,
+}
+
 /// A presence answer: member records (JSON), and whether there were more.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Members {
@@ -199,23 +217,27 @@ impl Presence {
             leave: Script::new(LEAVE_LUA),
             members: Script::new(&members_lua()),
             stats: Script::new(&stats_lua()),
-            // A read that returns nothing: the sorting alone removes the dead.
-            reap: Script::new(&format!("{SORT_LUA}\nreturn 0")),
+            // The sorting removes the dead; this says what it removed and what is left.
+            reap: Script::new(&format!(
+                "{SORT_LUA}\nlocal out = {{redis.call('HLEN', KEYS[1])}}\nfor i = 1, #removed do out[#out + 1] = removed[i] end\nreturn out"
+            )),
         }
     }
 
     /// Writes a batch of joins and leaves of `node`'s connections, in order, as
-    /// one pipeline. Safe to repeat: a repeated join or leave changes nothing and
-    /// publishes nothing.
-    pub async fn apply(&self, node: &str, changes: &[Change]) -> redis::RedisResult<()> {
+    /// one pipeline; says for each whether it changed anything and how many members
+    /// the channel has after it. Safe to repeat: a repeated join or leave changes
+    /// nothing and publishes nothing.
+    pub async fn apply(&self, node: &str, changes: &[Change]) -> redis::RedisResult<Vec<Applied>> {
         let published_ms = now_ms();
         let r = match &self.engine {
             Engine::Redis(r) => r,
             Engine::Memory(m) => {
+                let mut out = Vec::with_capacity(changes.len());
                 for c in changes {
                     let payload = event_payload(c, published_ms);
                     let pubsub = self.keys.channel(&c.channel);
-                    match c.kind {
+                    let (changed, remaining) = match c.kind {
                         EventKind::Join => {
                             m.member_join(&c.channel, &c.conn_id, node, &c.member, &pubsub, payload)
                         }
@@ -223,8 +245,9 @@ impl Presence {
                             m.member_leave(&c.channel, &c.conn_id, &pubsub, payload)
                         }
                     };
+                    out.push(Applied { changed, remaining });
                 }
-                return Ok(());
+                return Ok(out);
             }
         };
         let mut pipe = redis::pipe();
@@ -248,20 +271,26 @@ impl Presence {
                     .arg(&*c.conn_id)
                     .arg(self.keys.channel(&c.channel))
                     .arg(payload),
-            }
-            .ignore();
+            };
         }
         let mut conn = r.conn.clone();
-        match pipe.query_async::<()>(&mut conn).await {
+        let replies: Vec<(u8, u64)> = match pipe.query_async(&mut conn).await {
             // A Redis that restarted (or flushed its scripts) forgets them: load
             // and run the batch again, which the scripts make harmless.
             Err(e) if e.code() == Some("NOSCRIPT") => {
                 self.join.prepare_invoke().load_async(&mut conn).await?;
                 self.leave.prepare_invoke().load_async(&mut conn).await?;
-                pipe.query_async::<()>(&mut conn).await
+                pipe.query_async(&mut conn).await?
             }
-            res => res,
-        }
+            res => res?,
+        };
+        Ok(replies
+            .into_iter()
+            .map(|(changed, remaining)| Applied {
+                changed: changed == 1,
+                remaining,
+            })
+            .collect())
     }
 
     /// Which registered nodes are live and which dead, now.
@@ -349,8 +378,9 @@ impl Presence {
         })
     }
 
-    /// Removes the members of `dead` nodes from `channel`, each with a `leave`.
-    pub async fn reap(&self, channel: &str, dead: &[String]) -> redis::RedisResult<()> {
+    /// Removes the members of `dead` nodes from `channel`, each with a `leave`;
+    /// returns the removed member records and how many members are left.
+    pub async fn reap(&self, channel: &str, dead: &[String]) -> redis::RedisResult<Reaped> {
         let alive = Liveness {
             live: Vec::new(),
             dead: dead.to_vec(),
@@ -359,12 +389,30 @@ impl Presence {
             Engine::Redis(r) => {
                 let mut inv = self.reap.prepare_invoke();
                 self.sort_args(&mut inv, channel, &alive);
-                inv.invoke_async::<()>(&mut r.conn.clone()).await
+                let reply: Vec<redis::Value> = inv.invoke_async(&mut r.conn.clone()).await?;
+                let mut reply = ScriptReply::new(reply, "presence reap");
+                Ok(Reaped {
+                    remaining: reply.next()?,
+                    removed: reply.rest()?,
+                })
             }
             Engine::Memory(m) => {
-                m.members(channel, &self.keys.channel(channel), &alive, 0, now_ms());
-                Ok(())
+                Ok(m.reap_members(channel, &self.keys.channel(channel), dead, now_ms()))
             }
+        }
+    }
+
+    /// The channels `node` last reported having subscribers in (its monitor
+    /// record, which outlives it by a few seconds): where a dead node's members are.
+    pub async fn node_channels(&self, node: &str) -> redis::RedisResult<Vec<String>> {
+        match &self.engine {
+            Engine::Redis(r) => {
+                redis::cmd("HKEYS")
+                    .arg(self.keys.node_channels(node))
+                    .query_async(&mut r.conn.clone())
+                    .await
+            }
+            Engine::Memory(m) => Ok(m.channels(node).into_iter().map(|(c, _)| c).collect()),
         }
     }
 

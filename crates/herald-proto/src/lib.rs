@@ -15,6 +15,7 @@
 //! - [`control`]: the commands on the control channel (disconnects, revocations).
 //! - [`legacy`]: the payloads of the legacy Redis channels the broadcaster bridges.
 //! - [`presence`]: a channel member's record, join/leave frames and their Pub/Sub envelope.
+//! - [`webhook`]: the events gateways record for the application's backend, as POSTed.
 //! - [`node`]: the records nodes write into Redis for the monitor, and the rate-limit kinds.
 //! - [`monitor`]: the monitor's JSON API, as the monitor writes it and herald-tui reads it.
 //! - [`time`]: the one timestamp format used on the wire.
@@ -33,5 +34,6 @@ pub mod node;
 pub mod presence;
 pub mod server;
 pub mod time;
+pub mod webhook;
 
 pub use client::{ClientMsg, ErrorCode, FrameError};

@@ -9,6 +9,7 @@ use herald_common::config::{CommonConfig, ConfigErrors, parse_bool_flag};
 use herald_common::jwt::{Alg, JwtConfig};
 use herald_common::presence::DEFAULT_MEMBERS_LIMIT;
 use herald_common::publish::{DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_MS, HistoryConfig};
+use herald_proto::webhook::EventKind;
 
 /// The port when `HERALD_LISTEN` is not set: on every interface, or on loopback
 /// only in development mode.
@@ -90,6 +91,18 @@ pub struct Config {
     /// Subscribe every connection to its user's channel `user:<user id>` at login.
     #[arg(long, env = "HERALD_USER_CHANNEL", default_value = "0", num_args = 0..=1, default_missing_value = "1", value_parser = parse_bool_flag)]
     pub user_channel: bool,
+    /// Webhook events to record for the broadcaster to deliver, comma-separated:
+    /// channel_occupied, channel_vacated, member_added, member_removed, client_publish.
+    #[arg(long, env = "HERALD_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub webhook_events: Vec<String>,
+    /// Channels (patterns) whose client publishes are recorded (`client_publish`).
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_PUBLISH_CHANNELS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub webhook_publish_channels: Vec<String>,
     /// Most members one `presence` answer lists (more are `truncated`).
     #[arg(long, env = "HERALD_PRESENCE_LIMIT", default_value_t = DEFAULT_MEMBERS_LIMIT)]
     pub presence_limit: usize,
@@ -121,6 +134,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub presence_limit: usize,
     pub user_channel: bool,
+    pub webhook_events: Vec<EventKind>,
+    pub webhook_publish_channels: Vec<String>,
     pub dev: bool,
 }
 
@@ -196,6 +211,21 @@ impl Config {
             self.presence_limit as u64,
             &mut problems,
         );
+        let mut webhook_events = Vec::new();
+        for name in self
+            .webhook_events
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+        {
+            match EventKind::parse(name) {
+                Some(k) => webhook_events.push(k),
+                None => problems.push(format!(
+                    "HERALD_WEBHOOK_EVENTS: unknown event {name:?} (known: {})",
+                    EventKind::ALL.map(EventKind::as_str).join(", ")
+                )),
+            }
+        }
         let allowed_origins: Vec<String> = self
             .allowed_origins
             .iter()
@@ -229,6 +259,13 @@ impl Config {
             max_header_bytes: self.max_header_bytes,
             presence_limit: self.presence_limit,
             user_channel: self.user_channel,
+            webhook_events,
+            webhook_publish_channels: self
+                .webhook_publish_channels
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
             dev: self.common.dev,
         })
     }

@@ -11,6 +11,8 @@
 //! - `presence`: what the monitor reads about this node's connections and channels.
 //! - `members`: this node's share of channel presence (joins, leaves), and the
 //!   cleanup after dead nodes.
+//! - `webhooks`: the webhook events this node records (channels occupied/vacated,
+//!   members, client publishes).
 //! - `metrics`: the Prometheus metrics.
 //! - `assets`: `herald.js` for browsers, and the chat demo in development mode.
 
@@ -25,6 +27,7 @@ mod members;
 mod metrics;
 mod presence;
 mod state;
+mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;
@@ -106,12 +109,19 @@ pub async fn run(
         queues.ip_release,
         rt.token(),
     ));
-    rt.spawn(members::run(
-        state.members.clone(),
-        rt.node_id().to_owned(),
-        state.hub.clone(),
+    let members = members::Members {
+        presence: state.members.clone(),
+        node: rt.node_id().to_owned(),
+        hub: state.hub.clone(),
+        metrics: metrics.clone(),
+        hooks: state.webhooks.clone(),
+    };
+    rt.spawn(members::run(members, queues.member_changes, rt.token()));
+    rt.spawn(webhooks::run(
+        rt.engine().clone(),
+        state.keys.clone(),
         metrics.clone(),
-        queues.member_changes,
+        queues.webhook_events,
         rt.token(),
     ));
     let address = config.common.advertise(settings.listen);

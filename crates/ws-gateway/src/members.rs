@@ -17,11 +17,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use herald_common::presence::{Change, Presence};
-use herald_proto::presence::EventKind;
+use herald_common::presence::{Applied, Change, Presence};
+use herald_proto::presence::{EventKind, Member};
+use herald_proto::time::now_ms;
+use herald_proto::webhook::{self, Event};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::webhooks::Webhooks;
 
 /// How often the registry is read for dead nodes.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -31,15 +34,27 @@ const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// Most changes in one pipeline.
 const MAX_BATCH: usize = 1024;
 
+/// What the members writer works with.
+pub(crate) struct Members {
+    pub(crate) presence: Presence,
+    pub(crate) node: String,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Metrics,
+    pub(crate) hooks: Arc<Webhooks>,
+}
+
 /// Runs until `token` is cancelled, then writes what is still queued.
 pub(crate) async fn run(
-    presence: Presence,
-    node: String,
-    hub: Arc<Hub>,
-    metrics: Metrics,
+    m: Members,
     mut changes: mpsc::UnboundedReceiver<Change>,
     token: CancellationToken,
 ) {
+    let Members {
+        presence,
+        hub,
+        metrics,
+        ..
+    } = &m;
     let mut pending: VecDeque<Change> = VecDeque::new();
     let mut seen_live: HashSet<String> = HashSet::new();
     let mut check = tokio::time::interval(CHECK_EVERY);
@@ -54,12 +69,12 @@ pub(crate) async fn run(
                 while let Ok(c) = changes.try_recv() {
                     pending.push_back(c);
                 }
-                write(&presence, &node, &metrics, &mut pending).await;
+                write(&m, &mut pending).await;
             }
             _ = check.tick() => {
                 // Whatever failed before goes first.
-                write(&presence, &node, &metrics, &mut pending).await;
-                if let Err(e) = check_nodes(&presence, &node, &hub, &metrics, &mut seen_live, &mut pending).await {
+                write(&m, &mut pending).await;
+                if let Err(e) = check_nodes(&m, &mut seen_live, &mut pending).await {
                     metrics.redis_errors.inc();
                     tracing::debug!(cause = %e, "presence: cannot check the node registry");
                 }
@@ -75,7 +90,7 @@ pub(crate) async fn run(
     while let Ok(c) = changes.try_recv() {
         pending.push_back(c);
     }
-    write(&presence, &node, &metrics, &mut pending).await;
+    write(&m, &mut pending).await;
     if !pending.is_empty() {
         tracing::warn!(
             left = pending.len(),
@@ -85,14 +100,24 @@ pub(crate) async fn run(
 }
 
 /// Writes `pending` in batches, in order; what fails stays for the next try.
-async fn write(presence: &Presence, node: &str, metrics: &Metrics, pending: &mut VecDeque<Change>) {
+async fn write(m: &Members, pending: &mut VecDeque<Change>) {
+    let Members {
+        presence,
+        node,
+        metrics,
+        hooks,
+        ..
+    } = m;
     while !pending.is_empty() {
         let n = pending.len().min(MAX_BATCH);
         let batch: Vec<Change> = pending.iter().take(n).cloned().collect();
         match presence.apply(node, &batch).await {
-            Ok(()) => {
+            Ok(applied) => {
                 metrics.presence_writes.inc_by(n as u64);
                 pending.drain(..n);
+                for (c, a) in batch.iter().zip(applied) {
+                    report(hooks, c, a);
+                }
             }
             Err(e) => {
                 metrics.redis_errors.inc();
@@ -103,16 +128,43 @@ async fn write(presence: &Presence, node: &str, metrics: &Metrics, pending: &mut
     }
 }
 
-/// Reaps nodes that died since the last check, and rewrites this node's members
-/// if another gateway reaped them.
+/// The webhook events of one applied join or leave: the member, and the channel's
+/// first arrival or last departure anywhere.
+fn report(hooks: &Webhooks, c: &Change, a: Applied) {
+    use webhook::EventKind as K;
+    if !a.changed {
+        return;
+    }
+    let (member_kind, edge_kind, edge) = match c.kind {
+        EventKind::Join => (K::MemberAdded, K::ChannelOccupied, a.remaining == 1),
+        EventKind::Leave => (K::MemberRemoved, K::ChannelVacated, a.remaining == 0),
+    };
+    let at = now_ms();
+    if hooks.wants(member_kind)
+        && let Ok(member) = serde_json::from_str::<Member>(&c.member)
+    {
+        hooks.send(Event::member(member_kind, &c.channel, &member, at));
+    }
+    if edge {
+        hooks.send(Event::channel(edge_kind, &c.channel, at));
+    }
+}
+
+/// Reaps nodes that died since the last check (in this node's channels and those
+/// the dead node last reported), and rewrites this node's members if another
+/// gateway reaped them.
 async fn check_nodes(
-    presence: &Presence,
-    node: &str,
-    hub: &Hub,
-    metrics: &Metrics,
+    m: &Members,
     seen_live: &mut HashSet<String>,
     pending: &mut VecDeque<Change>,
 ) -> redis::RedisResult<()> {
+    let Members {
+        presence,
+        node,
+        hub,
+        metrics,
+        hooks,
+    } = m;
     let alive = presence.liveness().await?;
     let newly_dead: Vec<String> = alive
         .dead
@@ -122,9 +174,29 @@ async fn check_nodes(
         .collect();
     seen_live.extend(alive.live.iter().cloned());
     if !newly_dead.is_empty() {
-        let channels = hub.channel_names();
+        let mut channels: HashSet<String> =
+            hub.channel_names().iter().map(|c| c.to_string()).collect();
+        for dead in &newly_dead {
+            channels.extend(presence.node_channels(dead).await?);
+        }
         for c in &channels {
-            presence.reap(c, &newly_dead).await?;
+            let reaped = presence.reap(c, &newly_dead).await?;
+            let at = now_ms();
+            if hooks.wants(webhook::EventKind::MemberRemoved) {
+                for r in &reaped.removed {
+                    if let Ok(member) = serde_json::from_str::<Member>(r) {
+                        hooks.send(Event::member(
+                            webhook::EventKind::MemberRemoved,
+                            c,
+                            &member,
+                            at,
+                        ));
+                    }
+                }
+            }
+            if !reaped.removed.is_empty() && reaped.remaining == 0 {
+                hooks.send(Event::channel(webhook::EventKind::ChannelVacated, c, at));
+            }
         }
         for dead in &newly_dead {
             presence.mark_reaped(dead).await?;
@@ -151,7 +223,7 @@ async fn check_nodes(
             members = n,
             "presence: this gateway was taken for dead (its beats stalled); writing its members again"
         );
-        write(presence, node, metrics, pending).await;
+        write(m, pending).await;
     }
     Ok(())
 }

@@ -36,6 +36,7 @@ pub(crate) struct Metrics {
     pub(crate) presence_events: IntCounter,
     pub(crate) presence_writes: IntCounter,
     pub(crate) presence_reaped_nodes: IntCounter,
+    pub(crate) webhook_events: IntCounter,
 }
 
 impl Metrics {
@@ -122,6 +123,10 @@ impl Metrics {
                 "herald_presence_reaped_nodes_total",
                 "Dead nodes whose members this gateway removed from its channels.",
             )?,
+            webhook_events: IntCounter::new(
+                "herald_webhook_events_total",
+                "Webhook events this gateway appended to the webhook queue.",
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -143,6 +148,7 @@ impl Metrics {
         r.register(Box::new(m.presence_events.clone()))?;
         r.register(Box::new(m.presence_writes.clone()))?;
         r.register(Box::new(m.presence_reaped_nodes.clone()))?;
+        r.register(Box::new(m.webhook_events.clone()))?;
         // Pre-create the common label values so dashboards see zeros, not gaps.
         for kind in LIMIT_KINDS {
             m.ratelimit_hits.with_label_values(&[kind.as_str()]);

@@ -27,6 +27,7 @@ use crate::hub::{self, Hub};
 use crate::limits::IpLimiter;
 use crate::metrics::Metrics;
 use crate::presence;
+use crate::webhooks::Webhooks;
 
 /// Everything connection tasks and handlers share.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub(crate) struct State {
     /// Channel presence: reads here, joins and leaves through the members writer.
     pub(crate) members: Presence,
     pub(crate) member_changes: mpsc::UnboundedSender<Change>,
+    /// The webhook events this node records.
+    pub(crate) webhooks: Arc<Webhooks>,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the gateway stops accepting; each connection holds a child.
     pub(crate) shutdown: CancellationToken,
@@ -69,6 +72,8 @@ pub(crate) struct Queues {
     pub(crate) ip_release: mpsc::UnboundedReceiver<IpAddr>,
     /// Joins and leaves for the members writer.
     pub(crate) member_changes: mpsc::UnboundedReceiver<Change>,
+    /// Webhook events for their writer.
+    pub(crate) webhook_events: mpsc::UnboundedReceiver<herald_proto::webhook::Event>,
 }
 
 impl State {
@@ -96,6 +101,10 @@ impl State {
         let (presence_tx, presence) = mpsc::unbounded_channel();
         let (ip_tx, ip_release) = mpsc::unbounded_channel();
         let (member_tx, member_changes) = mpsc::unbounded_channel();
+        let (webhooks, webhook_events) = Webhooks::new(
+            &settings.webhook_events,
+            settings.webhook_publish_channels.clone(),
+        );
         let state = Self {
             leeway: Duration::from_secs(config.jwt.jwt_leeway_s.min(300)),
             node_id: rt.node_id().to_owned(),
@@ -111,6 +120,7 @@ impl State {
             ip_release: ip_tx,
             presence: presence_tx,
             member_changes: member_tx,
+            webhooks: Arc::new(webhooks),
             tracker: TaskTracker::new(),
             shutdown: rt.draining(),
             next_key: AtomicU64::new(1),
@@ -123,6 +133,7 @@ impl State {
             presence,
             ip_release,
             member_changes,
+            webhook_events,
         };
         (Arc::new(state), queues)
     }

@@ -505,7 +505,7 @@ impl MemoryEngine {
     // === Channel presence ===
 
     /// Adds a connection to a channel's presence; a new entry publishes `payload`
-    /// (its join) on `pubsub`. Returns whether the entry is new.
+    /// (its join) on `pubsub`. Returns whether the entry is new, and the members now.
     pub fn member_join(
         &self,
         channel: &str,
@@ -514,42 +514,63 @@ impl MemoryEngine {
         member: &str,
         pubsub: &str,
         payload: String,
-    ) -> bool {
+    ) -> (bool, u64) {
         let mut members = lock(&self.0.members);
-        let new = members
-            .entry(channel.to_owned())
-            .or_default()
+        let ch = members.entry(channel.to_owned()).or_default();
+        let new = ch
             .insert(conn_id.to_owned(), (node.to_owned(), member.to_owned()))
             .is_none();
+        let now = ch.len() as u64;
         if new {
             // Under the presence lock, as the Redis script is atomic: events of
             // one channel reach subscribers in the order the entries changed.
             self.publish_raw(pubsub, Bytes::from(payload));
         }
-        new
+        (new, now)
     }
 
     /// Removes a connection from a channel's presence; publishes `payload` (its
-    /// leave) if it was there. Returns whether it was.
+    /// leave) if it was there. Returns whether it was, and the members now.
     pub fn member_leave(
         &self,
         channel: &str,
         conn_id: &str,
         pubsub: &str,
         payload: String,
-    ) -> bool {
+    ) -> (bool, u64) {
         let mut members = lock(&self.0.members);
         let Some(m) = members.get_mut(channel) else {
-            return false;
+            return (false, 0);
         };
         let gone = m.remove(conn_id).is_some();
+        let now = m.len() as u64;
         if m.is_empty() {
             members.remove(channel);
         }
         if gone {
             self.publish_raw(pubsub, Bytes::from(payload));
         }
-        gone
+        (gone, now)
+    }
+
+    /// Removes the members of `dead` nodes from a channel, each with a leave on
+    /// `pubsub`, as the Redis reap script does.
+    pub fn reap_members(
+        &self,
+        channel: &str,
+        pubsub: &str,
+        dead: &[String],
+        now: u64,
+    ) -> crate::presence::Reaped {
+        let alive = crate::presence::Liveness {
+            live: Vec::new(),
+            dead: dead.to_vec(),
+        };
+        let (_, _, removed) = self.sort_members(channel, pubsub, &alive, 0, now);
+        let remaining = lock(&self.0.members)
+            .get(channel)
+            .map_or(0, |m| m.len() as u64);
+        crate::presence::Reaped { removed, remaining }
     }
 
     /// The channel's members on `alive.live` nodes (at most `limit`, and whether
@@ -563,10 +584,24 @@ impl MemoryEngine {
         limit: usize,
         now: u64,
     ) -> (Vec<String>, bool) {
+        let (out, truncated, _) = self.sort_members(channel, pubsub, alive, limit, now);
+        (out, truncated)
+    }
+
+    /// Members of live nodes (at most `limit`, and whether there were more), after
+    /// removing those of dead nodes (returned third).
+    fn sort_members(
+        &self,
+        channel: &str,
+        pubsub: &str,
+        alive: &crate::presence::Liveness,
+        limit: usize,
+        now: u64,
+    ) -> (Vec<String>, bool, Vec<String>) {
         use herald_proto::presence::{EventKind, encode_event, event_frame};
         let mut members = lock(&self.0.members);
         let Some(m) = members.get_mut(channel) else {
-            return (Vec::new(), false);
+            return (Vec::new(), false, Vec::new());
         };
         let mut out = Vec::new();
         let mut truncated = false;
@@ -582,16 +617,18 @@ impl MemoryEngine {
                 gone.push(conn.clone());
             }
         }
+        let mut removed = Vec::with_capacity(gone.len());
         for conn in gone {
             if let Some((_, member)) = m.remove(&conn) {
                 let frame = event_frame(EventKind::Leave, channel, &member);
                 self.publish_raw(pubsub, Bytes::from(encode_event(now, &conn, &frame)));
+                removed.push(member);
             }
         }
         if m.is_empty() {
             members.remove(channel);
         }
-        (out, truncated)
+        (out, truncated, removed)
     }
 
     // === Revocations ===

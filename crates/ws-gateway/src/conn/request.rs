@@ -18,6 +18,7 @@ use herald_proto::node::LimitKind;
 use herald_proto::presence::EventKind;
 use herald_proto::server::ServerMsg;
 use herald_proto::time::{now_ms, now_rfc3339};
+use herald_proto::webhook::{Event, EventKind as WebhookKind};
 
 use super::{Conn, Flow, Socket};
 use crate::hub::ConnCommand;
@@ -408,6 +409,16 @@ impl<S: Socket> Conn<S> {
             Ok((offset, epoch)) => {
                 self.state.health.up();
                 self.state.metrics.publish.inc();
+                if self.state.webhooks.wants_publish(channel) {
+                    self.state.webhooks.send(Event {
+                        user_id: Some(self.shared.user.clone()),
+                        conn_id: Some(self.shared.conn_id.clone()),
+                        message: serde_json::from_str(message.get()).ok(),
+                        offset: Some(offset),
+                        epoch: Some(epoch.clone()),
+                        ..Event::channel(WebhookKind::ClientPublish, channel, now_ms())
+                    });
+                }
                 // Nothing to acknowledge without an id; the sender sees its own
                 // message if subscribed.
                 id.map(|id| {
