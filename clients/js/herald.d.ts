@@ -34,7 +34,8 @@ export interface StateChange {
   /** Human-readable: the `disconnect` frame's reason, or the close reason. */
   reason?: string;
   /** The server's `disconnect` code when one preceded the close (`"forbidden"`,
-   * `"token_expired"`, `"slow_consumer"`, …). */
+   * `"token_expired"`, `"slow_consumer"`, …, or the backend's own: `"server_disconnect"`
+   * or any code it gave `/v1/disconnect`). */
   disconnect?: string;
   /** Whether the client will try again by itself. `false`: stopped for good until
    * `connect()`. */
@@ -114,6 +115,45 @@ export interface GapInfo {
   from: Position;
   to: Position;
   reason: "not_recovered" | "epoch_changed" | "incomplete_recovery";
+}
+
+/** A `serverSubscribed` event: the server subscribed the connection itself (the
+ * backend's `/v1/subscribe`, or the personal channel `user:<id>` at each login with
+ * `HERALD_USER_CHANNEL=1`). Its deliveries come as the client's `publication` events. */
+export interface ServerSubscribedInfo {
+  channel: string;
+  /** The channel's latest offset and epoch. */
+  offset: number;
+  epoch: string;
+  /** Whether the backend's `since` was recovered; undefined when it gave none. */
+  recovered?: boolean;
+  /** Where the client's deliveries on the channel stand: `publication`s go on after
+   * it. After a reconnect, the position kept from before: what was published since is
+   * recovered from history (or a `gap` says it could not be). */
+  position: Position;
+}
+
+/** A `serverUnsubscribed` event: the backend ended a server-side subscription
+ * (`/v1/unsubscribe`). */
+export interface ServerUnsubscribedInfo {
+  channel: string;
+}
+
+/** A server-side subscription the client keeps (`Herald.serverSubscriptions`). */
+export interface ServerSubscription {
+  channel: string;
+  /** The last `publication` handed to the app, or where delivery starts. */
+  position: Position;
+  /** The server confirmed it on the current connection. A server-side subscription
+   * lasts as long as its connection: after a reconnect it is kept (with its position)
+   * but silent until the server subscribes the connection again. */
+  live: boolean;
+}
+
+/** An `unsubscribed` event of a subscription: the backend ended it (`/v1/unsubscribe`);
+ * the subscription is closed. Never for the app's own `unsubscribe()`. */
+export interface UnsubscribedInfo {
+  channel: string;
 }
 
 /** A `subscription` `error` event: the subscribe was refused for good (`forbidden`,
@@ -256,6 +296,14 @@ export interface HeraldOptions {
 export interface HeraldEvents {
   state: StateChange;
   error: ErrorEvent;
+  /** The server subscribed the connection to a channel the app has no subscription
+   * of its own for (one it has is only confirmed, and keeps its deliveries). */
+  serverSubscribed: ServerSubscribedInfo;
+  serverUnsubscribed: ServerUnsubscribedInfo;
+  /** A message on a server-side subscription, each once, in order per channel. */
+  publication: Message;
+  /** Messages of a server-side subscription were lost (as a subscription's `gap`). */
+  gap: GapInfo;
 }
 
 export interface SubscriptionEvents<T = unknown> {
@@ -267,6 +315,7 @@ export interface SubscriptionEvents<T = unknown> {
   join: PresenceEvent;
   /** Only with `joinLeave: true`. */
   leave: PresenceEvent;
+  unsubscribed: UnsubscribedInfo;
 }
 
 export interface SubscribeOptions {
@@ -307,7 +356,7 @@ export class Subscription<T = unknown> {
    * (without `since`). Persist it and pass it back as `since` to resume. */
   readonly position: Position | null;
   /** "subscribing" until the server confirms (again after each reconnect), then
-   * "subscribed"; "closed" once unsubscribed or refused. */
+   * "subscribed"; "closed" once unsubscribed, refused, or ended by the backend. */
   readonly state: "subscribing" | "subscribed" | "closed";
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof SubscriptionEvents<T>>(event: K, listener: (value: SubscriptionEvents<T>[K]) => void): () => void;
@@ -325,11 +374,16 @@ export class Herald {
   constructor(urls: string | readonly string[], options: HeraldOptions);
   /** The current state. */
   readonly state: ConnectionState;
+  /** The server-side subscriptions the client keeps, a fresh array at each read. */
+  readonly serverSubscriptions: ServerSubscription[];
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): () => void;
   off<K extends keyof HeraldEvents>(event: K, listener: (value: HeraldEvents[K]) => void): void;
   /** Subscribes to `channel`; returns at once, the subscribe is sent when connected.
-   * Throws a HeraldError `already_subscribed` if the channel has a live subscription. */
+   * Throws a HeraldError `already_subscribed` if the channel has a live subscription.
+   * A server-side subscription of the channel is taken over: its deliveries come to
+   * this subscription from then on, after the last `publication` unless `since` says
+   * otherwise. */
   subscribe<T = unknown>(channel: string, options?: SubscribeOptions): Subscription<T>;
   /** Publishes `message` to `channel`. While disconnected it waits in a bounded queue
    * and is sent after the next authentication; see HeraldError for the rejections. */

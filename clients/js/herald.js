@@ -9,7 +9,10 @@
 //   `classifyClose`, and `ChannelTracker` (exactly-once, in-order delivery per channel);
 // - `Herald`, the connection: it feeds socket events to those helpers and does the I/O
 //   (socket, timers, listeners) they ask for;
-// - `Subscription`, the handle `Herald.subscribe` returns.
+// - `Subscription`, the handle `Herald.subscribe` returns;
+// - server-side subscriptions (made by the application's backend, or the personal
+//   channel at login): kept by `Herald` itself, each with a `ChannelTracker` like a
+//   subscription's, and delivered through the client's own events.
 //
 // Publishes and reads (history, presence, presence stats) are one-shot requests: a
 // promise per call, sent after authentication, answered by the reply frame of the
@@ -503,7 +506,7 @@ export class Subscription {
   }
 
   /** "subscribing" until the server confirms (again after each reconnect),
-   * "subscribed", then "closed" once unsubscribed or refused. */
+   * "subscribed", then "closed" once unsubscribed, refused, or ended by the backend. */
   get state() {
     return this.#record.state;
   }
@@ -560,6 +563,10 @@ export class Herald {
 
   /** channel → subscription record. */
   #subs = new Map();
+  /** channel → server-side subscription entry: one the backend made and the app has
+   * no subscription of its own for. Kept across reconnects, so that its position can
+   * be recovered when the server subscribes the connection again. */
+  #serverSubs = new Map();
   /** Publishes and reads not yet settled, queued or sent, in call order. */
   #pending = new Set();
 
@@ -623,6 +630,16 @@ export class Herald {
     this.#emitter.off(event, fn);
   }
 
+  /** The server-side subscriptions the client keeps: `{channel, position, live}`,
+   * `live` when the server confirmed it on the current connection. */
+  get serverSubscriptions() {
+    return [...this.#serverSubs.values()].map((entry) => ({
+      channel: entry.channel,
+      position: entry.handed && { ...entry.handed },
+      live: entry.conn !== null && entry.conn === this.#conn,
+    }));
+  }
+
   /** Starts again after a stop (`close()` or a final refusal); a no-op otherwise. */
   connect() {
     if (!this.#stopped) return;
@@ -659,9 +676,14 @@ export class Herald {
     }
     const joinLeave = options.joinLeave ?? false;
     if (typeof joinLeave !== "boolean") throw new TypeError("joinLeave must be a boolean");
+    // A server-side subscription of the channel is taken over: by default the app's
+    // subscription goes on after its last publication, so nothing falls between the two.
+    const server = this.#serverSubs.get(channel);
+    const tracker = new ChannelTracker({ since: options.since ?? server?.handed ?? null });
+    if (server) this.#dropServer(server);
     const record = {
       channel,
-      tracker: new ChannelTracker({ since: options.since ?? null }),
+      tracker,
       /** Every `subscribe` for it carries `join_leave`: one without would stop the
        * events on the server. */
       joinLeave,
@@ -823,8 +845,17 @@ export class Herald {
       lastFrameAt: 0,
       watchdog: null,
       connectTimer: null,
-      /** id → the request it answers: {kind, record | entry}. */
+      /** id → the request it answers: {kind, record | entry | channel}. */
       requests: new Map(),
+      /** channel → `unsubscribe` frames sent and not yet answered: deliveries the
+       * server sent before it saw them are dropped. */
+      leaving: new Map(),
+      /** channel → deliveries on a channel the client holds nothing for: the replay of
+       * a server-side subscription, which comes before its `subscribed`.
+       * `{epoch, low, frames}`: `low` is the lowest offset seen, kept or not. */
+      orphans: new Map(),
+      /** Deliveries held in `orphans`, all channels together. */
+      orphanCount: 0,
     };
     this.#conn = conn;
     ws.onopen = () => this.#conn === conn && this.#onOpen(conn);
@@ -926,7 +957,7 @@ export class Herald {
         this.#onSubscribed(conn, frame);
         break;
       case "unsubscribed":
-        conn.requests.delete(frame.id);
+        this.#onUnsubscribed(conn, frame);
         break;
       case "ack":
         this.#onAck(conn, frame);
@@ -968,13 +999,31 @@ export class Herald {
     // authenticated connection.
     if (!conn.authed) return;
     const record = this.#subs.get(frame.channel);
-    if (!record) return;
-    this.#applyStep(conn, record, record.tracker.delivery(frame));
+    if (record) {
+      this.#applyStep(conn, record, record.tracker.delivery(frame));
+      return;
+    }
+    const entry = this.#serverSubs.get(frame.channel);
+    if (entry) {
+      this.#handOver(conn, entry, entry.tracker.delivery(frame));
+      return;
+    }
+    // Sent before the server saw our `unsubscribe`.
+    if (conn.leaving.has(frame.channel)) return;
+    this.#holdOrphan(conn, frame);
   }
 
   #onSubscribed(conn, frame) {
-    const req = conn.requests.get(frame.id);
-    if (!req || req.kind !== "subscribe") return;
+    const req = frame.id !== undefined ? conn.requests.get(frame.id) : undefined;
+    if (!req) {
+      if (frame.server === true) this.#onServerSubscribed(conn, frame);
+      return;
+    }
+    if (req.kind === "server_subscribe") {
+      this.#onServerRenewed(conn, req.entry, frame);
+      return;
+    }
+    if (req.kind !== "subscribe") return;
     conn.requests.delete(frame.id);
     const record = req.record;
     if (record.closed || record.requestId !== frame.id) return;
@@ -1017,6 +1066,249 @@ export class Herald {
     if (step.recover && !record.closed && this.#conn === conn && record.requestId === null) {
       this.#sendSubscribe(record);
     }
+  }
+
+  // --- server-side subscriptions ---
+
+  /** `unsubscribed`: the answer to an `unsubscribe` of ours, or the backend ending a
+   * subscription (`server: true`). */
+  #onUnsubscribed(conn, frame) {
+    const req = frame.id !== undefined ? conn.requests.get(frame.id) : undefined;
+    if (req) {
+      conn.requests.delete(frame.id);
+      if (req.kind !== "unsubscribe") return;
+      this.#left(conn, req.channel);
+      // The backend subscribed the connection again while the `unsubscribe` was on its
+      // way, and the `unsubscribe` ended that too.
+      const entry = this.#serverSubs.get(req.channel);
+      if (entry) {
+        this.#dropServer(entry);
+        this.#emitter.emit("serverUnsubscribed", { channel: req.channel });
+      }
+      return;
+    }
+    if (frame.server !== true || !conn.authed || typeof frame.channel !== "string") return;
+    const channel = frame.channel;
+    this.#dropOrphans(conn, channel);
+    const record = this.#subs.get(channel);
+    if (record) {
+      // A `subscribe` of the app's in flight reaches the server after this, and
+      // subscribes the channel again: its answer settles the subscription.
+      if (record.requestId !== null) return;
+      this.#dropRecord(record);
+      record.state = "closed";
+      record.emitter.emit("unsubscribed", { channel });
+      record.emitter.clear();
+      return;
+    }
+    const entry = this.#serverSubs.get(channel);
+    if (!entry) return;
+    this.#dropServer(entry);
+    this.#emitter.emit("serverUnsubscribed", { channel });
+  }
+
+  /** `subscribed` with `server: true`: the backend subscribed the connection (or the
+   * gateway did, to the personal channel at login). */
+  #onServerSubscribed(conn, frame) {
+    const channel = frame.channel;
+    if (!conn.authed) return;
+    if (typeof channel !== "string" || channel === "" || !Number.isSafeInteger(frame.offset) || typeof frame.epoch !== "string") {
+      this.#log("ignored malformed subscribed");
+      return;
+    }
+    const record = this.#subs.get(channel);
+    if (record) {
+      // The app's own subscription holds the channel; the backend's only confirms it,
+      // and the deliveries keep going through the subscription's tracker. But a
+      // subscribe without `join_leave` turns the events off on the server: a
+      // subscription that asked for them asks again (one in flight asks anyway).
+      this.#dropOrphans(conn, channel);
+      if (record.joinLeave && record.conn === conn && record.requestId === null && record.retryTimer === null) {
+        this.#sendSubscribe(record);
+      }
+      return;
+    }
+    const to = { offset: frame.offset, epoch: frame.epoch };
+    let entry = this.#serverSubs.get(channel);
+    let step;
+    if (!entry) {
+      const orphans = conn.orphans.get(channel);
+      this.#dropOrphans(conn, channel);
+      // With `recovered: true` the deliveries held for the channel are the backend's
+      // replay: delivery starts right before the first of them. Otherwise it starts
+      // after the channel's offset, as for a subscription made without `since`.
+      const since =
+        frame.recovered === true && orphans && orphans.epoch === to.epoch
+          ? { offset: Math.max(0, orphans.low - 1), epoch: to.epoch }
+          : null;
+      entry = { channel, tracker: new ChannelTracker({ since }), handed: null, conn, requestId: null, retries: 0, retryTimer: null };
+      this.#serverSubs.set(channel, entry);
+      entry.tracker.request();
+      const deliver = [];
+      for (const f of orphans?.frames ?? []) deliver.push(...entry.tracker.delivery(f).deliver);
+      step = entry.tracker.subscribed(frame);
+      step.deliver.unshift(...deliver);
+    } else {
+      entry.conn = conn;
+      const pos = entry.tracker.position;
+      if (entry.requestId !== null || entry.retryTimer !== null) {
+        // A renewal of ours is on its way: its answer settles the position.
+        step = { deliver: [], gap: null, recover: false };
+      } else if (pos && pos.epoch === to.epoch && pos.offset < to.offset) {
+        // Published while the connection was away (or left out of the backend's own
+        // replay): recovered from history, as the tracker recovers any gap.
+        step = { deliver: [], gap: null, recover: true };
+      } else {
+        // Another epoch is a gap; the same position (or one ahead) nothing to do.
+        entry.tracker.request();
+        step = entry.tracker.subscribed(to);
+      }
+    }
+    this.#startStep(entry, step);
+    if (step.gap) this.#emitGap(channel, step.gap);
+    this.#emitter.emit("serverSubscribed", {
+      channel,
+      offset: frame.offset,
+      epoch: frame.epoch,
+      recovered: frame.recovered,
+      position: entry.handed && { ...entry.handed },
+    });
+    this.#handOver(conn, entry, step);
+  }
+
+  /** The answer to a renewal (`subscribe` with `since`) of a server-side subscription. */
+  #onServerRenewed(conn, entry, frame) {
+    conn.requests.delete(frame.id);
+    if (this.#serverSubs.get(entry.channel) !== entry) {
+      // Dropped while the renewal was on its way (the backend ended it first), so
+      // the renewal subscribed the channel again: undo that unless the app holds it now.
+      if (!this.#subs.has(entry.channel) && !this.#serverSubs.has(entry.channel)) {
+        this.#sendUnsubscribe(conn, entry.channel);
+      }
+      return;
+    }
+    if (entry.requestId !== frame.id) return;
+    entry.requestId = null;
+    entry.retries = 0;
+    const step = entry.tracker.subscribed(frame);
+    this.#startStep(entry, step);
+    if (step.gap) this.#emitGap(entry.channel, step.gap);
+    this.#handOver(conn, entry, step);
+  }
+
+  #serverRenewalRefused(conn, entry, id, code, message, retryAfterMs) {
+    if (this.#serverSubs.get(entry.channel) !== entry || entry.requestId !== id) return;
+    entry.requestId = null;
+    if (RETRYABLE.has(code)) {
+      // The tracker keeps its request in flight: the retry carries the same `since`.
+      const delay = Math.max(
+        retryAfterMs ?? 0,
+        backoffDelay(entry.retries++, { min: this.#opts.minReconnectDelay, max: this.#opts.maxReconnectDelay }, this.#random),
+      );
+      entry.retryTimer = this.#timers.after(delay, () => {
+        entry.retryTimer = null;
+        if (this.#serverSubs.get(entry.channel) === entry && this.#conn === conn && conn.authed) this.#renewServer(conn, entry);
+      });
+      return;
+    }
+    // Renewing a channel the connection holds needs no permission: a refusal means
+    // the connection no longer holds it, so the server-side subscription is over.
+    this.#dropServer(entry);
+    this.#emitter.emit("serverUnsubscribed", { channel: entry.channel });
+    this.#report({ code, message, channel: entry.channel });
+  }
+
+  /** Sends a `subscribe` with `since` = the entry's position, to recover what it missed. */
+  #renewServer(conn, entry) {
+    entry.retryTimer = this.#timers.cancel(entry.retryTimer);
+    const since = entry.tracker.request();
+    const id = this.#nextId++;
+    const frame = { type: "subscribe", channel: entry.channel, id };
+    if (since) frame.since = since;
+    entry.requestId = id;
+    conn.requests.set(id, { kind: "server_subscribe", entry });
+    this.#send(conn, frame);
+  }
+
+  /** Before a step's events: the position the app has seen is the one right before
+   * the step's first delivery (the tracker has already moved past them all). */
+  #startStep(entry, step) {
+    const first = step.deliver[0];
+    entry.handed = first ? { offset: first.offset - 1, epoch: first.epoch } : entry.tracker.position;
+  }
+
+  /** Emits a step's deliveries as `publication` events, then recovers if asked. A
+   * listener may take the channel over (`subscribe`) meanwhile: `handed` then says
+   * where the app's subscription goes on from, and the rest is left to it. */
+  #handOver(conn, entry, step) {
+    const current = () => this.#serverSubs.get(entry.channel) === entry;
+    for (const f of step.deliver) {
+      if (!current()) return;
+      entry.handed = { offset: f.offset, epoch: f.epoch };
+      this.#emitter.emit("publication", toMessage(f));
+    }
+    if (!current()) return;
+    entry.handed = entry.tracker.position;
+    if (step.recover && this.#conn === conn && entry.requestId === null && entry.retryTimer === null) {
+      this.#renewServer(conn, entry);
+    }
+  }
+
+  #emitGap(channel, gap) {
+    this.#log("gap on", channel, gap);
+    this.#emitter.emit("gap", { channel, ...gap });
+  }
+
+  #dropServer(entry) {
+    entry.retryTimer = this.#timers.cancel(entry.retryTimer);
+    // A renewal in flight stays in `requests`: its answer finds the entry gone.
+    if (this.#serverSubs.get(entry.channel) === entry) this.#serverSubs.delete(entry.channel);
+  }
+
+  /** Holds a delivery on a channel the client holds nothing for, until a `subscribed`
+   * with `server: true` says what it was; bounded, and forgotten with the connection. */
+  #holdOrphan(conn, frame) {
+    if (typeof frame.channel !== "string" || !Number.isSafeInteger(frame.offset) || frame.offset < 1 || typeof frame.epoch !== "string") {
+      return;
+    }
+    let held = conn.orphans.get(frame.channel);
+    if (held && held.epoch !== frame.epoch) {
+      // A replay is of one epoch: what came before belongs to no replay.
+      this.#dropOrphans(conn, frame.channel);
+      held = undefined;
+    }
+    if (!held) {
+      if (conn.orphanCount >= TRACKER_BUFFER) return;
+      held = { epoch: frame.epoch, low: frame.offset, frames: [] };
+      conn.orphans.set(frame.channel, held);
+    }
+    held.low = Math.min(held.low, frame.offset);
+    // Past the bound only `low` is kept: the tracker then recovers the rest from history.
+    if (conn.orphanCount < TRACKER_BUFFER) {
+      held.frames.push(frame);
+      conn.orphanCount++;
+    }
+  }
+
+  #dropOrphans(conn, channel) {
+    const held = conn.orphans.get(channel);
+    if (!held) return;
+    conn.orphanCount -= held.frames.length;
+    conn.orphans.delete(channel);
+  }
+
+  #sendUnsubscribe(conn, channel) {
+    const id = this.#nextId++;
+    conn.requests.set(id, { kind: "unsubscribe", channel });
+    conn.leaving.set(channel, (conn.leaving.get(channel) ?? 0) + 1);
+    this.#send(conn, { type: "unsubscribe", channel, id });
+  }
+
+  /** An `unsubscribe` of ours was answered. */
+  #left(conn, channel) {
+    const n = (conn.leaving.get(channel) ?? 0) - 1;
+    if (n > 0) conn.leaving.set(channel, n);
+    else conn.leaving.delete(channel);
   }
 
   #onAck(conn, frame) {
@@ -1080,6 +1372,10 @@ export class Herald {
         return;
       case "unsubscribe":
         // `not_subscribed`: the server had already dropped it; nothing to do.
+        this.#left(conn, req.channel);
+        return;
+      case "server_subscribe":
+        this.#serverRenewalRefused(conn, req.entry, frame.id, code, message, retryAfterMs);
         return;
       case "auth":
         this.#report({ code, message });
@@ -1178,11 +1474,7 @@ export class Herald {
     this.#dropRecord(record);
     record.state = "closed";
     record.emitter.clear();
-    if (conn?.authed && record.conn === conn) {
-      const id = this.#nextId++;
-      conn.requests.set(id, { kind: "unsubscribe" });
-      this.#send(conn, { type: "unsubscribe", channel: record.channel, id });
-    }
+    if (conn?.authed && record.conn === conn) this.#sendUnsubscribe(conn, record.channel);
   }
 
   #dropRecord(record) {
@@ -1326,6 +1618,14 @@ export class Herald {
       record.retryTimer = this.#timers.cancel(record.retryTimer);
       record.state = "subscribing";
     }
+    // Server-side subscriptions last as long as the connection; each keeps its
+    // position in case the server subscribes the next one again.
+    for (const entry of this.#serverSubs.values()) {
+      entry.tracker.reset();
+      entry.requestId = null;
+      entry.conn = null;
+      entry.retryTimer = this.#timers.cancel(entry.retryTimer);
+    }
     conn.requests.clear();
   }
 
@@ -1355,6 +1655,7 @@ export class Herald {
       this.#settle(entry, new HeraldError("closed", `the client stopped: ${info.reason || info.code}`));
     }
     for (const record of this.#subs.values()) record.retryTimer = null;
+    for (const entry of this.#serverSubs.values()) entry.retryTimer = null;
     this.#setState(info);
   }
 

@@ -22,6 +22,8 @@ import {
   type PresenceResult,
   type PresenceStats,
   type PublishAck,
+  type ServerSubscribedInfo,
+  type ServerSubscription,
   type StateChange,
   type Subscription,
   type WebSocketClass,
@@ -126,6 +128,25 @@ async function who(): Promise<void> {
   herald.subscribe("room:2", { since: null, joinLeave: null });
 }
 void who();
+
+// Server-side subscriptions: the personal channel, the backend's `/v1/subscribe`.
+herald.on("serverSubscribed", (s: ServerSubscribedInfo) => {
+  const recovered: boolean | undefined = s.recovered;
+  const from: Position = s.position;
+  console.log(s.channel, s.offset, s.epoch, recovered, from);
+});
+herald.on("publication", (m: Message) => {
+  const at: Position = { offset: m.offset, epoch: m.epoch };
+  console.log(m.channel, m.type, m.data, m.fromUser, at);
+});
+herald.on("gap", (g: GapInfo) => console.log(g.channel, g.from, g.to, g.reason));
+herald.on("serverUnsubscribed", (e) => {
+  const channel: string = e.channel;
+  console.log(channel);
+});
+const kept: ServerSubscription[] = herald.serverSubscriptions;
+console.log(kept.map((k) => [k.channel, k.position.offset, k.live]));
+herald.subscribe("room:4").on("unsubscribed", (e) => console.log(e.channel));
 herald.connect();
 herald.close();
 
@@ -142,6 +163,8 @@ console.log(now, pos, subState, delay, refresh, claims, verdict.reconnect, step.
 
 // @ts-expect-error: the event names are checked.
 herald.on("message", () => {});
+// @ts-expect-error: the list is read-only.
+herald.serverSubscriptions = [];
 // @ts-expect-error: a publish needs a channel.
 void herald.publish();
 // @ts-expect-error: since is a position.

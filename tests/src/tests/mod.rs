@@ -30,6 +30,7 @@ mod http_limits;
 mod js;
 mod js_history;
 mod js_presence;
+mod js_server_side;
 mod limits;
 mod metrics;
 mod monitor;
