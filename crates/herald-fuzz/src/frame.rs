@@ -112,6 +112,7 @@ fn accepted(text: &str, msg: &ClientMsg) {
                 epoch: "ep",
                 recovered: Some(true),
                 server: false,
+                data: None,
             }
             .to_json();
             let s = object(&frame);

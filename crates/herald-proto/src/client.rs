@@ -63,6 +63,11 @@ pub enum ErrorCode {
     TooLarge,
     Unavailable,
     Internal,
+    /// The application's backend refused a subscribe (subscribe proxy).
+    PermissionDenied,
+    /// The application's backend refused a broadcast (publish proxy); its own code
+    /// is in the frame's `app_code`.
+    Rejected,
 }
 
 impl ErrorCode {
@@ -77,11 +82,13 @@ impl ErrorCode {
             Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::PermissionDenied => "permission_denied",
+            Self::Rejected => "rejected",
         }
     }
 
     /// Every code, in the order of docs/protocol.md.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::InvalidJson,
         Self::UnsupportedType,
         Self::BadRequest,
@@ -91,6 +98,8 @@ impl ErrorCode {
         Self::TooLarge,
         Self::Unavailable,
         Self::Internal,
+        Self::PermissionDenied,
+        Self::Rejected,
     ];
 
     /// The code spelled `code` on the wire, if it is one of ours.
@@ -115,7 +124,7 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
-const ERROR_CODE_NAMES: [&str; 9] = [
+const ERROR_CODE_NAMES: [&str; 11] = [
     "invalid_json",
     "unsupported_type",
     "bad_request",
@@ -125,6 +134,8 @@ const ERROR_CODE_NAMES: [&str; 9] = [
     "too_large",
     "unavailable",
     "internal",
+    "permission_denied",
+    "rejected",
 ];
 
 /// A frame the gateway refuses, ready to be turned into an `error` frame.
@@ -201,9 +212,13 @@ pub enum ClientMsg {
     /// `{"type":"auth","token":…,"channels":[…],"batch":bool}`; `type` may be
     /// omitted in a connection's first frame (the original design's shape).
     Auth {
-        token: String,
+        /// Absent when the application's backend says who the connection is
+        /// (connect proxy).
+        token: Option<String>,
         channels: Vec<String>,
         batch: bool,
+        /// What the first frame tells the connect proxy.
+        data: Option<RawJson>,
         id: Option<Id>,
     },
     Subscribe {
@@ -301,6 +316,8 @@ struct RawFrame<'a> {
     reverse: Option<&'a RawValue>,
     #[serde(borrow, default)]
     join_leave: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
     /// `Some` whenever the key is present, `"message":null` included.
     #[serde(borrow, default, deserialize_with = "present")]
     message: Option<&'a RawValue>,
@@ -405,9 +422,12 @@ pub fn parse(text: &str) -> Result<ClientMsg, FrameError> {
 
 fn parse_auth(raw: &RawFrame<'_>, id: Option<Id>) -> Result<ClientMsg, FrameError> {
     let token = match raw.token {
-        Some(v) => serde_json::from_str::<String>(v.get())
-            .map_err(|_| FrameError::bad("token must be a string", &id))?,
-        None => return Err(FrameError::bad("missing field: token", &id)),
+        Some(v) if v.get() == "null" => None,
+        Some(v) => Some(
+            serde_json::from_str::<String>(v.get())
+                .map_err(|_| FrameError::bad("token must be a string", &id))?,
+        ),
+        None => None,
     };
     let channels = match raw.channels {
         None => Vec::new(),
@@ -424,6 +444,7 @@ fn parse_auth(raw: &RawFrame<'_>, id: Option<Id>) -> Result<ClientMsg, FrameErro
         token,
         channels,
         batch,
+        data: raw.data.map(|d| RawJson(d.to_owned())),
         id,
     })
 }

@@ -86,6 +86,9 @@ pub enum ServerFrame {
         /// The application's backend made this subscription (no `id`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         server: bool,
+        /// What the application's subscribe hook gave this subscriber.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
     },
     Unsubscribed {
         channel: String,
@@ -167,6 +170,9 @@ pub enum ServerFrame {
         /// For `rate_limited`: when the next frame is accepted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        /// For `rejected` (and `permission_denied`): the application's own code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app_code: Option<String>,
     },
     Heartbeat {
         timestamp: String,

@@ -16,6 +16,7 @@
 //! - [`legacy`]: the payloads of the legacy Redis channels the broadcaster bridges.
 //! - [`presence`]: a channel member's record, join/leave frames and their Pub/Sub envelope.
 //! - [`webhook`]: the events gateways record for the application's backend, as POSTed.
+//! - [`proxy`]: what gateways ask the application's backend (connect, refresh, subscribe, publish).
 //! - [`node`]: the records nodes write into Redis for the monitor, and the rate-limit kinds.
 //! - [`monitor`]: the monitor's JSON API, as the monitor writes it and herald-tui reads it.
 //! - [`time`]: the one timestamp format used on the wire.
@@ -32,6 +33,7 @@ pub mod legacy;
 pub mod monitor;
 pub mod node;
 pub mod presence;
+pub mod proxy;
 pub mod server;
 pub mod time;
 pub mod webhook;

@@ -51,6 +51,9 @@ pub enum ServerMsg<'a> {
         /// The application's backend subscribed the connection (no request of its own).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         server: bool,
+        /// What the application's subscribe hook gave this subscriber.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a RawValue>,
     },
     Unsubscribed {
         channel: &'a str,
@@ -111,6 +114,9 @@ pub enum ServerMsg<'a> {
         /// For `rate_limited`: when the next frame is accepted.
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        /// For `rejected` (and `permission_denied`): the application's own code.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        app_code: Option<&'a str>,
     },
     Heartbeat {
         timestamp: String,
@@ -162,6 +168,7 @@ impl<'a> ServerMsg<'a> {
             id,
             channel: None,
             retry_after_ms: None,
+            app_code: None,
         }
     }
 
@@ -178,6 +185,7 @@ impl<'a> ServerMsg<'a> {
             id,
             channel: Some(channel),
             retry_after_ms: None,
+            app_code: None,
         }
     }
 
@@ -239,7 +247,8 @@ mod tests {
                 offset: 41,
                 epoch: "e1",
                 recovered: None,
-                server: false
+                server: false,
+                data: None
             }),
             json!({"type":"subscribed","channel":"news","id":7,"offset":41,"epoch":"e1"})
         );
@@ -250,7 +259,8 @@ mod tests {
                 offset: 0,
                 epoch: "e1",
                 recovered: Some(false),
-                server: true
+                server: true,
+                data: None
             }),
             json!({"type":"subscribed","channel":"news","offset":0,"epoch":"e1","recovered":false,
                    "server":true})

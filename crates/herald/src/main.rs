@@ -108,7 +108,8 @@ impl Service {
 
 /// One service, configured and bound, ready to run.
 enum Ready {
-    Gateway(ws_gateway::Config),
+    // Boxed: the gateway has by far the most settings.
+    Gateway(Box<ws_gateway::Config>),
     Auth(auth_svc::Config),
     Broadcaster(broadcaster::Config),
     Monitor(monitor::Config),
@@ -123,7 +124,7 @@ impl Ready {
     ) -> anyhow::Result<()> {
         let stop = stop.cancelled_owned();
         match self {
-            Self::Gateway(c) => ws_gateway::run(listener, c, engine, stop).await,
+            Self::Gateway(c) => ws_gateway::run(listener, *c, engine, stop).await,
             Self::Auth(c) => auth_svc::run(listener, c, engine, stop).await,
             Self::Broadcaster(c) => broadcaster::run(listener, c, engine, stop).await,
             Self::Monitor(c) => monitor::run(listener, c, engine, stop).await,
@@ -132,7 +133,7 @@ impl Ready {
 
     fn secrets(&self) -> Vec<Option<&str>> {
         match self {
-            Self::Gateway(c) => vec![c.jwt.jwt_secret.as_deref()],
+            Self::Gateway(c) => vec![c.jwt.jwt_secret.as_deref(), c.proxy_secret.as_deref()],
             Self::Auth(c) => vec![c.jwt.jwt_secret.as_deref(), c.admin_key.as_deref()],
             Self::Broadcaster(c) => vec![c.api_key.as_deref()],
             Self::Monitor(c) => vec![c.admin_key.as_deref()],
@@ -221,7 +222,7 @@ async fn main() -> ExitCode {
         let (config, addr) = match service {
             Service::Gateway => {
                 let (c, s) = load_from(name, args, ws_gateway::Config::validate);
-                (Ready::Gateway(c), s.listen)
+                (Ready::Gateway(Box::new(c)), s.listen)
             }
             Service::Auth => {
                 let (cli, mode) = load_from(name, args, auth_svc::Cli::validate);

@@ -103,6 +103,50 @@ pub struct Config {
         default_value = "*"
     )]
     pub webhook_publish_channels: Vec<String>,
+    /// The application's connect hook: says who a connection without a token is.
+    #[arg(long, env = "HERALD_PROXY_CONNECT_URL")]
+    pub proxy_connect_url: Option<String>,
+    /// Send every first-frame login to the connect hook (tokens included).
+    #[arg(long, env = "HERALD_PROXY_CONNECT_ALWAYS", default_value = "0", num_args = 0..=1, default_missing_value = "1", value_parser = parse_bool_flag)]
+    pub proxy_connect_always: bool,
+    /// The refresh hook: extends a connection whose expiry came, instead of ending it.
+    #[arg(long, env = "HERALD_PROXY_REFRESH_URL")]
+    pub proxy_refresh_url: Option<String>,
+    /// The subscribe hook: approves subscribes the claims do not allow (and those of
+    /// HERALD_PROXY_SUBSCRIBE_CHANNELS).
+    #[arg(long, env = "HERALD_PROXY_SUBSCRIBE_URL")]
+    pub proxy_subscribe_url: Option<String>,
+    /// Channels (patterns) whose every subscribe goes to the subscribe hook.
+    #[arg(long, env = "HERALD_PROXY_SUBSCRIBE_CHANNELS", value_delimiter = ',')]
+    pub proxy_subscribe_channels: Vec<String>,
+    /// The publish hook: approves, rewrites or refuses client broadcasts.
+    #[arg(long, env = "HERALD_PROXY_PUBLISH_URL")]
+    pub proxy_publish_url: Option<String>,
+    /// Channels (patterns) whose broadcasts go to the publish hook.
+    #[arg(
+        long,
+        env = "HERALD_PROXY_PUBLISH_CHANNELS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub proxy_publish_channels: Vec<String>,
+    /// Longest wait for a hook's answer (a free slot included).
+    #[arg(long, env = "HERALD_PROXY_TIMEOUT_MS", default_value_t = 1_000)]
+    pub proxy_timeout_ms: u64,
+    /// Requests in flight per hook on this gateway.
+    #[arg(long, env = "HERALD_PROXY_CONCURRENCY", default_value_t = 64)]
+    pub proxy_concurrency: usize,
+    /// Handshake headers forwarded to the hooks, comma-separated.
+    #[arg(
+        long,
+        env = "HERALD_PROXY_HEADERS",
+        value_delimiter = ',',
+        default_value = "Cookie,Authorization,User-Agent,X-Forwarded-For"
+    )]
+    pub proxy_headers: Vec<String>,
+    /// Sent to the hooks as `X-Herald-Proxy-Secret`, so the backend knows the caller.
+    #[arg(long, env = "HERALD_PROXY_SECRET", hide_env_values = true)]
+    pub proxy_secret: Option<String>,
     /// Most members one `presence` answer lists (more are `truncated`).
     #[arg(long, env = "HERALD_PRESENCE_LIMIT", default_value_t = DEFAULT_MEMBERS_LIMIT)]
     pub presence_limit: usize,
@@ -136,6 +180,17 @@ pub struct Settings {
     pub user_channel: bool,
     pub webhook_events: Vec<EventKind>,
     pub webhook_publish_channels: Vec<String>,
+    pub proxy_connect_url: Option<String>,
+    pub proxy_connect_always: bool,
+    pub proxy_refresh_url: Option<String>,
+    pub proxy_subscribe_url: Option<String>,
+    pub proxy_subscribe_channels: Vec<String>,
+    pub proxy_publish_url: Option<String>,
+    pub proxy_publish_channels: Vec<String>,
+    pub proxy_timeout: Duration,
+    pub proxy_concurrency: usize,
+    pub proxy_headers: Vec<String>,
+    pub proxy_secret: Option<String>,
     pub dev: bool,
 }
 
@@ -211,6 +266,66 @@ impl Config {
             self.presence_limit as u64,
             &mut problems,
         );
+        let url = |name: &str, v: &Option<String>, problems: &mut ConfigErrors| {
+            let v = v.as_deref().map(str::trim).filter(|u| !u.is_empty())?;
+            // Plain HTTP only: the hooks are the application's backend on its private
+            // network (docs/security.md); the gateway carries no TLS client.
+            if v.starts_with("http://") {
+                Some(v.to_owned())
+            } else {
+                problems.push(format!(
+                    "{name} must be an http:// URL (the backend on your private network)"
+                ));
+                None
+            }
+        };
+        let proxy_connect_url = url(
+            "HERALD_PROXY_CONNECT_URL",
+            &self.proxy_connect_url,
+            &mut problems,
+        );
+        let proxy_refresh_url = url(
+            "HERALD_PROXY_REFRESH_URL",
+            &self.proxy_refresh_url,
+            &mut problems,
+        );
+        let proxy_subscribe_url = url(
+            "HERALD_PROXY_SUBSCRIBE_URL",
+            &self.proxy_subscribe_url,
+            &mut problems,
+        );
+        let proxy_publish_url = url(
+            "HERALD_PROXY_PUBLISH_URL",
+            &self.proxy_publish_url,
+            &mut problems,
+        );
+        positive(
+            "HERALD_PROXY_TIMEOUT_MS",
+            self.proxy_timeout_ms,
+            &mut problems,
+        );
+        positive(
+            "HERALD_PROXY_CONCURRENCY",
+            self.proxy_concurrency as u64,
+            &mut problems,
+        );
+        if self.proxy_connect_always && proxy_connect_url.is_none() {
+            problems.push("HERALD_PROXY_CONNECT_ALWAYS needs HERALD_PROXY_CONNECT_URL");
+        }
+        let proxy_secret = self
+            .proxy_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        if proxy_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            problems.push("HERALD_PROXY_SECRET must be at least 16 bytes");
+        }
+        let list = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect()
+        };
         let mut webhook_events = Vec::new();
         for name in self
             .webhook_events
@@ -260,12 +375,18 @@ impl Config {
             presence_limit: self.presence_limit,
             user_channel: self.user_channel,
             webhook_events,
-            webhook_publish_channels: self
-                .webhook_publish_channels
-                .iter()
-                .map(|c| c.trim().to_owned())
-                .filter(|c| !c.is_empty())
-                .collect(),
+            webhook_publish_channels: list(&self.webhook_publish_channels),
+            proxy_connect_url,
+            proxy_connect_always: self.proxy_connect_always,
+            proxy_refresh_url,
+            proxy_subscribe_url,
+            proxy_subscribe_channels: list(&self.proxy_subscribe_channels),
+            proxy_publish_url,
+            proxy_publish_channels: list(&self.proxy_publish_channels),
+            proxy_timeout: Duration::from_millis(self.proxy_timeout_ms),
+            proxy_concurrency: self.proxy_concurrency,
+            proxy_headers: list(&self.proxy_headers),
+            proxy_secret,
             dev: self.common.dev,
         })
     }

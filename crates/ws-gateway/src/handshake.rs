@@ -161,6 +161,11 @@ pub(crate) async fn ws_handler(
             }
         },
     };
+    // Kept only when a hook may need them: most gateways keep nothing per connection.
+    let forwarded = state
+        .proxy
+        .any()
+        .then(|| Arc::new(state.proxy.forwarded(headers)));
     // Our own checks give `too_large` errors below this; beyond it the socket fails.
     let hard_limit = (state.settings.max_frame_bytes * 4).max(1 << 20);
     let tracker = state.tracker.clone();
@@ -172,7 +177,9 @@ pub(crate) async fn ws_handler(
         .max_frame_size(hard_limit)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, ip, pre, slot)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(conn::serve(socket, state, ip, pre, slot, forwarded))
+        })
 }
 
 /// The WebSocket subprotocol of clients that want refusals as close codes. A browser

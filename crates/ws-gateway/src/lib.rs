@@ -13,6 +13,7 @@
 //!   cleanup after dead nodes.
 //! - `webhooks`: the webhook events this node records (channels occupied/vacated,
 //!   members, client publishes).
+//! - `proxy`: the application's hooks (connect, refresh, subscribe, publish) over HTTP.
 //! - `metrics`: the Prometheus metrics.
 //! - `assets`: `herald.js` for browsers, and the chat demo in development mode.
 
@@ -26,6 +27,7 @@ mod limits;
 mod members;
 mod metrics;
 mod presence;
+mod proxy;
 mod state;
 mod webhooks;
 

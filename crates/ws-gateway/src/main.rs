@@ -11,7 +11,10 @@ use ws_gateway::{Config, SERVICE};
 async fn main() -> ExitCode {
     let (config, settings) = config::load(SERVICE, Config::validate);
     telemetry::init(&config.common.log);
-    telemetry::redact(&[config.jwt.jwt_secret.as_deref()]);
+    telemetry::redact(&[
+        config.jwt.jwt_secret.as_deref(),
+        config.proxy_secret.as_deref(),
+    ]);
     // Every client is a file descriptor: lift the soft limit to the hard one, so the
     // node's capacity is HERALD_MAX_CONNECTIONS or the machine's limit, not a default 1024.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -14,7 +14,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use herald_common::presence::{Applied, Change, Presence};
@@ -34,6 +34,14 @@ const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// Most changes in one pipeline.
 const MAX_BATCH: usize = 1024;
 
+/// What connections queue for the writer.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Change(Change),
+    /// Answered once everything queued before it was written (or failed to be).
+    Barrier(oneshot::Sender<()>),
+}
+
 /// What the members writer works with.
 pub(crate) struct Members {
     pub(crate) presence: Presence,
@@ -46,7 +54,7 @@ pub(crate) struct Members {
 /// Runs until `token` is cancelled, then writes what is still queued.
 pub(crate) async fn run(
     m: Members,
-    mut changes: mpsc::UnboundedReceiver<Change>,
+    mut changes: mpsc::UnboundedReceiver<Op>,
     token: CancellationToken,
 ) {
     let Members {
@@ -64,12 +72,20 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             () = token.cancelled() => break,
-            Some(c) = changes.recv() => {
-                pending.push_back(c);
-                while let Ok(c) = changes.try_recv() {
-                    pending.push_back(c);
+            Some(op) = changes.recv() => {
+                let mut barriers = Vec::new();
+                let mut next = Some(op);
+                while let Some(op) = next {
+                    match op {
+                        Op::Change(c) => pending.push_back(c),
+                        Op::Barrier(tx) => barriers.push(tx),
+                    }
+                    next = changes.try_recv().ok();
                 }
                 write(&m, &mut pending).await;
+                for b in barriers {
+                    let _ = b.send(());
+                }
             }
             _ = check.tick() => {
                 // Whatever failed before goes first.
@@ -87,8 +103,10 @@ pub(crate) async fn run(
         }
     }
     // The connections have ended (their leaves are queued): write them out.
-    while let Ok(c) = changes.try_recv() {
-        pending.push_back(c);
+    while let Ok(op) = changes.try_recv() {
+        if let Op::Change(c) = op {
+            pending.push_back(c);
+        }
     }
     write(&m, &mut pending).await;
     if !pending.is_empty() {

@@ -1,6 +1,8 @@
 //! The gateway's Prometheus metrics, registered once in the process's own registry.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 use herald_proto::node::LimitKind;
 
@@ -37,6 +39,8 @@ pub(crate) struct Metrics {
     pub(crate) presence_writes: IntCounter,
     pub(crate) presence_reaped_nodes: IntCounter,
     pub(crate) webhook_events: IntCounter,
+    pub(crate) proxy_requests: IntCounterVec,
+    pub(crate) proxy_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -127,6 +131,23 @@ impl Metrics {
                 "herald_webhook_events_total",
                 "Webhook events this gateway appended to the webhook queue.",
             )?,
+            proxy_requests: IntCounterVec::new(
+                Opts::new(
+                    "herald_proxy_requests_total",
+                    "Requests to the application's hooks, by hook and result (ok, refused, disconnect, timeout, error).",
+                ),
+                &["hook", "result"],
+            )?,
+            proxy_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "herald_proxy_duration_seconds",
+                    "Time for a hook's answer, waiting for a free slot included.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["hook"],
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -149,6 +170,8 @@ impl Metrics {
         r.register(Box::new(m.presence_writes.clone()))?;
         r.register(Box::new(m.presence_reaped_nodes.clone()))?;
         r.register(Box::new(m.webhook_events.clone()))?;
+        r.register(Box::new(m.proxy_requests.clone()))?;
+        r.register(Box::new(m.proxy_duration.clone()))?;
         // Pre-create the common label values so dashboards see zeros, not gaps.
         for kind in LIMIT_KINDS {
             m.ratelimit_hits.with_label_values(&[kind.as_str()]);

@@ -25,8 +25,10 @@ use herald_proto::time::now_ms;
 use crate::config::{Config, Settings};
 use crate::hub::{self, Hub};
 use crate::limits::IpLimiter;
+use crate::members;
 use crate::metrics::Metrics;
 use crate::presence;
+use crate::proxy::Proxy;
 use crate::webhooks::Webhooks;
 
 /// Everything connection tasks and handlers share.
@@ -48,9 +50,11 @@ pub(crate) struct State {
     pub(crate) presence: mpsc::UnboundedSender<presence::Event>,
     /// Channel presence: reads here, joins and leaves through the members writer.
     pub(crate) members: Presence,
-    pub(crate) member_changes: mpsc::UnboundedSender<Change>,
+    pub(crate) member_changes: mpsc::UnboundedSender<members::Op>,
     /// The webhook events this node records.
     pub(crate) webhooks: Arc<Webhooks>,
+    /// The application's hooks.
+    pub(crate) proxy: Proxy,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the gateway stops accepting; each connection holds a child.
     pub(crate) shutdown: CancellationToken,
@@ -71,7 +75,7 @@ pub(crate) struct Queues {
     /// Per-IP slots to give back in Redis.
     pub(crate) ip_release: mpsc::UnboundedReceiver<IpAddr>,
     /// Joins and leaves for the members writer.
-    pub(crate) member_changes: mpsc::UnboundedReceiver<Change>,
+    pub(crate) member_changes: mpsc::UnboundedReceiver<members::Op>,
     /// Webhook events for their writer.
     pub(crate) webhook_events: mpsc::UnboundedReceiver<herald_proto::webhook::Event>,
 }
@@ -115,6 +119,7 @@ impl State {
             health: rt.health().clone(),
             members: Presence::new(rt.engine().clone(), keys.clone()),
             keys,
+            proxy: Proxy::new(&settings, metrics.clone()),
             metrics,
             ips,
             ip_release: ip_tx,
@@ -156,14 +161,29 @@ impl State {
         Ok(claims)
     }
 
-    /// Queues a join or leave of `conn` in `channel` for the members writer.
-    pub(crate) fn member_change(&self, conn: &hub::ConnShared, channel: &str, kind: EventKind) {
-        let _ = self.member_changes.send(Change {
+    /// Queues a join or leave of `conn` (as `member`) in `channel` for the members
+    /// writer.
+    pub(crate) fn member_change(
+        &self,
+        conn: &hub::ConnShared,
+        channel: &str,
+        member: Arc<str>,
+        kind: EventKind,
+    ) {
+        let _ = self.member_changes.send(members::Op::Change(Change {
             channel: Arc::from(channel),
             conn_id: Arc::from(conn.conn_id.as_str()),
-            member: conn.member.clone(),
+            member,
             kind,
-        });
+        }));
+    }
+
+    /// Resolves once every join and leave queued before it was written (or failed
+    /// to be), so a presence read sees its own connection's changes.
+    pub(crate) fn members_written(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.member_changes.send(members::Op::Barrier(tx));
+        rx
     }
 
     /// Records a limit hit for the monitor (`herald:ratelimit`), off the caller's

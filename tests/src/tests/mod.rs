@@ -38,6 +38,7 @@ mod observe;
 mod outage;
 mod pipeline;
 mod presence;
+mod proxy;
 mod redaction;
 mod refusals;
 mod server_side;

@@ -140,6 +140,7 @@ impl Driver {
                 id,
                 channel,
                 retry_after_ms,
+                ..
             } => {
                 return self
                     .on_error(code, message, id, channel, retry_after_ms, conn)

@@ -27,14 +27,23 @@ fn first_frame_without_type_is_auth() {
     assert_eq!(
         m,
         ClientMsg::Auth {
-            token: "t".into(),
+            token: Some("t".into()),
             channels: vec!["news".into()],
             batch: false,
+            data: None,
             id: None
         }
     );
     let m = parse(r#"{"type":"auth","token":"t","batch":true,"id":1}"#).unwrap();
     assert!(matches!(m, ClientMsg::Auth { batch: true, .. }));
+    // No token: the application's backend may say who it is (connect proxy).
+    let m = parse(r#"{"type":"auth","data":{"room":"42"}}"#).unwrap();
+    let ClientMsg::Auth { token, data, .. } = m else {
+        panic!("not an auth frame")
+    };
+    assert_eq!((token, data.map(|d| d.get().to_owned())), (None, Some(r#"{"room":"42"}"#.to_owned())));
+    // Without `type`, only a token says it is an auth frame.
+    assert!(parse(r#"{"data":{}}"#).is_err());
 }
 
 #[test]

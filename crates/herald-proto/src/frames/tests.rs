@@ -63,6 +63,7 @@ fn every_reply_builder_reads_back() {
                     epoch: "e1",
                     recovered,
                     server: recovered.is_none(),
+                    data: None,
                 }
                 .to_json()
             ),
@@ -73,6 +74,7 @@ fn every_reply_builder_reads_back() {
                 epoch: "e1".into(),
                 recovered,
                 server: recovered.is_none(),
+                data: None,
             }
         );
     }
@@ -189,6 +191,7 @@ fn every_error_code_reads_back() {
                 id: Some(3),
                 channel: None,
                 retry_after_ms: None,
+                app_code: None,
             }
         );
     }
@@ -199,7 +202,8 @@ fn every_error_code_reads_back() {
                 message: "slow down",
                 id: None,
                 channel: Some("news"),
-                retry_after_ms: Some(250)
+                retry_after_ms: Some(250),
+                app_code: None,
             }
             .to_json()
         ),
@@ -209,6 +213,28 @@ fn every_error_code_reads_back() {
             id: None,
             channel: Some("news".into()),
             retry_after_ms: Some(250),
+            app_code: None,
+        }
+    );
+    assert_eq!(
+        round_trip(
+            &ServerMsg::Error {
+                code: ErrorCode::Rejected,
+                message: "too spicy",
+                id: Some(&id(5)),
+                channel: Some("chat"),
+                retry_after_ms: None,
+                app_code: Some("spam"),
+            }
+            .to_json()
+        ),
+        ServerFrame::Error {
+            code: ErrorCode::Rejected,
+            message: "too spicy".into(),
+            id: Some(5),
+            channel: Some("chat".into()),
+            retry_after_ms: None,
+            app_code: Some("spam".into()),
         }
     );
     // A code from a newer gateway still settles the request.
@@ -495,9 +521,10 @@ fn every_client_frame_is_accepted_by_the_gateway_parser() {
             id: Some(1),
         },
         &ClientMsg::Auth {
-            token: "t.k.n".into(),
+            token: Some("t.k.n".into()),
             channels: vec![],
             batch: true,
+            data: None,
             id: Some(id(1)),
         },
     );
@@ -509,9 +536,10 @@ fn every_client_frame_is_accepted_by_the_gateway_parser() {
             id: None,
         },
         &ClientMsg::Auth {
-            token: "t".into(),
+            token: Some("t".into()),
             channels: vec!["news".into()],
             batch: false,
+            data: None,
             id: None,
         },
     );

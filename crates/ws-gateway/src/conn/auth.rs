@@ -11,25 +11,32 @@ use tokio::time::Instant;
 
 use herald_proto::claims::Claims;
 use herald_proto::client::{self, ClientMsg, ErrorCode, Id};
-use herald_proto::disconnect::Disconnect;
+use herald_proto::disconnect::{AppDisconnect, Disconnect, DisconnectCode};
+use herald_proto::proxy::{
+    self, ConnectRequest, ConnectResult, Hook, RefreshRequest, RefreshResult,
+};
 use herald_proto::server::ServerMsg;
 
 use herald_proto::channel::USER_CHANNEL_PREFIX;
 
 use super::request::{How, SubError};
 use super::{Conn, Flow, Preauth, Socket};
+use crate::proxy::{Forwarded, Outcome};
 use crate::state::State;
 
 /// A token that never expires still ends the connection after this long.
 const NO_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Waits for the first frame, which must carry the token. A refusal is logged with
-/// its reason and the client's address (never the token); `Err(None)` means the
-/// client went away.
+/// Waits for the first frame, which must carry the token — or, with a connect hook,
+/// whatever the application's backend needs to say who the connection is. A refusal
+/// is logged with its reason and the client's address (never the token);
+/// `Err(None)` means the client went away.
 pub(super) async fn first_frame<S: Socket>(
     socket: &mut S,
     state: &State,
     ip: IpAddr,
+    conn_id: &str,
+    forwarded: Option<&Forwarded>,
 ) -> Result<(Preauth, Option<Id>), Option<Disconnect>> {
     let refused = |reason: &str| {
         state
@@ -64,7 +71,40 @@ pub(super) async fn first_frame<S: Socket>(
                 token,
                 channels,
                 batch,
+                data,
                 id,
+            }) if state.proxy.enabled(Hook::Connect)
+                && (token.is_none() || state.proxy.connect_always) =>
+            {
+                let req = ConnectRequest {
+                    conn_id: conn_id.to_owned(),
+                    client_ip: ip.to_string(),
+                    transport: "websocket".to_owned(),
+                    headers: forwarded.cloned().unwrap_or_default(),
+                    data: data.and_then(|d| serde_json::from_str(d.get()).ok()),
+                    token,
+                };
+                match connect_hook(state, &req).await {
+                    Ok(claims) => Ok((
+                        Preauth {
+                            claims,
+                            channels,
+                            batch,
+                        },
+                        id,
+                    )),
+                    Err((reason, why)) => {
+                        refused(reason);
+                        Err(Some(why))
+                    }
+                }
+            }
+            Ok(ClientMsg::Auth {
+                token: Some(token),
+                channels,
+                batch,
+                id,
+                ..
             }) => match state.authenticate(&token).await {
                 Ok(claims) => Ok((
                     Preauth {
@@ -85,6 +125,87 @@ pub(super) async fn first_frame<S: Socket>(
             }
         };
     }
+}
+
+/// Asks the connect hook who the connection is; its answer acts as a token's
+/// claims. A refusal carries the backend's code and message to the client.
+async fn connect_hook(
+    state: &State,
+    req: &ConnectRequest,
+) -> Result<Claims, (&'static str, Disconnect)> {
+    match state
+        .proxy
+        .call::<_, ConnectResult>(Hook::Connect, req, &req.headers)
+        .await
+    {
+        Outcome::Allowed(r) => {
+            let claims = Claims {
+                sub: Some(r.user_id),
+                exp: r.exp,
+                channels: r.channels,
+                publish: r.publish,
+                presence: r.presence,
+                history: r.history,
+                info: r.info,
+                ..Claims::default()
+            };
+            if claims.user().is_none() {
+                return Err((
+                    "proxy_no_user",
+                    backend_refusal("forbidden", "no user", false),
+                ));
+            }
+            if let Err(e) = claims.check_info() {
+                return Err((
+                    "bad_info",
+                    backend_refusal("forbidden", &e.to_string(), false),
+                ));
+            }
+            Ok(claims)
+        }
+        Outcome::Refused(e) => Err(("proxy_refused", backend_refusal(&e.code, &e.message, false))),
+        Outcome::Disconnect(d) => Err((
+            "proxy_refused",
+            backend_refusal(&d.code, &d.reason, d.reconnect),
+        )),
+        Outcome::Unavailable(_) => Err((
+            "proxy_unavailable",
+            backend_refusal("unavailable", "authorization backend unavailable", true),
+        )),
+    }
+}
+
+/// The backend's own refusal as a disconnect: its code when it is a protocol code
+/// (else `forbidden`), its reason cut to what a close frame holds.
+pub(super) fn backend_refusal(code: &str, reason: &str, reconnect: bool) -> Disconnect {
+    let code = if proxy::valid_code(code) {
+        code
+    } else {
+        "forbidden"
+    };
+    let mut reason = reason.to_owned();
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut cut = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    Disconnect::Application(AppDisconnect {
+        code: DisconnectCode::parse(code),
+        reason,
+        reconnect,
+    })
+}
+
+/// The most a close frame's reason holds, in bytes.
+const MAX_CLOSE_REASON: usize = 123;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// When the token stops being valid on this connection (`exp` + leeway).
@@ -171,6 +292,39 @@ impl<S: Socket> Conn<S> {
             id,
         )
         .to_json()
+    }
+
+    /// The connection's time is up: it ends, unless the refresh hook extends it.
+    pub(super) async fn on_expired(&mut self) -> Flow {
+        if !self.state.proxy.enabled(Hook::Refresh) {
+            return Flow::End(Disconnect::TokenExpired);
+        }
+        let req = RefreshRequest {
+            conn_id: self.shared.conn_id.clone(),
+            user_id: self.shared.user.clone(),
+            client_ip: self.shared.ip.to_string(),
+        };
+        let headers = self.forwarded.as_deref().cloned().unwrap_or_default();
+        let state = self.state.clone();
+        let answer = state
+            .proxy
+            .call::<_, RefreshResult>(Hook::Refresh, &req, &headers)
+            .await;
+        match answer {
+            Outcome::Allowed(r) if r.exp > unix_now() => {
+                self.claims.exp = r.exp;
+                self.expiry = expiry_instant(&self.claims, self.state.leeway);
+                Flow::Continue
+            }
+            Outcome::Allowed(_) => Flow::End(Disconnect::TokenExpired),
+            Outcome::Refused(e) => Flow::End(backend_refusal(&e.code, &e.message, false)),
+            Outcome::Disconnect(d) => Flow::End(backend_refusal(&d.code, &d.reason, d.reconnect)),
+            Outcome::Unavailable(_) => Flow::End(backend_refusal(
+                "unavailable",
+                "the connection could not be extended; reconnect",
+                true,
+            )),
+        }
     }
 
     /// A fresh token for the same user extends the connection's life.

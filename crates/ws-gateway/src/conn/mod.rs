@@ -40,6 +40,7 @@ use herald_proto::presence::EventKind;
 use crate::hub::{ConnCommand, ConnShared, Delivery};
 use crate::limits::IpSlot;
 use crate::presence;
+use crate::proxy::Forwarded;
 use crate::state::State;
 
 /// What a connection task reads and writes: a WebSocket, or in tests two channels.
@@ -80,6 +81,7 @@ pub(crate) async fn serve<S: Socket>(
     ip: IpAddr,
     pre: Option<Preauth>,
     slot: IpSlot,
+    forwarded: Option<Arc<Forwarded>>,
 ) {
     // The span carries the connection's id from the first byte, and its user once
     // known, so every log line of the connection says which one it is.
@@ -91,12 +93,24 @@ pub(crate) async fn serve<S: Socket>(
         Some(p) => (p, None),
         // Boxed (here and for the other rare, deep requests) so their state is
         // allocated only while they run instead of enlarging every idle connection's task.
-        None => match Box::pin(auth::first_frame(&mut socket, &state, ip)).await {
+        None => match Box::pin(auth::first_frame(
+            &mut socket,
+            &state,
+            ip,
+            &ConnId(id).to_string(),
+            forwarded.as_deref(),
+        ))
+        .await
+        {
             Ok(v) => v,
             Err(refusal) => {
                 // Never served: the slot is given back before the client hears of it.
                 slot.release(&state.engine).await;
                 if let Some(why) = refusal {
+                    // The backend's refusals (connect hook) say why in a frame too.
+                    if let Some(frame) = why.frame() {
+                        outbound::send_final(&mut socket, frame).await;
+                    }
                     outbound::close(&mut socket, &why).await;
                 }
                 return;
@@ -109,6 +123,7 @@ pub(crate) async fn serve<S: Socket>(
     );
     let channels = pre.channels.clone();
     let mut conn = Conn::open(ConnId(id).to_string(), socket, state.clone(), ip, pre);
+    conn.forwarded = forwarded;
     tracing::debug!("connected");
     conn.run(channels, auth_id).await;
     conn.leave();
@@ -156,6 +171,11 @@ struct Conn<S> {
     joining: Option<String>,
     /// Backend commands taken off the queue, to run after the current write.
     commands: Vec<ConnCommand>,
+    /// The handshake headers the hooks get (only when a hook is on).
+    forwarded: Option<Arc<Forwarded>>,
+    /// This connection's presence record in channels whose subscribe hook gave it
+    /// an `info` of its own.
+    channel_members: HashMap<String, Arc<str>>,
     /// After a subscribe, live messages at or below the reported offset were
     /// already covered (replayed or before the client's position): skip them.
     floors: HashMap<Arc<str>, (Box<str>, u64)>,
@@ -211,6 +231,8 @@ impl<S: Socket> Conn<S> {
             channels: HashSet::new(),
             joining: None,
             commands: Vec::new(),
+            forwarded: None,
+            channel_members: HashMap::new(),
             floors: HashMap::new(),
             limiter: RateLimiter::direct_with_clock(quota, state.clock.clone()),
             refused: 0,
@@ -230,7 +252,9 @@ impl<S: Socket> Conn<S> {
     fn leave(mut self) {
         let joining = self.joining.take();
         for c in &self.channels {
-            self.state.member_change(&self.shared, c, EventKind::Leave);
+            let member = self.member_in(c);
+            self.state
+                .member_change(&self.shared, c, member, EventKind::Leave);
         }
         for c in std::mem::take(&mut self.channels)
             .into_iter()
@@ -322,7 +346,7 @@ impl<S: Socket> Conn<S> {
             Event::Delivery(Some(d)) => self.write_deliveries(d).await,
             Event::Frame(Some(Ok(m))) => self.on_frame(m).await,
             Event::Heartbeat => self.on_heartbeat().await,
-            Event::Expired => Flow::End(Disconnect::TokenExpired),
+            Event::Expired => self.on_expired().await,
             Event::Delivery(None) | Event::Frame(_) | Event::Kicked => Flow::Gone,
         }
     }
@@ -340,6 +364,14 @@ impl<S: Socket> Conn<S> {
             }
             other => other,
         }
+    }
+
+    /// This connection's presence record in `channel`.
+    fn member_in(&self, channel: &str) -> Arc<str> {
+        self.channel_members
+            .get(channel)
+            .cloned()
+            .unwrap_or_else(|| self.shared.member.clone())
     }
 
     /// Lists the connection for the monitor (and, with its channels, for presence).

@@ -35,6 +35,15 @@ pub(super) async fn close<S: Socket>(socket: &mut S, why: &Disconnect) {
     .await;
 }
 
+/// Sends a last text frame (a `disconnect`), giving a stuck socket a bounded time.
+pub(super) async fn send_final<S: Socket>(socket: &mut S, text: String) {
+    let _ = tokio::time::timeout(
+        CLOSE_WRITE_TIMEOUT,
+        socket.send(Message::Text(Utf8Bytes::from(text))),
+    )
+    .await;
+}
+
 impl<S: Socket> Conn<S> {
     pub(super) async fn send_text(&mut self, text: String) -> Flow {
         match self.socket.send(Message::Text(Utf8Bytes::from(text))).await {
@@ -212,11 +221,7 @@ impl<S: Socket> Conn<S> {
             tracing::debug!("no traffic for two heartbeats; dropping");
         }
         if let Some(frame) = why.frame() {
-            let _ = tokio::time::timeout(
-                CLOSE_WRITE_TIMEOUT,
-                self.socket.send(Message::Text(Utf8Bytes::from(frame))),
-            )
-            .await;
+            send_final(&mut self.socket, frame).await;
         }
         close(&mut self.socket, why).await;
     }

@@ -22,7 +22,13 @@ use herald_proto::webhook::{Event, EventKind as WebhookKind};
 
 use super::{Conn, Flow, Socket};
 use crate::hub::ConnCommand;
+use crate::proxy::{Forwarded, Outcome};
+use herald_proto::proxy::{
+    self, Hook, PublishRequest, PublishResult, SubscribeRequest, SubscribeResult,
+};
 
+/// Longest wait for this connection's queued joins and leaves before a presence read.
+const MEMBERS_WRITTEN_WAIT: Duration = Duration::from_secs(1);
 /// How long a subscriber waits for Redis to confirm a new channel subscription.
 const SUBSCRIBE_READY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Oversized frames tolerated per minute before the connection is closed.
@@ -125,6 +131,7 @@ impl<S: Socket> Conn<S> {
             id: id.as_ref(),
             channel: None,
             retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            app_code: None,
         };
         self.send_text(frame.to_json()).await
     }
@@ -194,9 +201,17 @@ impl<S: Socket> Conn<S> {
                 Some(f) => Reply::Frame(f),
                 None => Reply::Nothing,
             },
-            ClientMsg::Auth { token, id, .. } => {
-                Reply::Frame(Box::pin(self.reauth(&token, id.as_ref())).await)
-            }
+            ClientMsg::Auth {
+                token: Some(token),
+                id,
+                ..
+            } => Reply::Frame(Box::pin(self.reauth(&token, id.as_ref())).await),
+            ClientMsg::Auth {
+                token: None, id, ..
+            } => Reply::Frame(
+                ServerMsg::error(ErrorCode::BadRequest, "missing field: token", id.as_ref())
+                    .to_json(),
+            ),
             ClientMsg::History {
                 channel,
                 since,
@@ -223,7 +238,7 @@ impl<S: Socket> Conn<S> {
     /// A channel's members (or their counts, `stats`) on every gateway, for whoever
     /// may see its presence.
     async fn presence(&mut self, channel: &str, stats: bool, id: Option<&Id>) -> String {
-        if !self.claims.may_see_presence(channel) {
+        if !self.may_see_presence(channel) {
             return ServerMsg::channel_error(
                 ErrorCode::Forbidden,
                 "not allowed to see this channel's presence",
@@ -232,6 +247,9 @@ impl<S: Socket> Conn<S> {
             )
             .to_json();
         }
+        // Read-your-writes: this connection's own joins and leaves first.
+        let written = self.state.members_written();
+        let _ = tokio::time::timeout(MEMBERS_WRITTEN_WAIT, written).await;
         let members = &self.state.members;
         let answer = if stats {
             members.stats(channel).await.map(|s| {
@@ -285,7 +303,7 @@ impl<S: Socket> Conn<S> {
 
     /// A channel's kept messages, for whoever may read its history.
     async fn history(&mut self, channel: &str, query: HistoryQuery<'_>, id: Option<&Id>) -> String {
-        if !self.claims.may_read_history(channel) {
+        if !self.may_read_history(channel) {
             return ServerMsg::channel_error(
                 ErrorCode::Forbidden,
                 "not allowed to read this channel's history",
@@ -371,8 +389,10 @@ impl<S: Socket> Conn<S> {
         }
         self.state.hub.unsubscribe(channel, self.key);
         self.floors.remove(channel);
+        let member = self.member_in(channel);
+        self.channel_members.remove(channel);
         self.state
-            .member_change(&self.shared, channel, EventKind::Leave);
+            .member_change(&self.shared, channel, member, EventKind::Leave);
         self.publish_presence();
         ServerMsg::Unsubscribed {
             channel,
@@ -388,7 +408,18 @@ impl<S: Socket> Conn<S> {
         message: &RawValue,
         id: Option<&Id>,
     ) -> Option<String> {
-        if !self.claims.may_publish(channel) {
+        // With a publish hook on this channel, the backend decides (and may rewrite).
+        let rewritten;
+        let message = if self.state.proxy.asks_publish(channel) {
+            match Box::pin(publish_hook(self.asker(), channel, message)).await {
+                Ok(None) => message,
+                Ok(Some(new)) => {
+                    rewritten = new;
+                    &*rewritten
+                }
+                Err(refusal) => return Some(refusal.to_json_with(id, channel)),
+            }
+        } else if !self.claims.may_publish(channel) {
             return Some(
                 ServerMsg::channel_error(
                     ErrorCode::Forbidden,
@@ -398,7 +429,9 @@ impl<S: Socket> Conn<S> {
                 )
                 .to_json(),
             );
-        }
+        } else {
+            message
+        };
         let frame = envelope::message(channel, message, Some(&self.shared.user), &now_rfc3339());
         match self
             .state
@@ -474,13 +507,36 @@ impl<S: Socket> Conn<S> {
         let already = self.channels.contains(channel);
         // The backend's subscriptions need no permission, and a channel already
         // subscribed (perhaps by the backend) may be renewed, e.g. to recover.
-        if !by_server && !already && !self.claims.may_subscribe(channel) {
-            return err(
-                ErrorCode::Forbidden,
-                "not allowed to subscribe to this channel",
-            );
+        let mut hook_data = None;
+        let mut own_member = None;
+        if !by_server && !already {
+            let allowed = self.claims.may_subscribe(channel);
+            if self.state.proxy.asks_subscribe(channel, allowed) {
+                match Box::pin(subscribe_hook(self.asker(), channel)).await {
+                    Ok(r) => {
+                        own_member = r.info.map(|info| self.member_with(info));
+                        hook_data = r
+                            .data
+                            .and_then(|d| serde_json::value::to_raw_value(&d).ok());
+                    }
+                    Err(frame) => {
+                        return Err(SubError::Frame(frame.to_json_with(id, channel)));
+                    }
+                }
+            } else if !allowed {
+                return err(
+                    ErrorCode::Forbidden,
+                    "not allowed to subscribe to this channel",
+                );
+            }
         }
-        if join_leave && !self.claims.may_see_presence(channel) {
+        // Past here the subscription is allowed: by the claims, the backend, or as a
+        // renewal; without a `presence` claim that is enough to see its presence.
+        let sees_presence = match &self.claims.presence {
+            Some(_) => self.claims.may_see_presence(channel),
+            None => true,
+        };
+        if join_leave && !sees_presence {
             return err(
                 ErrorCode::Forbidden,
                 "not allowed to see this channel's presence (join_leave)",
@@ -527,8 +583,12 @@ impl<S: Socket> Conn<S> {
             );
         };
         if self.channels.insert(channel.to_owned()) {
+            if let Some(member) = own_member {
+                self.channel_members.insert(channel.to_owned(), member);
+            }
+            let member = self.member_in(channel);
             self.state
-                .member_change(&self.shared, channel, EventKind::Join);
+                .member_change(&self.shared, channel, member, EventKind::Join);
         }
         self.floors
             .insert(Arc::from(channel), (rec.epoch.as_str().into(), rec.offset));
@@ -551,6 +611,7 @@ impl<S: Socket> Conn<S> {
                 epoch: &rec.epoch,
                 recovered,
                 server: by_server,
+                data: hook_data.as_deref(),
             };
             self.send_text(frame.to_json()).await
         } else {
@@ -560,6 +621,160 @@ impl<S: Socket> Conn<S> {
             Flow::Continue => Ok(()),
             _ => Err(SubError::Broken),
         }
+    }
+}
+
+impl<S: Socket> Conn<S> {
+    /// The `presence` claim's rule, or, without one, whoever may subscribe — and a
+    /// connection subscribed (by the backend's leave, perhaps) may.
+    fn may_see_presence(&self, channel: &str) -> bool {
+        match &self.claims.presence {
+            Some(_) => self.claims.may_see_presence(channel),
+            None => self.claims.may_subscribe(channel) || self.channels.contains(channel),
+        }
+    }
+
+    /// As [`Self::may_see_presence`], for the `history` claim.
+    fn may_read_history(&self, channel: &str) -> bool {
+        match &self.claims.history {
+            Some(_) => self.claims.may_read_history(channel),
+            None => self.claims.may_subscribe(channel) || self.channels.contains(channel),
+        }
+    }
+
+    /// What a hook request needs of this connection, owned: the request must not
+    /// borrow the connection across its wait.
+    fn asker(&self) -> Asker {
+        Asker {
+            state: self.state.clone(),
+            shared: self.shared.clone(),
+            forwarded: self.forwarded.clone(),
+        }
+    }
+
+    /// This connection's presence record with another `info`.
+    fn member_with(&self, info: serde_json::Value) -> Arc<str> {
+        let member = herald_proto::presence::Member {
+            user_id: self.shared.user.clone(),
+            conn_id: self.shared.conn_id.clone(),
+            info: Some(info),
+        };
+        Arc::from(member.to_json())
+    }
+}
+
+/// See [`Conn::asker`].
+struct Asker {
+    state: Arc<crate::state::State>,
+    shared: Arc<crate::hub::ConnShared>,
+    forwarded: Option<Arc<Forwarded>>,
+}
+
+impl Asker {
+    fn headers(&self) -> Forwarded {
+        self.forwarded.as_deref().cloned().unwrap_or_default()
+    }
+}
+
+/// Asks the subscribe hook about `channel`.
+async fn subscribe_hook(a: Asker, channel: &str) -> Result<SubscribeResult, Refusal> {
+    let req = SubscribeRequest {
+        conn_id: a.shared.conn_id.clone(),
+        user_id: a.shared.user.clone(),
+        client_ip: a.shared.ip.to_string(),
+        channel: channel.to_owned(),
+    };
+    let headers = a.headers();
+    match a.state.proxy.call(Hook::Subscribe, &req, &headers).await {
+        Outcome::Allowed(r) => Ok(r),
+        Outcome::Refused(e) => Err(Refusal::backend(
+            ErrorCode::PermissionDenied,
+            e.code,
+            e.message,
+        )),
+        Outcome::Disconnect(d) => Err(Refusal::backend(
+            ErrorCode::PermissionDenied,
+            d.code,
+            d.reason,
+        )),
+        Outcome::Unavailable(_) => Err(Refusal::unavailable(
+            "subscription could not be approved; retry",
+        )),
+    }
+}
+
+/// Asks the publish hook about a broadcast; `Ok(Some(_))` is the message to
+/// publish instead.
+async fn publish_hook(
+    a: Asker,
+    channel: &str,
+    message: &RawValue,
+) -> Result<Option<Box<RawValue>>, Refusal> {
+    let req = PublishRequest {
+        conn_id: a.shared.conn_id.clone(),
+        user_id: a.shared.user.clone(),
+        client_ip: a.shared.ip.to_string(),
+        channel: channel.to_owned(),
+        data: serde_json::from_str(message.get()).unwrap_or_default(),
+    };
+    let headers = a.headers();
+    match a
+        .state
+        .proxy
+        .call::<_, PublishResult>(Hook::Publish, &req, &headers)
+        .await
+    {
+        Outcome::Allowed(r) => Ok(r
+            .data
+            .and_then(|d| serde_json::value::to_raw_value(&d).ok())),
+        Outcome::Refused(e) => Err(Refusal::backend(ErrorCode::Rejected, e.code, e.message)),
+        Outcome::Disconnect(d) => Err(Refusal::backend(ErrorCode::Rejected, d.code, d.reason)),
+        // Not published: the client may send it again (it was not published twice).
+        Outcome::Unavailable(_) => {
+            Err(Refusal::unavailable("message could not be approved; retry"))
+        }
+    }
+}
+
+/// A hook's refusal, to be told to the client as an `error` frame.
+pub(super) struct Refusal {
+    code: ErrorCode,
+    message: String,
+    /// The backend's own code.
+    app_code: Option<String>,
+}
+
+impl Refusal {
+    fn backend(code: ErrorCode, app_code: String, message: String) -> Self {
+        Self {
+            code,
+            message: if message.is_empty() {
+                "refused by the application".to_owned()
+            } else {
+                message
+            },
+            app_code: Some(app_code).filter(|c| proxy::valid_code(c)),
+        }
+    }
+
+    fn unavailable(message: &str) -> Self {
+        Self {
+            code: ErrorCode::Unavailable,
+            message: message.to_owned(),
+            app_code: None,
+        }
+    }
+
+    fn to_json_with(&self, id: Option<&Id>, channel: &str) -> String {
+        ServerMsg::Error {
+            code: self.code,
+            message: &self.message,
+            id,
+            channel: Some(channel),
+            retry_after_ms: None,
+            app_code: self.app_code.as_deref(),
+        }
+        .to_json()
     }
 }
 
