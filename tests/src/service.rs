@@ -405,7 +405,8 @@ struct InProcess {
 /// A service's settings, parsed as its binary parses them.
 enum Config {
     Auth(auth_svc::config::Config),
-    Gateway(ws_gateway::Config),
+    // Boxed: the gateway has by far the most settings.
+    Gateway(Box<ws_gateway::Config>),
     Broadcaster(broadcaster::Config),
     Monitor(monitor::Config),
 }
@@ -425,7 +426,7 @@ impl Config {
                 );
                 Self::Auth(cli.config)
             }
-            "ws-gateway" => Self::Gateway(parse_flags(builder, listen)),
+            "ws-gateway" => Self::Gateway(Box::new(parse_flags(builder, listen))),
             "broadcaster" => Self::Broadcaster(parse_flags(builder, listen)),
             "monitor" => Self::Monitor(parse_flags(builder, listen)),
             other => panic!("{other} is not a Herald service"),
@@ -455,7 +456,7 @@ impl Config {
         let shutdown = shutdown.cancelled_owned();
         match self {
             Self::Auth(c) => auth_svc::run(listener, c, engine, shutdown).await,
-            Self::Gateway(c) => ws_gateway::run(listener, c, engine, shutdown).await,
+            Self::Gateway(c) => ws_gateway::run(listener, *c, engine, shutdown).await,
             Self::Broadcaster(c) => broadcaster::run(listener, c, engine, shutdown).await,
             Self::Monitor(c) => monitor::run(listener, c, engine, shutdown).await,
         }

@@ -87,6 +87,7 @@ async fn main() -> ExitCode {
                     eprintln!("subscribed to {} at {}@{}", s.channel, s.offset, s.epoch);
                 }
                 Some(Event::Error(e)) => eprintln!("subscription refused: {e}"),
+                Some(Event::Unsubscribed) => eprintln!("unsubscribed by the application's backend"),
                 // Joins and leaves: not asked for (`subscribe` leaves them off).
                 Some(_) => {}
                 None => break,

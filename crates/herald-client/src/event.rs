@@ -1,5 +1,5 @@
-//! What the client reports: subscription events, connection states, publish results
-//! and errors.
+//! What the client reports: subscription events, server-side subscription events,
+//! connection states, publish results and errors.
 
 use std::fmt;
 
@@ -47,6 +47,60 @@ pub enum Event {
     /// Another connection left the channel: it unsubscribed, disconnected, or its
     /// gateway died. As [`Event::Join`].
     Leave(Member),
+    /// The application's backend unsubscribed this connection from the channel
+    /// (broadcaster `/v1/unsubscribe`): the last event, the stream ends after it.
+    /// Every subscription of the channel ends, except when one of them has a
+    /// `subscribe` on its way to the gateway: that subscribes the channel again, so
+    /// they all go on.
+    Unsubscribed,
+}
+
+/// What [`ServerSubscriptions`](crate::ServerSubscriptions) yields: the channels the
+/// server subscribed this connection to by itself (the application's backend with
+/// broadcaster `/v1/subscribe`, or a gateway with `HERALD_USER_CHANNEL=1`, the
+/// user's personal channel `user:<user_id>` at each login), and their messages.
+///
+/// A channel the application has a [`Subscription`](crate::Subscription) of its own
+/// for is not reported here: the server's `subscribed` only confirms that
+/// subscription, whose stream keeps delivering the channel.
+// More kinds may come: matches need a wildcard arm.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// The server subscribed the connection to a channel: on the first time, or
+    /// again on a later connection (the personal channel at every login). The
+    /// channel's messages follow, after [`ServerSubscribed::position`].
+    Subscribed(ServerSubscribed),
+    /// The next message of a server-side subscription: exactly once, in offset
+    /// order per channel (the channels' messages are interleaved as they arrive).
+    Message(Message),
+    /// Messages of a server-side subscription were lost for good (history trimmed or
+    /// expired, the channel's epoch changed); delivery goes on after [`Gap::to`].
+    Gap(Gap),
+    /// The server-side subscription of `channel` is over: the backend ended it
+    /// (`/v1/unsubscribe`), or the gateway refused to renew it for good (the refusal
+    /// also goes to [`Client::errors`](crate::Client::errors)). Nothing more comes
+    /// on the channel until the server subscribes the connection again.
+    Unsubscribed { channel: String },
+}
+
+/// The server subscribed the connection to `channel`; see [`ServerEvent::Subscribed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSubscribed {
+    pub channel: String,
+    /// The channel's latest offset when the server subscribed the connection.
+    pub offset: u64,
+    /// The channel's epoch then.
+    pub epoch: String,
+    /// `Some` when the backend gave a position to start from: whether everything
+    /// after it was replayed (the replay follows this event).
+    pub recovered: Option<bool>,
+    /// Where this client's deliveries on the channel stand: the messages that follow
+    /// come after it. On a later connection, the position kept from the earlier
+    /// one: what was published on the channel meanwhile is recovered from the
+    /// gateway's history and delivered next (or a [`ServerEvent::Gap`] says it could
+    /// not be).
+    pub position: Position,
 }
 
 /// What kind of delivery a [`Message`] was.

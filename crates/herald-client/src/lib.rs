@@ -12,10 +12,15 @@
 //! [`Client::presence_stats`] tell who is in a channel, on every gateway; a
 //! subscription made with [`SubscribeOptions::join_leave`] also yields an
 //! [`Event::Join`] or [`Event::Leave`] as other connections come and go.
+//! [`Client::server_subscriptions`] yields the channels the server subscribed the
+//! connection to by itself (the application's backend, or the user's personal
+//! channel at login) and their messages, with the same exactly-once delivery.
 //!
 //! ```no_run
 //! use futures_util::StreamExt as _;
-//! use herald_client::{Client, Event, HistoryQuery, Options, SubscribeOptions, TokenSource};
+//! use herald_client::{
+//!     Client, Event, HistoryQuery, Options, ServerEvent, SubscribeOptions, TokenSource,
+//! };
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = Client::connect(
@@ -62,11 +67,25 @@
 //!         }
 //!     }
 //! });
+//! // What the server subscribed this connection to: the backend's channels, the
+//! // personal channel `user:<user_id>`.
+//! let mut server = client.server_subscriptions().expect("taken once");
+//! tokio::spawn(async move {
+//!     while let Some(event) = server.next().await {
+//!         match event {
+//!             ServerEvent::Subscribed(s) => println!("now on {}", s.channel),
+//!             ServerEvent::Message(m) => println!("{} #{}: {}", m.channel, m.offset, m.data),
+//!             ServerEvent::Unsubscribed { channel } => println!("off {channel}"),
+//!             _ => {}
+//!         }
+//!     }
+//! });
 //! while let Some(event) = news.next().await {
 //!     match event {
 //!         Event::Message(m) => println!("{} #{}: {}", m.channel, m.offset, m.data),
 //!         Event::Gap(gap) => println!("lost {} to {}", gap.from, gap.to),
-//!         Event::Subscribed(_) | Event::Error(_) | Event::Join(_) | Event::Leave(_) => {}
+//!         // Subscribed, refused, ended by the backend; joins and leaves when asked.
+//!         _ => {}
 //!     }
 //! }
 //! client.close().await;
@@ -91,10 +110,11 @@
 //! - [`Presence`], [`PresenceStats`], [`PresenceError`], [`Member`]: who is in a
 //!   channel; `arrivals` keeps join/leave events in their place among the messages
 //!   a subscription holds before its first `subscribed`.
+//! - [`ServerSubscriptions`], [`ServerEvent`]: the subscriptions the server made.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use serde::Serialize;
@@ -117,8 +137,8 @@ pub mod token;
 pub mod tracker;
 
 pub use event::{
-    Ack, ClientError, ConnState, Event, Gap, Job, Message, MessageKind, PublishError,
-    SubscribeError, Subscribed,
+    Ack, ClientError, ConnState, Event, Gap, Job, Message, MessageKind, PublishError, ServerEvent,
+    ServerSubscribed, SubscribeError, Subscribed,
 };
 pub use herald_proto::ErrorCode;
 pub use herald_proto::disconnect::DisconnectCode;
@@ -143,7 +163,7 @@ static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
 ///
 /// The connection is served by one background task, which stops when
 /// [`Client::close`] is called or when the last clone (and the last
-/// [`Subscription`]) is dropped.
+/// [`Subscription`], and the [`ServerSubscriptions`]) is dropped.
 #[derive(Debug, Clone)]
 pub struct Client {
     shared: Arc<Shared>,
@@ -166,6 +186,11 @@ struct Shared {
     publish_timeout: std::time::Duration,
     subscription_buffer: usize,
     room: Arc<Notify>,
+    /// The events of every server-side subscription, kept from the start until
+    /// [`Client::server_subscriptions`] takes them.
+    server_events: Arc<EventQueue<ServerEvent>>,
+    /// Set by the first [`Client::server_subscriptions`].
+    server_events_taken: AtomicBool,
     cancel: CancellationToken,
     /// The driver task; taken and awaited by the first [`Client::close`]. A tokio
     /// lock, because later closers wait on it across that await for the task to end.
@@ -203,6 +228,7 @@ impl Client {
         let slots = options.publish_queue;
         let publish_timeout = options.publish_timeout;
         let subscription_buffer = options.subscription_buffer;
+        let server_events = Arc::new(EventQueue::new(subscription_buffer, room.clone()));
         let driver = Driver::new(
             urls,
             token,
@@ -213,6 +239,7 @@ impl Client {
                 errors: errors.clone(),
                 cancel: cancel.clone(),
                 room: room.clone(),
+                server_events: server_events.clone(),
             },
         );
         // Every log line of this client's task says which client and which gateway.
@@ -233,6 +260,8 @@ impl Client {
                 publish_timeout,
                 subscription_buffer,
                 room,
+                server_events,
+                server_events_taken: AtomicBool::new(false),
                 cancel,
                 driver: tokio::sync::Mutex::new(Some(task)),
                 next_sub: AtomicU64::new(0),
@@ -263,6 +292,15 @@ impl Client {
     ///
     /// Several subscriptions to one channel each get every message. For join/leave
     /// events too, see [`Client::subscribe_with`].
+    ///
+    /// A channel the server subscribed the connection to by itself (see
+    /// [`Client::server_subscriptions`]) is taken over: its messages come to this
+    /// subscription from then on, after the last one the server-side stream had
+    /// (unless `since` says otherwise), and that stream says nothing more about it.
+    /// No permission is needed while the connection holds the channel; but the
+    /// subscription is the application's own from then on, renewed on every later
+    /// connection, where the token must allow the channel (the personal channel
+    /// always is) or it ends with a `forbidden` [`Event::Error`].
     pub fn subscribe(&self, channel: impl Into<String>, since: Option<Position>) -> Subscription {
         self.subscribe_with(
             channel,
@@ -308,6 +346,38 @@ impl Client {
             queue,
             active: true,
         }
+    }
+
+    /// The channels the server subscribed this connection to by itself, and their
+    /// messages: the application's backend (broadcaster `/v1/subscribe`,
+    /// `/v1/unsubscribe`) and, with a gateway set to `HERALD_USER_CHANNEL=1`, the
+    /// user's personal channel `user:<user_id>` at every login. Each channel's
+    /// messages come exactly once and in order, as a [`Subscription`]'s do; a channel
+    /// the application subscribed to itself is left to that subscription.
+    ///
+    /// One stream per client: `None` after the first call (on this handle or a clone).
+    /// Events are kept from [`Client::connect`] on until it is taken, so nothing
+    /// that arrived before is missed. Like a subscription, it holds at most
+    /// [`Options::subscription_buffer`] messages not read, then pauses and recovers
+    /// the rest from the gateway's history once read down to half. Dropping it
+    /// discards the events from then on.
+    ///
+    /// A server-side subscription lasts as long as its connection. After a
+    /// reconnect the client keeps each one's position but does not subscribe again by
+    /// itself: when the server subscribes the new connection to the channel again
+    /// (the personal channel is, at every login), what was published meanwhile is
+    /// recovered from history and delivered next, exactly once (or a
+    /// [`ServerEvent::Gap`] says it could not be). The others stay silent: a backend
+    /// that wants them kept subscribes the user again, or sends to the personal
+    /// channel.
+    pub fn server_subscriptions(&self) -> Option<ServerSubscriptions> {
+        if self.shared.server_events_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(ServerSubscriptions {
+            _client: self.clone(),
+            queue: self.shared.server_events.clone(),
+        })
     }
 
     /// Publishes `message` (anything that serializes to JSON) to `channel` and waits
@@ -429,8 +499,8 @@ impl Client {
 
     /// Closes the connection and stops the client: pending publishes, history and
     /// presence reads fail with [`PublishError::Closed`] / [`HistoryError::Closed`] /
-    /// [`PresenceError::Closed`], subscription streams end. Returns once the
-    /// background task has finished.
+    /// [`PresenceError::Closed`], subscription streams and the server-side stream
+    /// end. Returns once the background task has finished.
     pub async fn close(&self) {
         self.shared.cancel.cancel();
         let mut slot = self.shared.driver.lock().await;
@@ -488,6 +558,31 @@ impl futures_util::Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         self.queue.poll_next(cx)
+    }
+}
+
+/// The events of the subscriptions the server made (see
+/// [`Client::server_subscriptions`]); a [`futures_util::Stream`] of [`ServerEvent`]s,
+/// read with `StreamExt::next`. The stream ends when the client stops.
+#[derive(Debug)]
+pub struct ServerSubscriptions {
+    /// Keeps the client running while the stream is read, as a [`Subscription`] does.
+    _client: Client,
+    queue: Arc<EventQueue<ServerEvent>>,
+}
+
+impl futures_util::Stream for ServerSubscriptions {
+    type Item = ServerEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ServerEvent>> {
+        self.queue.poll_next(cx)
+    }
+}
+
+impl Drop for ServerSubscriptions {
+    fn drop(&mut self) {
+        // Nobody can read them any more: the driver's pushes are discarded.
+        self.queue.close();
     }
 }
 

@@ -35,9 +35,14 @@ pub struct Options {
     /// subscription stops taking messages and, once the application has read half
     /// of them, recovers the rest from the gateway's history. It holds as many
     /// join/leave events besides, dropping the oldest past that (they cannot be
-    /// recovered).
+    /// recovered). The stream of server-side subscriptions
+    /// ([`Client::server_subscriptions`](crate::Client::server_subscriptions)) is
+    /// bounded the same, for all its channels together.
     pub subscription_buffer: usize,
-    /// Deliveries a new subscription keeps while waiting for its `subscribed` reply.
+    /// Deliveries a new subscription keeps while waiting for its `subscribed` reply;
+    /// also, for all channels together, the deliveries kept on channels the client
+    /// holds nothing for yet (the replay the server sends before it subscribes the
+    /// connection to a channel itself).
     pub pending_limit: usize,
 }
 

@@ -1,4 +1,6 @@
-//! The queue between the driver and one [`Subscription`](crate::Subscription).
+//! The queue between the driver and one [`Subscription`](crate::Subscription), or the
+//! stream of server-side subscriptions
+//! ([`ServerSubscriptions`](crate::ServerSubscriptions)).
 //!
 //! Bounded in messages, and never blocking the driver: when the application does not
 //! keep up, the driver stops delivering to that subscription (its tracker stalls) and
@@ -14,16 +16,55 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
-use crate::event::Event;
+use crate::event::{Event, ServerEvent};
 
 /// Events other than messages and join/leave events a queue holds beyond its message
-/// capacity. They come from this client's own requests (one in flight per
-/// subscription), so this is plenty; past it the oldest is dropped.
+/// capacity. A subscription's come from this client's own requests (one in flight per
+/// subscription), so this is plenty; the server-side stream's, one or two per
+/// subscribe or unsubscribe of the backend's, get the message capacity besides. Past
+/// it the oldest is dropped.
 const CONTROL_SLACK: usize = 64;
 
+/// How a queue bounds an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Counts against the capacity; a full queue pauses its deliveries.
+    Message,
+    /// A join or leave: bounded apart, the oldest dropped past the bound.
+    Presence,
+    /// Anything else: bounded with [`CONTROL_SLACK`] beyond the capacity.
+    Control,
+}
+
+/// An item of an [`EventQueue`].
+pub(crate) trait Queued {
+    fn class(&self) -> Class;
+}
+
+impl Queued for Event {
+    fn class(&self) -> Class {
+        match self {
+            Self::Message(_) => Class::Message,
+            Self::Join(_) | Self::Leave(_) => Class::Presence,
+            Self::Subscribed(_) | Self::Gap(_) | Self::Error(_) | Self::Unsubscribed => {
+                Class::Control
+            }
+        }
+    }
+}
+
+impl Queued for ServerEvent {
+    fn class(&self) -> Class {
+        match self {
+            Self::Message(_) => Class::Message,
+            Self::Subscribed(_) | Self::Gap(_) | Self::Unsubscribed { .. } => Class::Control,
+        }
+    }
+}
+
 #[derive(Debug)]
-struct State {
-    events: VecDeque<Event>,
+struct State<E> {
+    events: VecDeque<E>,
     /// How many of `events` are messages.
     messages: usize,
     /// How many of `events` are joins and leaves.
@@ -37,17 +78,17 @@ struct State {
     waker: Option<Waker>,
 }
 
-/// One subscription's events.
+/// One subscription's events, or those of every server-side subscription.
 #[derive(Debug)]
-pub(crate) struct EventQueue {
-    state: Mutex<State>,
+pub(crate) struct EventQueue<E = Event> {
+    state: Mutex<State<E>>,
     capacity: usize,
     /// Shared by every queue of a client: wakes the driver when a stalled queue has
     /// room again.
     room: Arc<Notify>,
 }
 
-impl EventQueue {
+impl<E: Queued> EventQueue<E> {
     pub(crate) fn new(capacity: usize, room: Arc<Notify>) -> Self {
         Self {
             state: Mutex::new(State {
@@ -64,7 +105,7 @@ impl EventQueue {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<E>> {
         // A panic while holding this lock leaves the queue consistent (every update
         // is a single push or pop), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -97,7 +138,7 @@ impl EventQueue {
     }
 
     /// Queues a message; the caller checked [`EventQueue::room`].
-    pub(crate) fn push_message(&self, event: Event) {
+    pub(crate) fn push_message(&self, event: E) {
         let mut s = self.lock();
         if s.closed {
             return;
@@ -108,13 +149,13 @@ impl EventQueue {
     }
 
     /// Queues a subscription event other than a message or a join/leave.
-    pub(crate) fn push_control(&self, event: Event) {
+    pub(crate) fn push_control(&self, event: E) {
         let mut s = self.lock();
         if s.closed {
             return;
         }
         if s.events.len() - s.presence >= self.capacity + CONTROL_SLACK
-            && let Some(i) = s.events.iter().position(is_control)
+            && let Some(i) = s.events.iter().position(|e| e.class() == Class::Control)
         {
             s.events.remove(i);
             tracing::warn!("subscription events not read: dropped the oldest");
@@ -125,13 +166,13 @@ impl EventQueue {
 
     /// Queues a join or leave: at most `capacity` of them, the oldest dropped past
     /// that. They never count as messages, so they never pause the subscription.
-    pub(crate) fn push_presence(&self, event: Event) {
+    pub(crate) fn push_presence(&self, event: E) {
         let mut s = self.lock();
         if s.closed {
             return;
         }
         if s.presence >= self.capacity
-            && let Some(i) = s.events.iter().position(is_presence)
+            && let Some(i) = s.events.iter().position(|e| e.class() == Class::Presence)
         {
             s.events.remove(i);
             s.presence -= 1;
@@ -151,19 +192,23 @@ impl EventQueue {
         wake(&mut s);
     }
 
-    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<E>> {
         let mut s = self.lock();
         if let Some(event) = s.events.pop_front() {
-            if is_presence(&event) {
-                s.presence -= 1;
-                s.presence_dropped = false;
-            } else if matches!(event, Event::Message(_)) {
-                s.messages -= 1;
-                if s.stalled && s.messages <= self.capacity / 2 {
-                    s.stalled = false;
-                    drop(s);
-                    self.room.notify_one();
+            match event.class() {
+                Class::Presence => {
+                    s.presence -= 1;
+                    s.presence_dropped = false;
                 }
+                Class::Message => {
+                    s.messages -= 1;
+                    if s.stalled && s.messages <= self.capacity / 2 {
+                        s.stalled = false;
+                        drop(s);
+                        self.room.notify_one();
+                    }
+                }
+                Class::Control => {}
             }
             return Poll::Ready(Some(event));
         }
@@ -177,15 +222,7 @@ impl EventQueue {
     }
 }
 
-fn is_presence(e: &Event) -> bool {
-    matches!(e, Event::Join(_) | Event::Leave(_))
-}
-
-fn is_control(e: &Event) -> bool {
-    !matches!(e, Event::Message(_)) && !is_presence(e)
-}
-
-fn wake(s: &mut State) {
+fn wake<E>(s: &mut State<E>) {
     if let Some(w) = s.waker.take() {
         w.wake();
     }

@@ -1,8 +1,9 @@
 //! The client against a scripted gateway: a WebSocket server in the test that plays
 //! the gateway's side frame by frame, so each rule of the driver (recovery requests,
-//! batches, refusals, silence, token refresh, publish outcomes, stalls) is checked
-//! against the exact frames the client sends. End-to-end tests against the real
-//! services live in the e2e crate (`tests/src/tests/client.rs`).
+//! batches, refusals, silence, token refresh, publish outcomes, stalls, server-side
+//! subscriptions) is checked against the exact frames the client sends. End-to-end
+//! tests against the real services live in the e2e crate (`tests/src/tests/client.rs`
+//! and the `client_*.rs` beside it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,9 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::{
-    Client, ClientError, ConnState, DisconnectCode, ErrorCode, Event, History, HistoryError,
-    HistoryQuery, Member, MessageKind, Options, Position, Presence, PresenceError, PresenceStats,
-    PublishError, SubscribeOptions, Subscription, TokenSource,
+    Client, ClientError, ConnState, DisconnectCode, ErrorCode, Event, GapReason, History,
+    HistoryError, HistoryQuery, Member, MessageKind, Options, Position, Presence, PresenceError,
+    PresenceStats, PublishError, ServerEvent, ServerSubscriptions, SubscribeOptions, Subscription,
+    TokenSource,
 };
 
 /// How long any one step may take.
@@ -86,7 +88,11 @@ fn auth_success(id: &Value, heartbeat_ms: u64) -> Value {
 }
 
 fn message(offset: u64, epoch: &str) -> Value {
-    json!({"type": "message", "channel": "news", "offset": offset, "epoch": epoch,
+    message_on("news", offset, epoch)
+}
+
+fn message_on(channel: &str, offset: u64, epoch: &str) -> Value {
+    json!({"type": "message", "channel": channel, "offset": offset, "epoch": epoch,
            "message": {"n": offset}, "timestamp": "2026-01-05T14:47:57.123Z"})
 }
 
@@ -282,6 +288,7 @@ fn shape(event: &Event) -> String {
         Event::Subscribed(_) => "subscribed".to_owned(),
         Event::Gap(_) => "gap".to_owned(),
         Event::Error(e) => format!("error:{}", e.code.as_str()),
+        Event::Unsubscribed => "unsubscribed".to_owned(),
     }
 }
 
@@ -1134,4 +1141,404 @@ async fn presence_reads_wait_for_the_connection_and_are_typed() {
     gw.assert_silent().await;
     client.close().await;
     assert_eq!(client.presence("room:1").await, Err(PresenceError::Closed));
+}
+
+// === server-side subscriptions ===
+
+/// The gateway's `subscribed` for a subscription the server made (no `id`).
+fn server_subscribed(channel: &str, offset: u64, epoch: &str, recovered: Option<bool>) -> Value {
+    let mut frame = json!({"type": "subscribed", "channel": channel, "offset": offset,
+                           "epoch": epoch, "server": true});
+    if let Some(r) = recovered {
+        frame["recovered"] = json!(r);
+    }
+    frame
+}
+
+fn server_unsubscribed(channel: &str) -> Value {
+    json!({"type": "unsubscribed", "channel": channel, "server": true})
+}
+
+/// A server-side event in short: `sub:<channel>@<position offset>`, `<channel>#<offset>`,
+/// `gap:<channel>:<from>..<to>`, `unsub:<channel>`.
+fn server_shape(event: &ServerEvent) -> String {
+    match event {
+        ServerEvent::Subscribed(s) => format!("sub:{}@{}", s.channel, s.position.offset),
+        ServerEvent::Message(m) => format!("{}#{}", m.channel, m.offset),
+        ServerEvent::Gap(g) => format!("gap:{}:{}..{}", g.channel, g.from.offset, g.to.offset),
+        ServerEvent::Unsubscribed { channel } => format!("unsub:{channel}"),
+    }
+}
+
+async fn next_server_event(stream: &mut ServerSubscriptions) -> ServerEvent {
+    within("a server-side event", stream.next())
+        .await
+        .expect("the stream ended")
+}
+
+/// The next `count` server-side events, in short.
+async fn server_shapes(stream: &mut ServerSubscriptions, count: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        got.push(server_shape(&next_server_event(stream).await));
+    }
+    got
+}
+
+/// Asserts no server-side event comes for a while.
+async fn assert_no_server_event(stream: &mut ServerSubscriptions) {
+    let next = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(next.is_err(), "expected nothing, got {next:?}");
+}
+
+/// Reads the client's next frame, a `subscribe` for `channel`.
+async fn recv_subscribe_to(gw: &mut Peer, channel: &str) -> Value {
+    let req = gw.recv().await;
+    assert_eq!(
+        (req["type"].as_str(), req["channel"].as_str()),
+        (Some("subscribe"), Some(channel)),
+        "{req}"
+    );
+    req
+}
+
+/// Answers `req`, a `subscribe` for `channel`, with `subscribed` at `offset` in epoch
+/// `e`, recovered.
+async fn reply_recovered(gw: &mut Peer, req: &Value, channel: &str, offset: u64) {
+    gw.send(
+        json!({"type": "subscribed", "channel": channel, "id": req["id"],
+                   "offset": offset, "epoch": "e", "recovered": true}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_personal_channel_is_delivered_once_and_recovered_at_each_login() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut server = client.server_subscriptions().expect("the stream");
+    assert!(
+        client.clone().server_subscriptions().is_none(),
+        "one stream per client"
+    );
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.send(server_subscribed("user:u", 2, "e", None)).await;
+    match next_server_event(&mut server).await {
+        ServerEvent::Subscribed(s) => {
+            assert_eq!(
+                (s.channel.as_str(), s.offset, s.epoch.as_str(), s.recovered),
+                ("user:u", 2, "e", None)
+            );
+            assert_eq!(s.position, Position::new(2, "e"));
+        }
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    // Judged like a subscription's deliveries: a duplicate dropped, a hole recovered
+    // from the position with a plain `subscribe` + `since`.
+    gw.send(message_on("user:u", 3, "e")).await;
+    gw.send(message_on("user:u", 3, "e")).await;
+    gw.send(message_on("user:u", 5, "e")).await;
+    let req = recv_subscribe_to(&mut gw, "user:u").await;
+    assert_eq!(
+        req,
+        json!({"type": "subscribe", "channel": "user:u", "since": {"offset": 3, "epoch": "e"},
+               "id": req["id"]})
+    );
+    gw.send(message_on("user:u", 4, "e")).await;
+    gw.send(message_on("user:u", 5, "e")).await;
+    reply_recovered(&mut gw, &req, "user:u", 5).await;
+    assert_eq!(
+        server_shapes(&mut server, 3).await,
+        ["user:u#3", "user:u#4", "user:u#5"]
+    );
+
+    // The connection drops. The next one renews nothing by itself: the gateway
+    // subscribes it to the personal channel again, two messages ahead, and the
+    // client recovers them from its position, each once.
+    drop(gw);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.assert_silent().await;
+    gw.send(server_subscribed("user:u", 7, "e", None)).await;
+    let req = recv_subscribe_to(&mut gw, "user:u").await;
+    assert_eq!(req["since"], json!({"offset": 5, "epoch": "e"}));
+    gw.send(message_on("user:u", 6, "e")).await;
+    gw.send(message_on("user:u", 7, "e")).await;
+    reply_recovered(&mut gw, &req, "user:u", 7).await;
+    gw.send(message_on("user:u", 7, "e")).await;
+    gw.send(message_on("user:u", 8, "e")).await;
+    assert_eq!(
+        server_shapes(&mut server, 4).await,
+        ["sub:user:u@5", "user:u#6", "user:u#7", "user:u#8"]
+    );
+
+    // Nothing missed: nothing asked.
+    drop(gw);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.send(server_subscribed("user:u", 8, "e", None)).await;
+    assert_eq!(server_shapes(&mut server, 1).await, ["sub:user:u@8"]);
+    gw.assert_silent().await;
+
+    // The channel's history was lost meanwhile: a gap to the new epoch's offset.
+    drop(gw);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.send(server_subscribed("user:u", 2, "f", None)).await;
+    gw.send(message_on("user:u", 3, "f")).await;
+    match next_server_event(&mut server).await {
+        ServerEvent::Gap(g) => {
+            assert_eq!(
+                (g.from, g.to),
+                (Position::new(8, "e"), Position::new(2, "f"))
+            );
+            assert_eq!(g.reason, GapReason::EpochChanged);
+        }
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    assert_eq!(
+        server_shapes(&mut server, 2).await,
+        ["sub:user:u@2", "user:u#3"]
+    );
+    gw.assert_silent().await;
+    client.close().await;
+    assert!(within("the end", server.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn the_backends_replay_and_unsubscribe_reach_the_server_side_stream() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut server = client.server_subscriptions().expect("the stream");
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    // The backend's `since` was offset 1: the replay comes before `subscribed`, on a
+    // channel the client holds nothing for yet.
+    gw.send(message_on("room:9", 2, "e")).await;
+    gw.send(message_on("room:9", 3, "e")).await;
+    gw.send(server_subscribed("room:9", 3, "e", Some(true)))
+        .await;
+    match next_server_event(&mut server).await {
+        ServerEvent::Subscribed(s) => {
+            assert_eq!((s.offset, s.recovered), (3, Some(true)));
+            assert_eq!(s.position, Position::new(1, "e"), "right before the replay");
+        }
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    gw.send(message_on("room:9", 4, "e")).await;
+    assert_eq!(
+        server_shapes(&mut server, 3).await,
+        ["room:9#2", "room:9#3", "room:9#4"]
+    );
+    // Without `since`: from the channel's offset on.
+    gw.send(server_subscribed("alerts", 10, "e", None)).await;
+    gw.send(message_on("alerts", 11, "e")).await;
+    assert_eq!(
+        server_shapes(&mut server, 2).await,
+        ["sub:alerts@10", "alerts#11"]
+    );
+    // A replay cut short (the replay claimed complete, yet stops at 21 of 22): the
+    // rest is asked for.
+    gw.send(message_on("feed", 21, "e")).await;
+    gw.send(server_subscribed("feed", 22, "e", Some(true)))
+        .await;
+    let req = recv_subscribe_to(&mut gw, "feed").await;
+    assert_eq!(req["since"], json!({"offset": 21, "epoch": "e"}));
+    gw.send(message_on("feed", 22, "e")).await;
+    reply_recovered(&mut gw, &req, "feed", 22).await;
+    assert_eq!(
+        server_shapes(&mut server, 3).await,
+        ["sub:feed@20", "feed#21", "feed#22"]
+    );
+
+    // Ended by the backend: said once, and later deliveries on the channel are not
+    // its messages.
+    gw.send(server_unsubscribed("room:9")).await;
+    gw.send(message_on("room:9", 5, "e")).await;
+    gw.send(message_on("alerts", 12, "e")).await;
+    assert_eq!(
+        server_shapes(&mut server, 2).await,
+        ["unsub:room:9", "alerts#12"]
+    );
+
+    // A renewal refused for now is retried; refused for good, the server-side
+    // subscription is over and the refusal reported.
+    let mut errors = client.errors();
+    gw.send(message_on("alerts", 14, "e")).await;
+    let req = recv_subscribe_to(&mut gw, "alerts").await;
+    gw.send(
+        json!({"type": "error", "code": "unavailable", "message": "later",
+                   "id": req["id"], "channel": "alerts"}),
+    )
+    .await;
+    let req = recv_subscribe_to(&mut gw, "alerts").await;
+    assert_eq!(req["since"], json!({"offset": 12, "epoch": "e"}));
+    gw.send(
+        json!({"type": "error", "code": "forbidden", "message": "no",
+                   "id": req["id"], "channel": "alerts"}),
+    )
+    .await;
+    assert_eq!(server_shapes(&mut server, 1).await, ["unsub:alerts"]);
+    match within("the refusal", errors.recv()).await {
+        Ok(ClientError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::Forbidden);
+            assert!(message.contains("alerts"), "{message}");
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+
+    // The backend ends one while its renewal is on its way: the renewal subscribed
+    // the channel again, so the client unsubscribes.
+    gw.send(message_on("feed", 24, "e")).await;
+    let req = recv_subscribe_to(&mut gw, "feed").await;
+    gw.send(server_unsubscribed("feed")).await;
+    reply_recovered(&mut gw, &req, "feed", 24).await;
+    let unsub = gw.recv().await;
+    assert_eq!(
+        unsub,
+        json!({"type": "unsubscribe", "channel": "feed", "id": unsub["id"]})
+    );
+    gw.send(json!({"type": "unsubscribed", "channel": "feed", "id": unsub["id"]}))
+        .await;
+    assert_eq!(server_shapes(&mut server, 1).await, ["unsub:feed"]);
+    assert_no_server_event(&mut server).await;
+    client.close().await;
+}
+
+#[tokio::test]
+async fn the_applications_own_subscription_comes_first() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut server = client.server_subscriptions().expect("the stream");
+    let mut room = client.subscribe_with("news", join_leave());
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    gw.subscribed(0, "e", None).await;
+    assert_eq!(shapes(&mut room, 1).await, ["subscribed"]);
+    // The server subscribes a channel the application holds: only a confirmation.
+    // Its `subscribe` turned the join/leave events off, so they are asked again.
+    gw.send(server_subscribed("news", 0, "e", None)).await;
+    let req = gw.recv_subscribe().await;
+    assert_eq!(
+        (&req["since"], &req["join_leave"]),
+        (&json!({"offset": 0, "epoch": "e"}), &json!(true))
+    );
+    gw.reply_subscribed(&req, 0, "e", Some(true)).await;
+    gw.send(message(1, "e")).await;
+    assert_eq!(shapes(&mut room, 2).await, ["subscribed", "m1"]);
+    assert_no_server_event(&mut server).await;
+
+    // Subscribing to a channel the server subscribed takes it over, after the last
+    // message the server-side stream had.
+    gw.send(server_subscribed("alerts", 4, "e", None)).await;
+    gw.send(message_on("alerts", 5, "e")).await;
+    assert_eq!(
+        server_shapes(&mut server, 2).await,
+        ["sub:alerts@4", "alerts#5"]
+    );
+    let mut alerts = client.subscribe("alerts", None);
+    let req = recv_subscribe_to(&mut gw, "alerts").await;
+    assert_eq!(req["since"], json!({"offset": 5, "epoch": "e"}));
+    gw.send(message_on("alerts", 6, "e")).await;
+    reply_recovered(&mut gw, &req, "alerts", 6).await;
+    gw.send(message_on("alerts", 7, "e")).await;
+    assert_eq!(shapes(&mut alerts, 3).await, ["m6", "subscribed", "m7"]);
+    assert_no_server_event(&mut server).await;
+
+    // The backend ends a channel the application holds: its subscriptions end.
+    gw.send(server_unsubscribed("alerts")).await;
+    assert_eq!(shapes(&mut alerts, 1).await, ["unsubscribed"]);
+    assert!(within("the end", alerts.next()).await.is_none());
+    // Dropping the ended subscription sends nothing more.
+    drop(alerts);
+    gw.assert_silent().await;
+    // While a `subscribe` of the application's is on its way, the subscription
+    // goes on: that `subscribe` subscribes the channel again.
+    gw.send(message(3, "e")).await;
+    let req = gw.recv_subscribe().await;
+    gw.send(server_unsubscribed("news")).await;
+    gw.send(message(2, "e")).await;
+    gw.send(message(3, "e")).await;
+    gw.reply_subscribed(&req, 3, "e", Some(true)).await;
+    assert_eq!(shapes(&mut room, 3).await, ["m2", "m3", "subscribed"]);
+    assert_no_server_event(&mut server).await;
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_server_side_stream_not_read_pauses_and_recovers() {
+    let fake = Fake::start().await;
+    let opts = Options {
+        subscription_buffer: 2,
+        ..options()
+    };
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), opts);
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    // Kept from the start, before the stream is taken.
+    gw.send(server_subscribed("user:u", 0, "e", None)).await;
+    for o in 1..=4 {
+        gw.send(message_on("user:u", o, "e")).await;
+    }
+    gw.assert_silent().await;
+    let mut server = client.server_subscriptions().expect("the stream");
+    assert_eq!(
+        server_shapes(&mut server, 2).await,
+        ["sub:user:u@0", "user:u#1"]
+    );
+    // Read down to half: the rest is recovered from the last message it had.
+    let req = recv_subscribe_to(&mut gw, "user:u").await;
+    assert_eq!(req["since"], json!({"offset": 2, "epoch": "e"}));
+    gw.send(message_on("user:u", 3, "e")).await;
+    gw.send(message_on("user:u", 4, "e")).await;
+    reply_recovered(&mut gw, &req, "user:u", 4).await;
+    assert_eq!(
+        server_shapes(&mut server, 3).await,
+        ["user:u#2", "user:u#3", "user:u#4"]
+    );
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_disconnect_with_the_applications_code_stops_or_reconnects_as_it_says() {
+    let fake = Fake::start().await;
+    let client = Client::connect([fake.url.clone()], TokenSource::fixed("t"), options());
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    // `retry_after_ms` holds the reconnect back long enough to see the state.
+    gw.send(json!({"type": "disconnect", "code": "server_disconnect",
+                   "reason": "come back later", "reconnect": true, "retry_after_ms": 300}))
+        .await;
+    gw.close(1001, "come back later").await;
+    let state = until(&client, "the disconnect", |s| {
+        matches!(s, ConnState::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        state,
+        ConnState::Disconnected {
+            code: Some(DisconnectCode::ServerDisconnect),
+            reason: "come back later".to_owned(),
+            reconnect: true,
+        }
+    );
+    let mut gw = fake.accept().await;
+    gw.hello(25_000).await;
+    until(&client, "the reconnect", ConnState::is_connected).await;
+    gw.send(
+        json!({"type": "disconnect", "code": "banned", "reason": "you were banned",
+                   "reconnect": false}),
+    )
+    .await;
+    gw.close(1008, "you were banned").await;
+    assert_stops_with(&client, DisconnectCode::Other("banned".to_owned())).await;
+    assert_eq!(
+        client.state(),
+        ConnState::Disconnected {
+            code: Some(DisconnectCode::Other("banned".to_owned())),
+            reason: "you were banned".to_owned(),
+            reconnect: false,
+        }
+    );
 }

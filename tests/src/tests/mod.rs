@@ -14,6 +14,7 @@ mod client;
 mod client_faults;
 mod client_history;
 mod client_presence;
+mod client_server_side;
 mod compose;
 mod config;
 mod contract;

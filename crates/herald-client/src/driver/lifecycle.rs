@@ -9,6 +9,7 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::ending::Step;
+use super::server::Orphans;
 use super::socket::conn_send_text;
 use super::timers::pending_or;
 use super::{
@@ -100,6 +101,7 @@ impl Driver {
         for sub in self.subs.values() {
             sub.queue.close();
         }
+        self.server_events.close();
         tracing::debug!(state = ?state, "herald client stopped");
         self.set_state(state);
     }
@@ -140,6 +142,8 @@ impl Driver {
             refresh_at: token.refresh_at,
             refresh_failures: 0,
             fetching: None,
+            orphans: Orphans::default(),
+            leaving: HashMap::new(),
         };
         self.set_state(ConnState::Connected {
             node: hello.node,
@@ -195,6 +199,8 @@ impl Driver {
                 join_leave,
                 queue,
             } => {
+                let taken = self.take_over(&channel);
+                let since = since.or(taken);
                 self.by_channel
                     .entry(channel.clone())
                     .or_default()
@@ -214,6 +220,9 @@ impl Driver {
                     },
                 );
                 if let Some(conn) = conn {
+                    if let Some(s) = self.subs.get(&sub) {
+                        conn.orphans.forget(&s.channel);
+                    }
                     self.send_subscribe(sub, conn).await?;
                 }
             }
@@ -234,7 +243,9 @@ impl Driver {
         Ok(())
     }
 
-    /// Renews every subscription, then sends the requests that waited.
+    /// Renews every subscription, then sends the requests that waited. Server-side
+    /// subscriptions ended with the last connection: they wait for the server to
+    /// subscribe this one again.
     pub(super) async fn on_connected(&mut self, conn: &mut Conn) -> Result<(), End> {
         let ids: Vec<u64> = self.subs.keys().copied().collect();
         for sub in ids {
@@ -263,6 +274,13 @@ impl Driver {
         for sub in self.subs.values_mut() {
             sub.tracker.reset();
             sub.arrivals.clear();
+            sub.request = None;
+            sub.retry_at = None;
+        }
+        // Each keeps its position, in case the server subscribes the next connection
+        // to the channel again.
+        for sub in self.server_subs.values_mut() {
+            sub.tracker.reset();
             sub.request = None;
             sub.retry_at = None;
         }

@@ -1,6 +1,7 @@
 //! The one task behind a [`Client`](crate::Client): it owns the socket, every
-//! subscription's [`Tracker`], the requests waiting for their reply (publishes,
-//! history and presence reads) and the token, and runs the connection lifecycle.
+//! subscription's [`Tracker`] (the server-side subscriptions' too), the requests
+//! waiting for their reply (publishes, history and presence reads) and the token,
+//! and runs the connection lifecycle.
 //!
 //! The lifecycle is a loop: wait out the backoff, get a token, open a WebSocket and
 //! authenticate, serve the connection until it ends, then decide from how it ended
@@ -17,6 +18,9 @@
 //! - `socket`: server frames to their handlers; writes with a timeout.
 //! - `subscriptions`: subscribe with `since` (and `join_leave`), deliveries and
 //!   join/leave events, recovery, refusals.
+//! - `server`: the subscriptions the server made (`subscribed` / `unsubscribed` with
+//!   `server`): kept with their position across reconnects, recovered when the
+//!   server subscribes again, taken over by the application's own subscriptions.
 //! - `publish`: requests answered by one reply (publishes, history and presence
 //!   reads): queued, sent and settled.
 //! - `timers`: the dead-socket check, deadlines, retries and the token refresh.
@@ -37,7 +41,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::arrivals::Arrivals;
-use crate::event::{Ack, ClientError, ConnState, Message, PublishError};
+use crate::event::{Ack, ClientError, ConnState, Message, PublishError, ServerEvent};
 use crate::history::{History, HistoryError, HistoryQuery};
 use crate::options::Options;
 use crate::presence::{Presence, PresenceError, PresenceStats};
@@ -49,6 +53,7 @@ mod connect;
 mod ending;
 mod lifecycle;
 mod publish;
+mod server;
 mod socket;
 mod subscriptions;
 mod timers;
@@ -279,7 +284,9 @@ enum End {
 #[derive(Debug)]
 enum Request {
     Subscribe(u64),
-    Unsubscribe,
+    /// Renewing the server-side subscription of this channel (a recovery).
+    ServerSubscribe(String),
+    Unsubscribe(String),
     /// A fresh token sent on the live connection.
     Auth(Token),
 }
@@ -300,6 +307,19 @@ struct Sub {
     /// (see `Driver::send_subscribe_since`).
     lent_join_leave: bool,
     /// When to retry a subscribe refused for a temporary reason.
+    retry_at: Option<Instant>,
+    /// Temporary refusals in a row, for the retry's backoff.
+    retries: u32,
+}
+
+/// One subscription the server made, for a channel the application has no
+/// subscription of its own for. Kept across reconnects for its position, though the
+/// server subscription itself ends with its connection.
+struct ServerSub {
+    tracker: Tracker<Message>,
+    /// The renewal (`subscribe` with `since`) in flight on this connection.
+    request: Option<u64>,
+    /// When to retry a renewal refused for a temporary reason.
     retry_at: Option<Instant>,
     /// Temporary refusals in a row, for the retry's backoff.
     retries: u32,
@@ -329,6 +349,11 @@ struct Conn {
     refresh_failures: u32,
     /// A fresh token being fetched.
     fetching: Option<BoxFuture<'static, Result<Token, String>>>,
+    /// Deliveries on channels the client holds nothing for yet.
+    orphans: server::Orphans,
+    /// `unsubscribe` frames sent and not yet answered, by channel: what the gateway
+    /// sent on the channel before it read them is not a server-side replay.
+    leaving: HashMap<String, usize>,
 }
 
 /// What `auth_success` told about a new connection.
@@ -352,6 +377,10 @@ pub(crate) struct Driver {
     /// Ordered by creation, so subscriptions are renewed in the order they were made.
     subs: BTreeMap<u64, Sub>,
     by_channel: HashMap<String, Vec<u64>>,
+    /// The server-side subscriptions, by channel.
+    server_subs: BTreeMap<String, ServerSub>,
+    /// Their events, for [`ServerSubscriptions`](crate::ServerSubscriptions).
+    server_events: Arc<EventQueue<ServerEvent>>,
     /// Requests not yet settled, by request id.
     pending: HashMap<u64, Pending>,
     /// Requests waiting for a connection, in call order.
@@ -368,6 +397,7 @@ pub(crate) struct Wiring {
     pub(crate) errors: broadcast::Sender<ClientError>,
     pub(crate) cancel: CancellationToken,
     pub(crate) room: Arc<Notify>,
+    pub(crate) server_events: Arc<EventQueue<ServerEvent>>,
 }
 
 impl Driver {
@@ -383,6 +413,8 @@ impl Driver {
             room: w.room,
             subs: BTreeMap::new(),
             by_channel: HashMap::new(),
+            server_subs: BTreeMap::new(),
+            server_events: w.server_events,
             pending: HashMap::new(),
             unsent: VecDeque::new(),
             deadlines: BTreeSet::new(),

@@ -64,19 +64,41 @@ impl Driver {
                 offset,
                 epoch,
                 recovered,
+                server,
                 ..
             } => {
-                if let Some(Request::Subscribe(sub)) = id.and_then(|id| conn.requests.remove(&id)) {
-                    return self
-                        .on_subscribed(sub, channel, offset, epoch, recovered, conn)
-                        .await;
+                let request = id.and_then(|id| Some((id, conn.requests.remove(&id)?)));
+                match request {
+                    Some((_, Request::Subscribe(sub))) => {
+                        return self
+                            .on_subscribed(sub, channel, offset, epoch, recovered, conn)
+                            .await;
+                    }
+                    Some((id, Request::ServerSubscribe(channel))) => {
+                        return self
+                            .on_server_renewed(id, channel, offset, epoch, recovered, conn)
+                            .await;
+                    }
+                    Some(_) => {}
+                    None if server => {
+                        return self
+                            .on_server_subscribed(channel, offset, epoch, recovered, conn)
+                            .await;
+                    }
+                    None => {}
                 }
             }
-            ServerFrame::Unsubscribed { id, .. } => {
-                if let Some(id) = id {
-                    conn.requests.remove(&id);
-                }
-            }
+            ServerFrame::Unsubscribed {
+                channel,
+                id,
+                server,
+                ..
+            } => match id.and_then(|id| conn.requests.remove(&id)) {
+                Some(Request::Unsubscribe(channel)) => self.on_left(channel, true, conn),
+                Some(_) => {}
+                None if server => self.on_server_unsubscribed(channel, conn),
+                None => {}
+            },
             ServerFrame::Ack {
                 id,
                 channel,
@@ -204,12 +226,19 @@ impl Driver {
                     self.subscribe_refused(sub, code, message, channel, retry_after_ms);
                     return Ok(());
                 }
+                Some(Request::ServerSubscribe(channel)) => {
+                    self.server_renewal_refused(id, channel, code, message, retry_after_ms);
+                    return Ok(());
+                }
                 Some(Request::Auth(_)) => {
                     self.report(ClientError::TokenRefused(message));
                     retry_refresh(conn);
                     return Ok(());
                 }
-                Some(Request::Unsubscribe) => return Ok(()),
+                Some(Request::Unsubscribe(channel)) => {
+                    self.on_left(channel, false, conn);
+                    return Ok(());
+                }
                 None => {}
             }
         }

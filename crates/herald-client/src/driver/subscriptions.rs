@@ -1,6 +1,7 @@
 //! Subscriptions: `subscribe` with `since` and `join_leave`, deliveries through each
 //! one's [`Tracker`](crate::tracker::Tracker), join/leave events beside it, recovery
-//! of gaps and of a paused queue, refusals.
+//! of gaps and of a paused queue, refusals. Deliveries on a channel no subscription
+//! holds go to the server-side subscriptions (`server`).
 
 use std::time::Duration;
 
@@ -24,16 +25,7 @@ impl Driver {
             return Ok(());
         };
         if let Some(conn) = conn {
-            let id = self.next_id();
-            conn.requests.insert(id, Request::Unsubscribe);
-            conn_send(
-                conn,
-                &ClientFrame::Unsubscribe {
-                    channel,
-                    id: Some(id),
-                },
-            )
-            .await?;
+            self.send_unsubscribe(channel, conn).await?;
         }
         Ok(())
     }
@@ -85,8 +77,10 @@ impl Driver {
         })
     }
 
-    /// Some stalled subscription has room again: recover what it dropped.
+    /// Some stalled subscription, or the server-side stream, has room again: recover
+    /// what it dropped.
     pub(super) async fn on_room(&mut self, mut conn: Option<&mut Conn>) -> Result<(), End> {
+        self.on_server_room(conn.as_deref_mut()).await?;
         let ready: Vec<u64> = self
             .subs
             .iter()
@@ -118,7 +112,7 @@ impl Driver {
         conn: &mut Conn,
     ) -> Result<(), End> {
         let Some(ids) = self.by_channel.get(&message.channel) else {
-            return Ok(());
+            return self.on_unclaimed_delivery(message, conn).await;
         };
         let ids = ids.clone();
         let mut recover = Vec::new();
@@ -259,12 +253,7 @@ impl Driver {
         // see the channel's presence; that other subscription ends with its own
         // refusal, and the retry no longer asks for them.
         let lent = code == ErrorCode::Forbidden && std::mem::take(&mut s.lent_join_leave);
-        if lent
-            || matches!(
-                code,
-                ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
-            )
-        {
+        if lent || is_temporary(code) {
             let wait = backoff::jittered(
                 s.retries,
                 self.opts.min_reconnect_delay,
@@ -304,4 +293,12 @@ impl Driver {
         }
         Some((s.channel, last))
     }
+}
+
+/// Whether a refused `subscribe` may succeed when tried again later.
+pub(super) fn is_temporary(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
+    )
 }

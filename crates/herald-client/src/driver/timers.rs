@@ -1,5 +1,5 @@
 //! The connection's timers: the dead-socket check, request deadlines, subscribe
-//! retries and the token refresh on the live connection.
+//! retries (server-side renewals too) and the token refresh on the live connection.
 
 use std::future::Future;
 
@@ -19,10 +19,10 @@ impl Driver {
         if let Some(r) = conn.refresh_at {
             at = at.min(r);
         }
-        for sub in self.subs.values() {
-            if let Some(r) = sub.retry_at {
-                at = at.min(r);
-            }
+        let retries = self.subs.values().map(|s| s.retry_at);
+        let server_retries = self.server_subs.values().map(|s| s.retry_at);
+        for r in retries.chain(server_retries).flatten() {
+            at = at.min(r);
         }
         at
     }
@@ -52,6 +52,18 @@ impl Driver {
                 s.retry_at = None;
             }
             self.send_subscribe(sub, conn).await?;
+        }
+        let due: Vec<String> = self
+            .server_subs
+            .iter()
+            .filter(|(_, s)| s.retry_at.is_some_and(|at| at <= now))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in due {
+            if let Some(s) = self.server_subs.get_mut(&channel) {
+                s.retry_at = None;
+            }
+            self.renew_server(channel, conn).await?;
         }
         Ok(())
     }
