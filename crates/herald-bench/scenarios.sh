@@ -108,6 +108,20 @@ start_gw
 run "2. latency 1 subscriber, 200 pub/s" fanout "${target[@]}" --pid "$gw" --subscribers 1 --rate 200 --duration 10 --payload 100
 start_gw
 run "3. 10k own channels + shared" fanout "${target[@]}" --pid "$gw" --subscribers 10000 --channels 10000 --shared-every 10 --rate 1000 --duration 10 --payload 100
+# A presence flood on one channel: 50 churners subscribe and unsubscribe as fast as their
+# replies come back (each cycle one join and one leave to each of 10 join_leave
+# listeners) while 100 plain subscribers of the channel get 100 pub/s, 3 s before the
+# flood (the latency baseline) and 10 s during it. Every subscribe, unsubscribe and
+# broadcast is a client frame against the per-connection rate limit: start_gw's
+# HERALD_RATE_LIMIT_MESSAGES=100000000 per the default 60 s window is ~1.7 M frames/s per
+# connection, far above any churner's pace (at the default 100 per 60 s each churner
+# gets `rate_limited` after ~50 cycles and the publisher after 100 messages; the report
+# counts them under `errors`), and its per-IP limits let the 161 connections in.
+presence=(presence "${target[@]}" --listeners 10 --subscribers 100 --churners 50 --rate 100 --duration 10 --baseline 3)
+start_gw
+run "7. presence flood, 50 churners flat out" "${presence[@]}" --pid "$gw"
+start_gw
+run "7. presence flood, 1,000 joins/s" "${presence[@]}" --pid "$gw" --joins-per-sec 1000
 
 # The raw baseline: pre-encoded frames over plain tokio TCP on the same cores.
 raw() {
@@ -174,6 +188,8 @@ run "2. latency 1k subscribers, 100 pub/s (embedded)" fanout "${target[@]}" --pi
 start_herald
 run "2. latency 1 subscriber, 200 pub/s (embedded)" fanout "${target[@]}" --pid "$hd" --subscribers 1 --rate 200 --duration 10 --payload 100
 start_herald
+run "7. presence flood, 50 churners flat out (embedded)" "${presence[@]}" --pid "$hd"
+start_herald
 run "6. HTTP publish via broadcaster (embedded)" fanout "${target[@]}" --pid "$hd" --subscribers 1 --rate 0 --duration 10 --publish http --publishers 1 --window 64 --api-url "http://127.0.0.1:$aport" --api-key bench-key
 stop_herald
 
@@ -190,6 +206,15 @@ for line in open(sys.argv[1]):
               f"{srv.get('cpu_us_per_delivery') or 0:>10.2f} {cli.get('cpu_us_per_delivery') or 0:>10.2f} "
               f"{lat.get('p50',0):>8.1f} {lat.get('p99',0):>8.1f} {lat.get('max',0):>8.1f}"
               + (f"   {d['publishes']['per_sec']:.0f} publishes/s" if 'publishes' in d else ""))
+    elif "churn" in d:
+        ch, ev, m = d["churn"], d["events"], d["messages"]
+        g = d.get("gateway") or {}
+        lat = d.get("latency_ms") or {}
+        b, f = lat.get("baseline") or {}, lat.get("flood") or {}
+        print(f"{name:<52} {ch['joins_per_sec']:>9.0f} joins/s, {ev['per_sec']:.0f} events/s "
+              f"({ev['lost']} lost), gateway {g.get('cpu_pct_flood')} % CPU ({g.get('cpu_pct_baseline')} % before), "
+              f"{g.get('extra_cpu_us_per_cycle')} µs/cycle over that; p50/p99 ms before "
+              f"{b.get('p50')}/{b.get('p99')}, during {f.get('p50')}/{f.get('p99')}; messages lost {m['flood']['lost']}")
     else:
         g = d["gateway"]; c = d.get("client", {})
         print(f"{name:<52} {d['setup_per_sec']:>9.0f} conn/s, server {g.get('setup_cpu_us_per_connection')} µs/conn, "

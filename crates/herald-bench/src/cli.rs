@@ -24,6 +24,9 @@ pub(crate) enum Command {
     Connections(ConnArgs),
     /// The raw baseline server: pre-encoded WebSocket frames over plain tokio TCP.
     RawServer(RawServerArgs),
+    /// A presence flood: connections subscribing and unsubscribing on one channel as
+    /// fast as they can; join/leave events delivered, message latency before and during.
+    Presence(PresenceArgs),
 }
 
 /// How to reach and authenticate against a gateway.
@@ -112,6 +115,44 @@ pub(crate) struct ConnArgs {
     /// machine's own connection-setup ceiling, for comparison.
     #[arg(long)]
     pub(crate) raw: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PresenceArgs {
+    #[command(flatten)]
+    pub(crate) target: Target,
+    /// The channel everyone uses.
+    #[arg(long, default_value = "room")]
+    pub(crate) channel: String,
+    /// Connections subscribed with `join_leave`: each gets every join and leave.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) listeners: usize,
+    /// Plain subscribers of the channel whose message latency is measured.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) subscribers: usize,
+    /// Connections that subscribe and unsubscribe in a loop during the flood.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) churners: usize,
+    /// Messages per second the one publisher broadcasts to the channel (0: none).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) rate: u64,
+    /// Flood time in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) duration: u64,
+    /// Subscribe/unsubscribe cycles per second over all churners (0: as fast as each
+    /// churner's replies come back).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) joins_per_sec: u64,
+    /// Seconds of publishing before the flood, for the latency baseline (0: none).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) baseline: u64,
+    /// Message payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) payload: usize,
+    /// Bound in seconds on every wait: a connection, a reply, an acknowledgement, and
+    /// the quiet time after which the drain gives up on stragglers.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -119,6 +119,20 @@ pub(crate) async fn connect(
     channels: &[String],
     read_buffer: usize,
 ) -> anyhow::Result<Ws> {
+    Ok(connect_hello(target, source, token, channels, read_buffer)
+        .await?
+        .0)
+}
+
+/// [`connect`], also returning the `auth_success` frame (it names the connection's
+/// `conn_id`, which presence events carry).
+pub(crate) async fn connect_hello(
+    target: &Target,
+    source: IpAddr,
+    token: &str,
+    channels: &[String],
+    read_buffer: usize,
+) -> anyhow::Result<(Ws, String)> {
     use futures_util::StreamExt;
     let addr = host_port(&target.url)?;
     let stream = tcp(source, addr).await?;
@@ -146,7 +160,7 @@ pub(crate) async fn connect(
         match ws.next().await {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
                 if t.starts_with(r#"{"type":"auth_success""#) {
-                    return Ok(ws);
+                    return Ok((ws, t.as_str().to_owned()));
                 }
                 if t.contains(r#""type":"error""#) {
                     bail!("the gateway answered with an error: {}", t.as_str());
@@ -170,6 +184,14 @@ pub(crate) fn number_after(text: &str, key: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// The JSON string value after `key` (e.g. `"conn_id":"`) in `text`, up to the next
+/// quote: for values that never hold escapes (ids, codes, channel names).
+pub(crate) fn string_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let start = text.find(key)? + key.len();
+    let rest = &text[start..];
+    rest.find('"').map(|end| &rest[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +202,9 @@ mod tests {
         assert_eq!(number_after(f, r#""offset":"#), Some(42));
         assert_eq!(number_after(f, r#""t":"#), Some(123_456));
         assert_eq!(number_after(f, r#""nope":"#), None);
+        let j = r#"{"type":"join","channel":"room","user_id":"u","conn_id":"3f1c9a0b"}"#;
+        assert_eq!(string_after(j, r#""conn_id":""#), Some("3f1c9a0b"));
+        assert_eq!(string_after(j, r#""code":""#), None);
     }
 
     #[test]

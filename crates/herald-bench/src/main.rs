@@ -4,6 +4,8 @@
 //! - `cli`: the commands and their flags.
 //! - `fanout`: subscribers + publishers, delivery counts, loss/duplicate checks, latency.
 //! - `connections`: idle-connection setup rate and memory per connection.
+//! - `presence`: a join/leave flood on one channel; events delivered, message latency
+//!   before and during it, gateway CPU.
 //! - `raw`: the baseline server (pre-encoded frames over plain tokio TCP) and its client.
 //! - `client`: connecting from many source addresses, tokens, frame field extraction.
 //! - `report`: the human table / JSON output and `/proc` readings of the target.
@@ -12,6 +14,7 @@ mod cli;
 mod client;
 mod connections;
 mod fanout;
+mod presence;
 mod raw;
 mod report;
 
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             cli::Command::Fanout(args) => fanout::run(args, cli.json).await,
             cli::Command::Connections(args) => connections::run(args, cli.json).await,
             cli::Command::RawServer(args) => raw::server(args).await,
+            cli::Command::Presence(args) => presence::run(args, cli.json).await,
         }
     })
 }

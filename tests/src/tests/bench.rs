@@ -151,6 +151,61 @@ async fn connections_report_setup_and_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_flood_counts_every_join_and_leave() {
+    let redis = Redis::start().await;
+    let gw = gateway(&redis).process().spawn().await;
+    let pid = gw.pid().expect("pid").to_string();
+    let r = bench(&[
+        "presence",
+        "--url",
+        &gw.ws(),
+        "--secret",
+        TEST_SECRET,
+        "--pid",
+        &pid,
+        "--listeners",
+        "3",
+        "--subscribers",
+        "5",
+        "--churners",
+        "4",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+        "--baseline",
+        "1",
+        // Paced: listeners far behind (a busy machine) would be cut off as slow
+        // consumers, and this test is about the counts.
+        "--joins-per-sec",
+        "200",
+    ])
+    .await;
+    // Every completed cycle is one join and one leave, each owed to all 3 listeners.
+    let churn = &r["churn"];
+    let cycles = churn["cycles"].as_u64().expect("cycles");
+    assert!(cycles > 0, "no cycle completed: {r}");
+    assert_eq!(churn["joins"], churn["leaves"], "{r}");
+    assert_eq!(churn["refused"], 0, "{r}");
+    assert_eq!(churn["timeouts"], 0, "{r}");
+    let ev = &r["events"];
+    assert_eq!(ev["listeners"], 3, "{r}");
+    assert_eq!(ev["expected"].as_u64(), Some(cycles * 2 * 3), "{r}");
+    assert_eq!(ev["received"], ev["expected"], "{r}");
+    assert_eq!(ev["lost"], 0, "{r}");
+    for phase in ["baseline", "flood"] {
+        let m = &r["messages"][phase];
+        assert!(m["sent"].as_u64().expect("sent") > 0, "{phase}: {r}");
+        assert_eq!(m["delivered"], m["expected"], "{phase}: {r}");
+        assert!(r["latency_ms"][phase]["p99"].as_f64().is_some(), "{r}");
+    }
+    assert_eq!(r["messages"]["duplicates"], 0, "{r}");
+    // Once the churners are done, only the listeners and subscribers are members.
+    assert_eq!(r["presence_after"]["num_clients"], 8, "{r}");
+    assert!(r["gateway"]["cpu_pct_flood"].as_f64().is_some(), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_baseline_delivers_everything() {
     raw_baseline(&[]).await;
 }
