@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{
     ChannelRow, ConnInfo, ConnRow, ConnectionsPage, LimitKind, NodeRow, Overview, RateLimitView,
-    RecentHit, Status, Totals,
+    RecentHit, Status, Totals, WebhookView,
 };
 
 pub(crate) const T0: &str = "2026-01-01T12:00:05.000Z";
@@ -96,6 +96,20 @@ pub(crate) fn healthy() -> Overview {
             },
         ],
         ratelimit: quiet_ratelimits(),
+        webhooks: None,
+    }
+}
+
+/// The healthy cluster delivering webhooks to a backend that fails now.
+pub(crate) fn webhooks_failing() -> Overview {
+    Overview {
+        webhooks: Some(WebhookView {
+            queued: 1_250,
+            delivered: 48_211,
+            failed: 3,
+            failing: true,
+        }),
+        ..healthy()
     }
 }
 

@@ -4,7 +4,7 @@
 
 pub use herald_proto::monitor::{
     ChannelRow, ConnRow, ConnectionsPage, NodeRow, Overview, RateLimitView, RecentHit, Status,
-    Totals,
+    Totals, WebhookView,
 };
 pub use herald_proto::node::{ConnInfo, LimitKind};
 

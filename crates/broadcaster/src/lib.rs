@@ -1,18 +1,20 @@
 //! Herald's broadcaster: the server-side publish API over HTTP, the bridges from the
-//! original design's Redis channels, and background jobs whose results are pushed
-//! to channels. Every channel publish goes through the engine's publish path (the
-//! shared publish script on Redis), so gateways deliver it and clients can recover
-//! it from history.
+//! original design's Redis channels, background jobs whose results are pushed to
+//! channels, and the delivery of webhook events to the application's backend. Every
+//! channel publish goes through the engine's publish path (the shared publish script
+//! on Redis), so gateways deliver it and clients can recover it from history.
 //!
 //! It runs on either engine. On the memory engine the jobs live in this process
 //! (not durable across restarts) and the legacy bridges do not run: they read the
-//! legacy system's Redis channels.
+//! legacy system's Redis channels. Webhooks are refused there (with
+//! `HERALD_WEBHOOK_URL` set, `run` fails at once): their queue is a Redis stream.
 //!
 //! # Layout
 //! - [`config`]: `--flags` / `HERALD_*` settings.
 //! - [`api`]: the `/v1/*` HTTP handlers, key check and request metrics.
 //! - [`jobs`]: job types (pure), their state and queue on the engine, and the workers.
 //! - [`bridge`]: the legacy `system_notifications` / `user_messages` subscribers.
+//! - [`webhooks`]: the webhook events gateways record, POSTed signed and in order.
 //! - [`metrics`]: the Prometheus registry and metric handles.
 
 pub mod api;
@@ -20,6 +22,7 @@ pub mod bridge;
 pub mod config;
 pub mod jobs;
 pub mod metrics;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -171,6 +174,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
+    if settings.webhooks.is_some() && engine.as_ref().is_some_and(|e| e.as_memory().is_some()) {
+        anyhow::bail!(
+            "HERALD_WEBHOOK_URL needs Redis (HERALD_REDIS_URL): webhook events are queued in a \
+             Redis stream, which the in-memory engine does not have"
+        );
+    }
+    // Here rather than in `main`, so the all-in-one `herald` registers it too.
+    herald_common::telemetry::redact(&[settings.webhooks.as_ref().map(|w| w.secret.as_str())]);
     let metrics = Metrics::new().context("cannot register metrics")?;
     // Nothing but the engine decides whether the broadcaster can serve (and the
     // memory engine cannot go away): no readiness gate.
@@ -189,6 +200,7 @@ pub async fn run(
     });
     jobs::worker::spawn(&ctx, &rt);
     bridge::spawn(&ctx, &rt);
+    webhooks::spawn(&ctx, &rt, settings.webhooks);
 
     let app = api::router(ctx, rt.ops_routes());
     rt.serve(listener, app, settings.limits, shutdown).await;

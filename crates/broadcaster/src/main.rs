@@ -11,7 +11,10 @@ use herald_common::{config, shutdown::shutdown_signal, telemetry};
 async fn main() -> ExitCode {
     let (config, settings) = config::load(SERVICE, Config::validate);
     telemetry::init(&config.common.log);
-    telemetry::redact(&[settings.api_key.as_deref()]);
+    telemetry::redact(&[
+        settings.api_key.as_deref(),
+        settings.webhooks.as_ref().map(|w| w.secret.as_str()),
+    ]);
     let result =
         async { broadcaster::run(bind(settings.listen)?, config, None, shutdown_signal()).await };
     exit_code(SERVICE, result.await)

@@ -118,6 +118,11 @@ impl Keys {
         format!("{}webhooks", self.prefix)
     }
 
+    /// The broadcasters' webhook delivery stats (HASH), for the monitor.
+    pub fn webhook_stats(&self) -> String {
+        format!("{}webhooks:stats", self.prefix)
+    }
+
     pub fn jobs(&self) -> String {
         format!("{}jobs", self.prefix)
     }

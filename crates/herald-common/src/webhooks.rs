@@ -16,6 +16,8 @@ use crate::keys::Keys;
 pub const STREAM_MAX_LEN: u64 = 100_000;
 /// The stream's field holding an event.
 pub const FIELD: &str = "e";
+/// The consumer group the broadcasters deliver through (the monitor reads its lag).
+pub const GROUP: &str = "webhooks";
 
 /// Appends `events` to the webhook stream, in order, as one pipeline.
 pub async fn record(engine: &Engine, keys: &Keys, events: &[Event]) -> redis::RedisResult<()> {

@@ -42,16 +42,17 @@ pub struct Claims {
     pub publish: Vec<String>,
     /// Glob patterns of channels whose presence (members, stats, join/leave) the
     /// user may see; absent means wherever the user may subscribe.
+    // Boxed, as `history` and `info`: rare, and every connection keeps its claims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence: Option<Vec<String>>,
+    pub presence: Option<Box<Vec<String>>>,
     /// Glob patterns of channels whose history the user may read; absent means
     /// wherever the user may subscribe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<Vec<String>>,
+    pub history: Option<Box<Vec<String>>>,
     /// What others see of this connection in presence: a JSON object of at most
     /// [`MAX_INFO_BYTES`] (checked by [`Claims::check_info`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<serde_json::Value>,
+    pub info: Option<Box<serde_json::Value>>,
 }
 
 /// The largest `info` claim, in bytes of compact JSON.
@@ -167,8 +168,8 @@ mod tests {
         assert!(c.may_see_presence("room:1"));
         assert!(c.may_read_history("room:1"));
         assert!(!c.may_see_presence("news"));
-        c.presence = Some(vec!["room:vip".into()]);
-        c.history = Some(vec![]);
+        c.presence = Some(Box::new(vec!["room:vip".into()]));
+        c.history = Some(Box::default());
         assert!(!c.may_see_presence("room:1"));
         assert!(c.may_see_presence("room:vip"));
         assert!(
@@ -181,11 +182,13 @@ mod tests {
     fn info_is_a_small_object() {
         let mut c = claims(&[], &[]);
         assert_eq!(c.check_info(), Ok(()));
-        c.info = Some(serde_json::json!({"name": "Alice"}));
+        c.info = Some(Box::new(serde_json::json!({"name": "Alice"})));
         assert_eq!(c.check_info(), Ok(()));
-        c.info = Some(serde_json::json!("Alice"));
+        c.info = Some(Box::new(serde_json::json!("Alice")));
         assert_eq!(c.check_info(), Err(InfoError::NotAnObject));
-        c.info = Some(serde_json::json!({"x": "a".repeat(MAX_INFO_BYTES)}));
+        c.info = Some(Box::new(
+            serde_json::json!({"x": "a".repeat(MAX_INFO_BYTES)}),
+        ));
         assert_eq!(c.check_info(), Err(InfoError::TooLarge));
     }
 

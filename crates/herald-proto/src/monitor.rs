@@ -2,7 +2,8 @@
 //! monitor serializes these and herald-tui deserializes the same types, so a
 //! renamed or missing field fails to parse instead of reading as zero.
 //!
-//! No field has a default: every one is always sent. Fields a newer monitor adds
+//! No field has a default: every one is always sent, except the optional parts
+//! named as such (`members` of a channel, `webhooks`). Fields a newer monitor adds
 //! are ignored by an older reader.
 
 use std::collections::BTreeMap;
@@ -56,6 +57,10 @@ pub struct Overview {
     /// The busiest channels, most subscribers first.
     pub top_channels: Vec<ChannelRow>,
     pub ratelimit: RateLimitView,
+    /// Webhook delivery; absent when the cluster records no webhook events (and
+    /// on the in-memory engine, which has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhookView>,
 }
 
 /// One node of the overview.
@@ -106,6 +111,20 @@ pub struct ChannelRow {
     /// top channels only (absent elsewhere, or when presence could not be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<u64>,
+}
+
+/// Webhook delivery across the cluster: the `herald:webhooks` queue and the
+/// delivery stats the broadcasters keep beside it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookView {
+    /// Events recorded and not yet delivered or dropped.
+    pub queued: u64,
+    /// Events the backend accepted (a 2xx), since the stats began.
+    pub delivered: u64,
+    /// Events dropped after `HERALD_WEBHOOK_RETRY_FOR_MS` of failed attempts.
+    pub failed: u64,
+    /// The last POST any broadcaster made failed.
+    pub failing: bool,
 }
 
 /// The rate-limit hits the monitor has read from `herald:ratelimit`.
@@ -210,6 +229,12 @@ mod tests {
                     at: "2026-01-01T12:00:00.500Z".to_owned(),
                 }],
             },
+            webhooks: Some(WebhookView {
+                queued: 2,
+                delivered: 40,
+                failed: 1,
+                failing: true,
+            }),
         }
     }
 
@@ -252,6 +277,22 @@ mod tests {
             json!({"connection":0,"login":1,"message":2})
         );
         assert_eq!(v["ratelimit"]["recent"][0]["kind"], "message");
+        assert_eq!(
+            v["webhooks"],
+            json!({"queued":2,"delivered":40,"failed":1,"failing":true})
+        );
+    }
+
+    #[test]
+    fn webhooks_are_left_out_when_off_and_optional_to_read() {
+        let off = Overview {
+            webhooks: None,
+            ..overview()
+        };
+        let v = serde_json::to_value(&off).unwrap();
+        assert!(v.get("webhooks").is_none(), "{v}");
+        // An older monitor's overview (no webhooks) still reads.
+        assert_eq!(serde_json::from_value::<Overview>(v).unwrap(), off);
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl Ready {
         match self {
             Self::Gateway(c) => vec![c.jwt.jwt_secret.as_deref(), c.proxy_secret.as_deref()],
             Self::Auth(c) => vec![c.jwt.jwt_secret.as_deref(), c.admin_key.as_deref()],
-            Self::Broadcaster(c) => vec![c.api_key.as_deref()],
+            Self::Broadcaster(c) => vec![c.api_key.as_deref(), c.webhook_secret.as_deref()],
             Self::Monitor(c) => vec![c.admin_key.as_deref()],
         }
     }

@@ -22,6 +22,11 @@
 //! - `ratelimit.by_kind` and `hits_total` count the rate-limit events (on Redis,
 //!   the `herald:ratelimit` stream entries) this monitor has read (the retained
 //!   tail at start, then every new one).
+//! - `webhooks` is there when the cluster has a webhook queue or delivery stats
+//!   (`herald:webhooks`, `herald:webhooks:stats`): `queued` is the delivery group's
+//!   lag plus its pending entries (the stream's length before any broadcaster
+//!   delivered), `delivered` and `failed` the broadcasters' counters, `failing`
+//!   whether the last POST failed.
 //! - Extra fields: `stale` and `generated_ms` in the overview, `ready`,
 //!   `started_at`, `channels`, `probe_ok`, `probe_latency_ms` per node, and
 //!   `truncated` in a connections page whose filtered count stopped at its budget.

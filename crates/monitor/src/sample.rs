@@ -350,6 +350,8 @@ pub(crate) fn build(
         totals,
         top_channels: all_channels.iter().take(TOP_CHANNELS).cloned().collect(),
         ratelimit: ratelimit_view(tally),
+        // Read by the sampler after the build (engine reads happen there).
+        webhooks: None,
     };
     (Snapshot::new(overview, all_channels), statuses)
 }

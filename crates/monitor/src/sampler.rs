@@ -1,7 +1,7 @@
 //! The background work: once a second, read the node registry, every node's
-//! stats and channel counts and the new rate-limit events from the engine, drop
-//! nodes that have been down for five minutes, and swap in a new [`Snapshot`]; on
-//! its own interval, probe every listed node's `/healthz`.
+//! stats and channel counts, the new rate-limit events and the webhook queue
+//! from the engine, drop nodes that have been down for five minutes, and swap in
+//! a new [`Snapshot`]; on its own interval, probe every listed node's `/healthz`.
 //!
 //! Requests never touch this path: they read the latest snapshot. The storage
 //! reads are the functions under "Reads", one per operation, each with its Redis
@@ -18,6 +18,7 @@ use herald_common::engine::{Engine, MemoryEngine, RedisEngine};
 use herald_common::keys::Keys;
 use herald_common::presence::Presence;
 use herald_common::runtime::Gate;
+use herald_proto::monitor::{ChannelRow, Overview, WebhookView};
 use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
 
@@ -30,6 +31,8 @@ pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A probe that has not answered by then failed.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The consumer group broadcasters deliver webhook events through.
+use herald_common::webhooks::GROUP as WEBHOOK_GROUP;
 /// Rate-limit events read per request, and requests per round: the stream keeps
 /// about 1000 entries, so one round catches up with all of it.
 const EVENTS_PER_READ: usize = 500;
@@ -152,7 +155,7 @@ impl Sampler {
                 let probes = self.shared.probes();
                 let (snapshot, statuses) =
                     sample::build(now, &nodes, &mut self.rates, &self.tally, &probes);
-                let snapshot = self.with_members(snapshot).await;
+                let snapshot = self.with_extras(snapshot).await;
                 self.metrics
                     .record_sample(&snapshot.overview.totals, &statuses, &mut self.shown);
                 self.shared.replace(snapshot);
@@ -173,21 +176,34 @@ impl Sampler {
         }
     }
 
-    /// Adds the top channels' members (distinct users in presence). A presence read
-    /// that fails or takes too long leaves them out rather than failing the sample.
-    async fn with_members(&self, snapshot: Snapshot) -> Snapshot {
+    /// Adds what is read beside the node records: the top channels' members and
+    /// the webhook queue. A read that fails or takes too long leaves its part out
+    /// rather than failing the sample.
+    async fn with_extras(&self, snapshot: Snapshot) -> Snapshot {
         let Snapshot {
             mut overview,
             mut channels,
             ..
         } = snapshot;
+        self.add_members(&mut overview, &mut channels).await;
+        let webhooks =
+            tokio::time::timeout(SAMPLE_TIMEOUT, read_webhooks(&self.engine, &self.keys)).await;
+        match webhooks {
+            Ok(Ok(w)) => overview.webhooks = w,
+            _ => self.metrics.redis_errors_total.inc(),
+        }
+        Snapshot::new(overview, channels)
+    }
+
+    /// The top channels' members (distinct users in presence).
+    async fn add_members(&self, overview: &mut Overview, channels: &mut [ChannelRow]) {
         let names: Vec<&str> = overview
             .top_channels
             .iter()
             .map(|c| c.channel.as_str())
             .collect();
         if names.is_empty() {
-            return Snapshot::new(overview, channels);
+            return;
         }
         let stats = tokio::time::timeout(SAMPLE_TIMEOUT, self.presence.stats_of(&names)).await;
         match stats {
@@ -205,7 +221,6 @@ impl Sampler {
             }
             _ => self.metrics.redis_errors_total.inc(),
         }
-        Snapshot::new(overview, channels)
     }
 
     async fn read(&mut self) -> Result<(u64, Vec<NodeReading>), SampleError> {
@@ -413,6 +428,60 @@ async fn read_channels(
         .zip(maps)
         .map(|(id, m)| parse_channels(id, m))
         .collect())
+}
+
+/// Webhook delivery: the queue's length and the stats the broadcasters write
+/// (`broadcaster::webhooks`, which this crate does not depend on: the names are
+/// repeated here). `None` when the cluster records no webhook events: no queue and
+/// no stats; always on the memory engine, which has no queue.
+async fn read_webhooks(engine: &Engine, keys: &Keys) -> Result<Option<WebhookView>, SampleError> {
+    let mut conn = match engine {
+        Engine::Redis(RedisEngine { conn, .. }) => conn.clone(),
+        Engine::Memory(_) => return Ok(None),
+    };
+    let stream = keys.webhooks();
+    let stats: HashMap<String, u64> = {
+        let raw: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.webhook_stats())
+            .query_async(&mut conn)
+            .await?;
+        raw.into_iter()
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect()
+    };
+    let queued = match redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async::<redis::streams::StreamInfoGroupsReply>(&mut conn)
+        .await
+    {
+        Ok(reply) => {
+            // Without a known lag (or before any broadcaster made the group), the
+            // stream's length: delivered entries are deleted from it.
+            let group = reply.groups.into_iter().find(|g| g.name == WEBHOOK_GROUP);
+            match group.and_then(|g| g.lag.map(|lag| (lag + g.pending) as u64)) {
+                Some(n) => Some(n),
+                None => Some(
+                    redis::cmd("XLEN")
+                        .arg(&stream)
+                        .query_async(&mut conn)
+                        .await?,
+                ),
+            }
+        }
+        Err(e) if e.to_string().contains("no such key") => None,
+        Err(e) => return Err(e.into()),
+    };
+    if queued.is_none() && stats.is_empty() {
+        return Ok(None);
+    }
+    let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
+    Ok(Some(WebhookView {
+        queued: queued.unwrap_or(0),
+        delivered: stat("delivered"),
+        failed: stat("failed"),
+        failing: stat("last_error_ms") > stat("last_ok_ms"),
+    }))
 }
 
 /// The id of the newest rate-limit event retained.

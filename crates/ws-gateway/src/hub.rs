@@ -68,8 +68,11 @@ pub(crate) struct ConnShared {
     pub(crate) messages_out: AtomicU64,
     /// The channels the connection is in, for the monitor (written on change only).
     pub(crate) channels: Mutex<Vec<String>>,
-    /// This connection's presence record (`herald_proto::presence::Member` JSON).
-    pub(crate) member: Arc<str>,
+    /// This connection's presence record (`herald_proto::presence::Member` JSON),
+    /// made when first needed: an idle connection never subscribes.
+    member: OnceLock<Arc<str>>,
+    /// The token's `info` claim, for the presence record.
+    info: Option<Box<serde_json::Value>>,
 }
 
 impl ConnShared {
@@ -78,17 +81,13 @@ impl ConnShared {
         user: String,
         ip: IpAddr,
         jti: Option<String>,
-        info: Option<serde_json::Value>,
+        info: Option<Box<serde_json::Value>>,
         tx: mpsc::UnboundedSender<Arc<Delivery>>,
         cancel: CancellationToken,
     ) -> Self {
-        let member = herald_proto::presence::Member {
-            user_id: user.clone(),
-            conn_id: conn_id.clone(),
-            info,
-        };
         Self {
-            member: Arc::from(member.to_json()),
+            member: OnceLock::new(),
+            info,
             conn_id,
             user,
             ip,
@@ -102,6 +101,20 @@ impl ConnShared {
             messages_out: AtomicU64::new(0),
             channels: Mutex::new(Vec::new()),
         }
+    }
+
+    /// This connection's presence record.
+    pub(crate) fn member(&self) -> Arc<str> {
+        self.member
+            .get_or_init(|| {
+                let member = herald_proto::presence::Member {
+                    user_id: self.user.clone(),
+                    conn_id: self.conn_id.clone(),
+                    info: self.info.as_deref().cloned(),
+                };
+                Arc::from(member.to_json())
+            })
+            .clone()
     }
 
     /// Counts one frame of `bytes` into the queue; returns the queue's (frames, bytes).

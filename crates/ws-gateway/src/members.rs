@@ -231,7 +231,7 @@ async fn check_nodes(
                 pending.push_back(Change {
                     channel: Arc::from(channel),
                     conn_id: conn_id.clone(),
-                    member: c.member.clone(),
+                    member: c.member(),
                     kind: EventKind::Join,
                 });
                 n += 1;

@@ -128,7 +128,7 @@ impl Metrics {
                 "Dead nodes whose members this gateway removed from its channels.",
             )?,
             webhook_events: IntCounter::new(
-                "herald_webhook_events_total",
+                "herald_webhook_events_recorded_total",
                 "Webhook events this gateway appended to the webhook queue.",
             )?,
             proxy_requests: IntCounterVec::new(

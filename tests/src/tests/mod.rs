@@ -45,3 +45,4 @@ mod refusals;
 mod server_side;
 mod soak;
 mod tui;
+mod webhooks;

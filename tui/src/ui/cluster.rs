@@ -1,5 +1,6 @@
-//! The cluster header: node counts by status, totals, and a sparkline of the
-//! messages delivered per second over the last minute.
+//! The cluster header: node counts by status, totals, webhook delivery (when the
+//! cluster has webhooks), and a sparkline of the messages delivered per second
+//! over the last minute.
 
 use std::collections::VecDeque;
 
@@ -70,10 +71,32 @@ impl Widget for ClusterPanel<'_> {
                 )),
             ]),
         ];
+        // The webhook line, when there is one, takes the whole width under the rest.
+        let [top, hooks] = Layout::vertical([
+            Constraint::Length(3),
+            Constraint::Length(u16::from(self.overview.webhooks.is_some())),
+        ])
+        .areas(inner);
+        if let Some(w) = &self.overview.webhooks {
+            let mut line = vec![
+                label("Webhooks     "),
+                value(format!(
+                    "queued {} · delivered {} · failed ",
+                    count(w.queued),
+                    count(w.delivered)
+                )),
+                Span::styled(count(w.failed), stale_or_text(p, w.failed, Status::Down)),
+            ];
+            if w.failing {
+                line.push(value("  ".to_owned()));
+                line.push(Span::styled("failing", p.status(Status::Down)));
+            }
+            Paragraph::new(Line::from(line)).render(hooks, buf);
+        }
         // The numbers need about 54 columns; the sparkline gets the rest.
-        let text_width = (inner.width * 55 / 100).max(TEXT_MIN).min(inner.width);
+        let text_width = (top.width * 55 / 100).max(TEXT_MIN).min(top.width);
         let [text, spark] =
-            Layout::horizontal([Constraint::Length(text_width), Constraint::Fill(1)]).areas(inner);
+            Layout::horizontal([Constraint::Length(text_width), Constraint::Fill(1)]).areas(top);
         Paragraph::new(lines).render(text, buf);
 
         if spark.width < 8 {

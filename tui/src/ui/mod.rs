@@ -231,14 +231,16 @@ fn overview(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let palette = Palette {
         stale: app.unreachable(),
     };
+    // The webhook line only where the cluster has webhooks.
+    let cluster_h = 5 + u16::from(o.webhooks.is_some());
     // The nodes table gets what it needs up to half the room; the bottom row the rest.
-    let rest = area.height.saturating_sub(5);
+    let rest = area.height.saturating_sub(cluster_h);
     let wanted = u16::try_from(o.nodes.len())
         .unwrap_or(u16::MAX)
         .saturating_add(3);
     let nodes_h = wanted.clamp(4, (rest / 2).max(4));
     let [cluster, nodes, bottom] = Layout::vertical([
-        Constraint::Length(5),
+        Constraint::Length(cluster_h),
         Constraint::Length(nodes_h),
         Constraint::Min(0),
     ])

@@ -137,6 +137,8 @@ fn healthy_cluster() {
     s.has("no rate-limit hits");
     s.lacks("unreachable");
     s.lacks("(stale)");
+    // No webhooks in this cluster: no line for them.
+    s.lacks("Webhooks");
     s.has("q quit · tab view");
 }
 
@@ -174,6 +176,35 @@ fn rate_limit_hits() {
     s.has("Rate-limited 17");
     assert_eq!(s.fg_at("reported 17", "17"), Color::Yellow);
     s.lacks("no rate-limit hits");
+}
+
+#[test]
+fn webhook_delivery_line() {
+    for (width, height) in [(120, 40), (80, 24)] {
+        let s = draw_app(&app_with(fixtures::webhooks_failing()), width, height);
+        s.has("Webhooks     queued 1,250 · delivered 48,211 · failed 3  failing");
+        assert_eq!(s.fg_at("Webhooks ", "3  failing"), Color::Red);
+        assert_eq!(s.fg_at("Webhooks ", "failing"), Color::Red);
+        // The panel grew by the line; the others are all still there.
+        s.has("Messages/s   in 18.0 · out 812.0");
+        s.has(" Nodes (4) ");
+        s.row(&["gw-1", "ws-gateway"]);
+        s.has("Top channels (3 of 3)");
+    }
+    // A backend that recovered: no alarm, zero failures not coloured.
+    let mut o = fixtures::webhooks_failing();
+    o.webhooks = Some(crate::model::WebhookView {
+        failed: 0,
+        failing: false,
+        ..o.webhooks.unwrap_or_default()
+    });
+    let s = draw_app(&app_with(o), 120, 40);
+    let row = s.row(&["Webhooks "]).to_owned();
+    assert!(
+        row.contains("failed 0") && !row.contains("failing"),
+        "{row}"
+    );
+    assert_ne!(s.fg_at("Webhooks ", "failed 0"), Color::Red);
 }
 
 #[test]

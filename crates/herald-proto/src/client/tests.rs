@@ -41,7 +41,10 @@ fn first_frame_without_type_is_auth() {
     let ClientMsg::Auth { token, data, .. } = m else {
         panic!("not an auth frame")
     };
-    assert_eq!((token, data.map(|d| d.get().to_owned())), (None, Some(r#"{"room":"42"}"#.to_owned())));
+    assert_eq!(
+        (token, data.map(|d| d.get().to_owned())),
+        (None, Some(r#"{"room":"42"}"#.to_owned()))
+    );
     // Without `type`, only a token says it is an auth frame.
     assert!(parse(r#"{"data":{}}"#).is_err());
 }

@@ -144,9 +144,9 @@ async fn connect_hook(
                 exp: r.exp,
                 channels: r.channels,
                 publish: r.publish,
-                presence: r.presence,
-                history: r.history,
-                info: r.info,
+                presence: r.presence.map(Box::new),
+                history: r.history.map(Box::new),
+                info: r.info.map(Box::new),
                 ..Claims::default()
             };
             if claims.user().is_none() {

@@ -390,7 +390,9 @@ impl<S: Socket> Conn<S> {
         self.state.hub.unsubscribe(channel, self.key);
         self.floors.remove(channel);
         let member = self.member_in(channel);
-        self.channel_members.remove(channel);
+        if let Some(m) = self.channel_members.as_mut() {
+            m.remove(channel);
+        }
         self.state
             .member_change(&self.shared, channel, member, EventKind::Leave);
         self.publish_presence();
@@ -584,7 +586,9 @@ impl<S: Socket> Conn<S> {
         };
         if self.channels.insert(channel.to_owned()) {
             if let Some(member) = own_member {
-                self.channel_members.insert(channel.to_owned(), member);
+                self.channel_members
+                    .get_or_insert_default()
+                    .insert(channel.to_owned(), member);
             }
             let member = self.member_in(channel);
             self.state
