@@ -330,7 +330,9 @@ impl Deliverer {
             self.flush_acks().await?;
         }
         if !self.group_ready {
-            ensure_group(&mut self.conn, &self.stream).await?;
+            // From the start: events recorded before any broadcaster delivered them
+            // (or while no group existed, after a Redis restart) are sent too.
+            store::ensure_group(&mut self.conn, &self.stream, GROUP).await?;
             self.group_ready = true;
         }
         let room = self.capacity.saturating_sub(self.buffer.len());
@@ -824,24 +826,6 @@ async fn watch_queue(ctx: AppState, mut conn: ConnectionManager, token: Cancella
 }
 
 // === Redis ===
-
-/// Creates the consumer group (and the stream), accepting one that exists. It
-/// starts at the beginning of the stream: events recorded before any broadcaster
-/// delivered them (or while no group existed, after a Redis restart) are sent too.
-async fn ensure_group(conn: &mut ConnectionManager, stream: &str) -> RedisResult<()> {
-    let res: RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match res {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
 
 /// Up to `count` entries for `consumer` after `id` (`>`: new ones, waiting up to
 /// `block` ms; an id: its own pending ones), as (entry id, event JSON).

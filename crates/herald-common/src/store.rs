@@ -187,6 +187,28 @@ pub async fn record_ratelimit(
 /// Entries the rate-limit stream keeps (approximately: `MAXLEN ~`).
 pub const RATELIMIT_STREAM_MAXLEN: u64 = 1000;
 
+/// Creates `stream`'s consumer `group` (and the stream), accepting one that exists.
+/// The group reads from the start of the stream, so entries added while no group
+/// existed (before the first consumer, or after a Redis restart) are not skipped.
+pub async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
+    let res: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match res {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
 /// Whether Redis answers `PING` within the response timeout.
 pub async fn ping(conn: &mut ConnectionManager) -> bool {
     matches!(

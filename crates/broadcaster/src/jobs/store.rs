@@ -201,7 +201,11 @@ impl JobStore {
     /// Makes sure the queue can be read (on Redis, that the consumer group exists).
     pub async fn ensure_group(&self) -> RedisResult<()> {
         match self {
-            Self::Redis(r) => ensure_group(&mut r.conn.clone(), &r.keys).await,
+            // From the start: jobs queued while no group existed (a Redis restart)
+            // still run.
+            Self::Redis(r) => {
+                herald_common::store::ensure_group(&mut r.conn.clone(), &r.keys.jobs(), GROUP).await
+            }
             // Nothing to create: the memory queue lives as long as the store.
             Self::Memory(_) => Ok(()),
         }
@@ -233,24 +237,6 @@ impl JobStore {
 }
 
 // === Redis ===
-
-/// Creates the consumer group (and the stream), accepting one that exists. It reads
-/// from the start of the stream, so jobs queued while no group existed (a Redis
-/// restart) are still run.
-async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<()> {
-    let res: RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(keys.jobs())
-        .arg(GROUP)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match res {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
 
 /// Records a queued job and appends it to the stream.
 async fn submit(
