@@ -318,6 +318,32 @@ pub async fn serve_page(html: String) -> (String, tokio::task::JoinHandle<()>) {
     (origin, task)
 }
 
+/// A page on an origin of its own (titled `title`) that imports herald.js from the
+/// gateway at `gateway_http` and exposes the module as `window.herald`; returns once
+/// the module loaded.
+pub async fn open_herald_page(
+    browser: &Browser,
+    gateway_http: &str,
+    title: &str,
+) -> (Page, tokio::task::JoinHandle<()>) {
+    let html = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>{title}</title>
+<script type="module">
+import * as herald from "{gateway_http}/herald.js";
+window.herald = herald;
+window.heraldLoaded = true;
+</script>"#
+    );
+    let (origin, server) = serve_page(html).await;
+    let page = browser.open(&format!("{origin}/")).await;
+    page.wait_for(
+        "herald.js to load from the gateway",
+        "window.heraldLoaded === true",
+    )
+    .await;
+    (page, server)
+}
+
 /// Counts the distinct colours of a PNG (at most `cap`), to tell a rendered page from
 /// a blank one.
 pub fn distinct_colours(png_bytes: &[u8], cap: usize) -> usize {

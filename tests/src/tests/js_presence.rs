@@ -5,28 +5,12 @@
 
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, Page, serve_page};
+use crate::browser::{Browser, Page, open_herald_page};
 use crate::{Redis, ServiceBuilder, Ws, token_with};
 
-/// A page on an origin of its own that imports herald.js from `gateway_http` and
-/// exposes the module as `window.herald`.
+/// A page that imports herald.js from the gateway at `gateway_http`.
 async fn open_page(browser: &Browser, gateway_http: &str) -> (Page, tokio::task::JoinHandle<()>) {
-    let html = format!(
-        r#"<!doctype html><meta charset="utf-8"><title>herald.js presence</title>
-<script type="module">
-import * as herald from "{gateway_http}/herald.js";
-window.herald = herald;
-window.heraldLoaded = true;
-</script>"#
-    );
-    let (origin, server) = serve_page(html).await;
-    let page = browser.open(&format!("{origin}/")).await;
-    page.wait_for(
-        "herald.js to load from the gateway",
-        "window.heraldLoaded === true",
-    )
-    .await;
-    (page, server)
+    open_herald_page(browser, gateway_http, "herald.js presence").await
 }
 
 /// A token for `sub` that may subscribe to `room:*`, with extra claims (`info`,
