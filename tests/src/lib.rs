@@ -30,11 +30,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod browser;
+pub mod cluster;
 pub mod load_client;
 mod service;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::RedisCluster;
 pub use service::{Service, ServiceBuilder, Store, bin_path, listening_addr};
 
 /// The HS256 secret every test cluster shares.
@@ -240,6 +242,8 @@ pub fn listening_addrs(pid: u32) -> Vec<SocketAddr> {
 pub enum Backend {
     Redis(Redis),
     Memory(herald_common::engine::Engine),
+    /// A private six-node Redis Cluster (services get `HERALD_REDIS_CLUSTER`).
+    Cluster(RedisCluster),
 }
 
 impl Backend {
@@ -266,11 +270,16 @@ impl Backend {
         .expect("control published");
     }
 
+    /// A fresh six-node Redis Cluster.
+    pub async fn cluster() -> Self {
+        Self::Cluster(RedisCluster::start().await)
+    }
+
     /// The Redis, for tests that also look at it directly.
     pub fn redis(&self) -> Option<&Redis> {
         match self {
             Self::Redis(r) => Some(r),
-            Self::Memory(_) => None,
+            Self::Memory(_) | Self::Cluster(_) => None,
         }
     }
 }

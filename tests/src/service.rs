@@ -152,9 +152,12 @@ impl Store for Redis {
     }
 
     async fn engine(&self) -> Engine {
-        within("a Redis connection", Engine::connect(&self.url()))
-            .await
-            .expect("Redis answers")
+        within(
+            "a Redis connection",
+            Engine::connect(&herald_common::store::Target::Single(self.url())),
+        )
+        .await
+        .expect("Redis answers")
     }
 }
 
@@ -163,6 +166,7 @@ impl Store for Backend {
         match self {
             Backend::Redis(r) => builder.redis(r),
             Backend::Memory(e) => builder.engine(e),
+            Backend::Cluster(c) => c.configure(builder),
         }
     }
 
@@ -170,7 +174,24 @@ impl Store for Backend {
         match self {
             Backend::Redis(r) => r.engine().await,
             Backend::Memory(e) => e.clone(),
+            Backend::Cluster(c) => c.engine().await,
         }
+    }
+}
+
+impl Store for crate::RedisCluster {
+    fn configure(&self, builder: ServiceBuilder) -> ServiceBuilder {
+        builder.env("HERALD_REDIS_CLUSTER", &self.seeds())
+    }
+
+    async fn engine(&self) -> Engine {
+        let seeds = self.seeds().split(',').map(str::to_owned).collect();
+        within(
+            "a Redis Cluster connection",
+            Engine::connect(&herald_common::store::Target::Cluster(seeds)),
+        )
+        .await
+        .expect("the cluster answers")
     }
 }
 

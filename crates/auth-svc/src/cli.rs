@@ -53,7 +53,8 @@ fn usage(e: herald_common::config::ConfigErrors) -> CliError {
 }
 
 async fn execute(command: Command, config: Config) -> Result<(), CliError> {
-    let keys = Keys::new(config.common.redis_prefix.clone());
+    let keys = Keys::new(config.common.redis_prefix.clone())
+        .sharded(config.common.cluster_seeds().is_some());
     match command {
         Command::Serve => Err(CliError::Usage(
             "serve is not a one-shot command".to_owned(),
@@ -66,7 +67,7 @@ async fn execute(command: Command, config: Config) -> Result<(), CliError> {
 
 /// The configured Redis, as the store the subcommands work on.
 async fn connect(config: &Config) -> Result<AuthStore, CliError> {
-    let (_client, conn) = store::connect(&config.common.redis_url)
+    let (_client, conn) = store::connect(&config.common.redis_target())
         .await
         .map_err(anyhow::Error::from)?;
     Ok(AuthStore::Redis(conn))

@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use redis::aio::ConnectionManager;
+use herald_common::store::Conn;
 
 use herald_common::engine::Engine;
 use herald_common::keys::Keys;
@@ -28,7 +28,7 @@ use crate::users::MemoryUsers;
 /// The storage of auth-svc's own records: see the module docs.
 #[derive(Clone)]
 pub enum AuthStore {
-    Redis(ConnectionManager),
+    Redis(Conn),
     Memory(Arc<MemoryAuth>),
 }
 

@@ -20,12 +20,12 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use herald_common::backoff::Backoff;
+use herald_common::engine::Engine;
 use herald_common::keys::{LEGACY_SYSTEM_NOTIFICATIONS, LEGACY_USER_MESSAGES};
 use herald_common::runtime::Runtime;
 use herald_common::store;
@@ -84,13 +84,14 @@ pub fn spawn(ctx: &AppState, rt: &Runtime) {
         );
         return;
     };
-    rt.spawn(run(ctx.clone(), redis.client.clone(), rt.token()));
+    let _ = redis;
+    rt.spawn(run(ctx.clone(), ctx.engine.clone(), rt.token()));
 }
 
-async fn run(ctx: AppState, client: redis::Client, token: CancellationToken) {
+async fn run(ctx: AppState, engine: Engine, token: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
-        match session(&ctx, &client, &token, &mut backoff).await {
+        match session(&ctx, &engine, &token, &mut backoff).await {
             Ok(()) => break,
             Err(e) => {
                 ctx.metrics.redis_errors_total.inc();
@@ -115,13 +116,16 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
 /// One subscription: returns `Ok` when cancelled, `Err` when the connection fails.
 async fn session(
     ctx: &AppState,
-    client: &redis::Client,
+    engine: &Engine,
     token: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), BridgeError> {
-    let pubsub = timed(client.get_async_pubsub()).await?;
-    let (mut sink, mut stream) = pubsub.split();
-    timed(sink.subscribe(&[LEGACY_SYSTEM_NOTIFICATIONS, LEGACY_USER_MESSAGES])).await?;
+    // Classic Pub/Sub, also on a cluster: the legacy publishers PUBLISH, which
+    // every node of a cluster relays to every other.
+    let sub = timed(engine.subscriber()).await?;
+    let (mut sink, mut stream) = (sub.sink, sub.stream);
+    let names = [LEGACY_SYSTEM_NOTIFICATIONS, LEGACY_USER_MESSAGES].map(str::to_owned);
+    timed(sink.subscribe(&names)).await?;
     backoff.reset();
     tracing::info!(
         channels = ?[LEGACY_SYSTEM_NOTIFICATIONS, LEGACY_USER_MESSAGES],
@@ -135,10 +139,10 @@ async fn session(
             () = token.cancelled() => return Ok(()),
             msg = stream.next() => {
                 let Some(msg) = msg else { return Err(BridgeError::Closed) };
-                handle(ctx, msg.get_channel_name(), msg.get_payload_bytes()).await;
+                handle(ctx, msg.channel(), msg.payload()).await;
             }
             _ = ping.tick() => {
-                timed(sink.ping::<redis::Value>()).await?;
+                timed(sink.ping()).await?;
             }
         }
     }

@@ -28,8 +28,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use herald_common::store::Conn;
 use hmac::{Hmac, Mac};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Value};
 use sha2::Sha256;
 use tokio::time::Instant;
@@ -105,14 +105,9 @@ pub fn spawn(ctx: &AppState, rt: &Runtime, settings: Option<WebhookSettings>) {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(format!("herald-broadcaster/{}", env!("CARGO_PKG_VERSION")))
         .build();
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(store::CONNECT_TIMEOUT))
-        .set_response_timeout(Some(
-            Duration::from_millis(READ_BLOCK_MS) + store::RESPONSE_TIMEOUT,
-        ))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    let reader = ConnectionManager::new_lazy_with_config(redis.client.clone(), config);
+    let reader = redis
+        .client
+        .dedicated(Duration::from_millis(READ_BLOCK_MS) + store::RESPONSE_TIMEOUT);
     let (http, reader) = match (http, reader) {
         (Ok(h), Ok(r)) => (h, r),
         (Err(e), _) => {
@@ -209,9 +204,9 @@ struct Deliverer {
     settings: WebhookSettings,
     http: reqwest::Client,
     /// For the blocking reads only.
-    reader: ConnectionManager,
+    reader: Conn,
     /// The shared connection: acknowledgements, claims, stats.
-    conn: ConnectionManager,
+    conn: Conn,
     stream: String,
     stats: String,
     claim_idle_ms: u64,
@@ -242,8 +237,8 @@ impl Deliverer {
     fn new(
         ctx: &AppState,
         settings: WebhookSettings,
-        conn: ConnectionManager,
-        reader: ConnectionManager,
+        conn: Conn,
+        reader: Conn,
         http: reqwest::Client,
     ) -> Self {
         let claim_idle_ms = ctx.config.job_claim_idle_ms;
@@ -745,13 +740,7 @@ fn describe(e: reqwest::Error) -> String {
 
 /// Resets the idle time of every held entry three times per claim period, so a
 /// long retry never lets another broadcaster take them over.
-async fn keep_alive(
-    ctx: AppState,
-    mut conn: ConnectionManager,
-    stream: String,
-    held: Held,
-    idle_ms: u64,
-) {
+async fn keep_alive(ctx: AppState, mut conn: Conn, stream: String, held: Held, idle_ms: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis((idle_ms / 3).max(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -783,7 +772,7 @@ async fn keep_alive(
 
 /// Refreshes the queue gauge every few seconds, and removes consumers of
 /// broadcasters long gone from the group.
-async fn watch_queue(ctx: AppState, mut conn: ConnectionManager, token: CancellationToken) {
+async fn watch_queue(ctx: AppState, mut conn: Conn, token: CancellationToken) {
     let stream = ctx.keys.webhooks();
     let mut tick = tokio::time::interval(QUEUE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -830,7 +819,7 @@ async fn watch_queue(ctx: AppState, mut conn: ConnectionManager, token: Cancella
 /// Up to `count` entries for `consumer` after `id` (`>`: new ones, waiting up to
 /// `block` ms; an id: its own pending ones), as (entry id, event JSON).
 async fn read_group(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     consumer: &str,
     id: &str,
@@ -906,7 +895,7 @@ fn field(fields: Value) -> Option<String> {
 /// from `cursor`; returns the next cursor (`0-0` when the scan is complete) and
 /// the entries.
 async fn auto_claim(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     consumer: &str,
     idle_ms: u64,
@@ -937,7 +926,7 @@ async fn auto_claim(
 /// Events waiting in the group: not yet read by any broadcaster (its lag) plus
 /// read and not yet acknowledged (pending). Without a known lag, the stream's
 /// length, which is the same thing as long as done entries are deleted.
-pub async fn queued(conn: &mut ConnectionManager, stream: &str) -> RedisResult<u64> {
+pub async fn queued(conn: &mut Conn, stream: &str) -> RedisResult<u64> {
     let reply: RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -957,11 +946,7 @@ pub async fn queued(conn: &mut ConnectionManager, stream: &str) -> RedisResult<u
 }
 
 /// Removes consumers that hold nothing and have been silent for an hour.
-async fn remove_gone_consumers(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    me: &str,
-) -> RedisResult<()> {
+async fn remove_gone_consumers(conn: &mut Conn, stream: &str, me: &str) -> RedisResult<()> {
     let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(stream)
@@ -1070,7 +1055,8 @@ mod tests {
         );
         let ctx = AppState::new(config, &settings, &rt, crate::Metrics::new().unwrap());
         let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
-        let conn = ConnectionManager::new_lazy_with_config(client, ConnectionManagerConfig::new())
+        let conn = herald_common::store::Client::Single(client)
+            .dedicated(Duration::from_secs(1))
             .unwrap();
         let settings = WebhookSettings {
             url: reqwest::Url::parse("http://127.0.0.1:1/hook").unwrap(),

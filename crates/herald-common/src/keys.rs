@@ -1,7 +1,10 @@
 //! Every Redis key and channel Herald uses, built in one place.
 //!
 //! Keys that one script touches together share a Redis Cluster hash tag
-//! (`{<channel>}`), so the layout works on a cluster as well as on one Redis.
+//! (`{<channel>}`, `{<ip>}`), so the layout works on a cluster as well as on one
+//! Redis. On a cluster ([`Keys::sharded`]) a channel's Pub/Sub name carries the
+//! channel's tag too: it is a shard channel (`SPUBLISH`/`SSUBSCRIBE`) living in
+//! the same slot as the channel's history, so the publish script can send it.
 
 use std::net::IpAddr;
 
@@ -9,6 +12,44 @@ use std::net::IpAddr;
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// On a Redis Cluster: channel messages go over sharded Pub/Sub.
+    sharded: bool,
+}
+
+/// Redis Cluster's slot count.
+pub const SLOTS: u16 = 16384;
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag — the
+/// text between the first `{` and the next `}`, when not empty — or of the whole
+/// key, modulo [`SLOTS`].
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS
+}
+
+/// A short hash tag for every slot (`tags()[s]` hashes to slot `s`), so a node
+/// can name a Pub/Sub channel that lands on a shard of its choosing.
+pub fn slot_tags() -> &'static [Box<str>] {
+    static TAGS: std::sync::OnceLock<Vec<Box<str>>> = std::sync::OnceLock::new();
+    TAGS.get_or_init(|| {
+        let mut tags: Vec<Option<Box<str>>> = vec![None; SLOTS as usize];
+        let mut missing = SLOTS as usize;
+        let mut n: u64 = 0;
+        while missing > 0 {
+            let tag = n.to_string();
+            let s = usize::from(slot(tag.as_bytes()));
+            if tags[s].is_none() {
+                tags[s] = Some(tag.into());
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags.into_iter().map(Option::unwrap_or_default).collect()
+    })
 }
 
 /// Legacy bridge channels of the original design; they carry no prefix.
@@ -19,17 +60,40 @@ impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            sharded: false,
         }
     }
 
-    /// Pub/Sub channel carrying a Herald channel's messages.
-    pub fn channel(&self, channel: &str) -> String {
-        format!("{}ch:{channel}", self.prefix)
+    /// The keys of a Redis Cluster deployment: channel messages on shard channels.
+    pub fn sharded(mut self, sharded: bool) -> Self {
+        self.sharded = sharded;
+        self
     }
 
-    /// The Pub/Sub prefix of [`Self::channel`], to map a Redis channel back to its name.
-    pub fn channel_prefix(&self) -> String {
-        format!("{}ch:", self.prefix)
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// Pub/Sub channel carrying a Herald channel's messages (on a cluster, a shard
+    /// channel in the channel's slot).
+    pub fn channel(&self, channel: &str) -> String {
+        if self.sharded {
+            format!("{}ch:{{{channel}}}", self.prefix)
+        } else {
+            format!("{}ch:{channel}", self.prefix)
+        }
+    }
+
+    /// The Herald channel a Pub/Sub name of [`Self::channel`] carries.
+    pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        let rest = pubsub
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("ch:")?;
+        if self.sharded {
+            rest.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(rest)
+        }
     }
 
     /// History stream of a channel (entry id = `<offset>-0`).
@@ -82,6 +146,12 @@ impl Keys {
     /// subscription connection still delivers.
     pub fn probe(&self, node_id: &str) -> String {
         format!("{}probe:{node_id}", self.prefix)
+    }
+
+    /// The shard channel a gateway publishes to itself to prove its subscription
+    /// to one shard still delivers (`tag` hashes to a slot of that shard).
+    pub fn shard_probe(&self, node_id: &str, tag: &str) -> String {
+        format!("{}probe:{node_id}:{{{tag}}}", self.prefix)
     }
 
     /// Pub/Sub control channel (disconnects, revocations).
@@ -148,6 +218,37 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_follow_the_hash_tag_rules() {
+        // Values Redis's CLUSTER KEYSLOT gives.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        let tags = slot_tags();
+        assert_eq!(tags.len(), usize::from(SLOTS));
+        for (s, tag) in tags.iter().enumerate().step_by(97) {
+            assert_eq!(usize::from(slot(tag.as_bytes())), s);
+        }
+    }
+
+    #[test]
+    fn a_channels_keys_and_shard_channel_share_its_slot() {
+        let k = Keys::new("herald:").sharded(true);
+        for c in ["news", "a:b", "user#42", "x.y/z@w"] {
+            let s = slot(k.meta(c).as_bytes());
+            for key in [k.history(c), k.once(c, "id"), k.presence(c), k.channel(c)] {
+                assert_eq!(slot(key.as_bytes()), s, "{key}");
+            }
+            assert_eq!(k.channel_of(&k.channel(c)), Some(c));
+        }
+        let single = Keys::new("herald:");
+        assert_eq!(single.channel("news"), "herald:ch:news");
+        assert_eq!(single.channel_of("herald:ch:news"), Some("news"));
+        assert_eq!(single.channel_of("herald:control"), None);
+    }
 
     #[test]
     fn layout() {

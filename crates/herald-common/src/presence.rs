@@ -210,17 +210,18 @@ pub struct Presence {
 
 impl Presence {
     pub fn new(engine: Engine, keys: Keys) -> Self {
+        let script = |lua: &str| crate::publish::channel_script(&keys, lua);
         Self {
-            engine,
-            keys,
-            join: Script::new(JOIN_LUA),
-            leave: Script::new(LEAVE_LUA),
-            members: Script::new(&members_lua()),
-            stats: Script::new(&stats_lua()),
+            join: script(JOIN_LUA),
+            leave: script(LEAVE_LUA),
+            members: script(&members_lua()),
+            stats: script(&stats_lua()),
             // The sorting removes the dead; this says what it removed and what is left.
-            reap: Script::new(&format!(
+            reap: script(&format!(
                 "{SORT_LUA}\nlocal out = {{redis.call('HLEN', KEYS[1])}}\nfor i = 1, #removed do out[#out + 1] = removed[i] end\nreturn out"
             )),
+            engine,
+            keys,
         }
     }
 

@@ -199,13 +199,23 @@ pub fn new_epoch() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
+/// A script that sends on a channel's Pub/Sub name: on a cluster its `PUBLISH`
+/// becomes `SPUBLISH`, to the shard channel in the slot of the script's keys.
+pub(crate) fn channel_script(keys: &Keys, lua: &str) -> Script {
+    if keys.is_sharded() {
+        Script::new(&lua.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+    } else {
+        Script::new(lua)
+    }
+}
+
 impl Publisher {
     pub fn new(engine: Engine, keys: Keys, history: HistoryConfig) -> Self {
         Self {
+            publish: channel_script(&keys, PUBLISH_LUA),
             engine,
             keys,
             history,
-            publish: Script::new(PUBLISH_LUA),
             recover: Script::new(RECOVER_LUA),
             read_history: Script::new(HISTORY_LUA),
         }

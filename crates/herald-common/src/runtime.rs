@@ -148,7 +148,7 @@ impl Runtime {
     ) -> Result<Self, crate::store::StoreError> {
         let engine = match engine {
             Some(e) => e,
-            None => Engine::connect(&common.redis_url).await?,
+            None => Engine::connect(&common.redis_target()).await?,
         };
         Ok(Self::new(service, common, registry, grace, engine))
     }
@@ -162,11 +162,12 @@ impl Runtime {
         engine: Engine,
     ) -> Self {
         let token = CancellationToken::new();
+        let sharded = engine.is_cluster();
         Self {
             service,
             node_id: common.node_id(service),
             engine,
-            keys: Keys::new(common.redis_prefix.clone()),
+            keys: Keys::new(common.redis_prefix.clone()).sharded(sharded),
             registry,
             readiness: Readiness::new(),
             health: Health::new(),

@@ -13,9 +13,9 @@ use tracing_subscriber::fmt::MakeWriter;
 pub fn init(filter: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(filter).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .and_then(|f| EnvFilter::try_new(quiet_redis(&f)).ok())
+        .or_else(|| EnvFilter::try_new(quiet_redis(filter)).ok())
+        .unwrap_or_else(|| EnvFilter::new(quiet_redis("info")));
     let json = std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v == "json");
     // Colour only for a person at a terminal: a log file or pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -29,6 +29,20 @@ pub fn init(filter: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// The Redis client logs a line per node connection attempt while a cluster node
+/// is down (many a second), which Herald reports once in its own words; it speaks
+/// at `error` only, unless the filter names it.
+fn quiet_redis(filter: &str) -> String {
+    if filter
+        .split(',')
+        .any(|d| d.trim_start().starts_with("redis"))
+    {
+        filter.to_owned()
+    } else {
+        format!("{filter},redis=error")
+    }
 }
 
 /// Registers the secrets this process was configured with (API and admin keys, the

@@ -196,10 +196,10 @@ async fn main() -> ExitCode {
     };
     let mut errors = ConfigErrors::from(unparsed);
     check_shared_settings(&services, &mut errors);
-    let embedded = !is_set("HERALD_REDIS_URL");
+    let embedded = !is_set("HERALD_REDIS_URL") && !is_set("HERALD_REDIS_CLUSTER");
     if embedded && !serve.only.is_empty() {
         errors.push(
-            "--only (HERALD_ONLY) needs HERALD_REDIS_URL: without Redis the services share \
+            "--only (HERALD_ONLY) needs HERALD_REDIS_URL or HERALD_REDIS_CLUSTER: without Redis the services share \
              this process's memory, which services in other processes cannot see",
         );
     }

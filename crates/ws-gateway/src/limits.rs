@@ -194,7 +194,7 @@ impl IpLimiter {
     /// The acquire script's answer (see `ACQUIRE_LUA`).
     async fn acquire_in_redis(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut herald_common::store::Conn,
         ip: IpAddr,
         now: u64,
     ) -> redis::RedisResult<i64> {

@@ -88,7 +88,7 @@ impl State {
         rt: &Runtime,
         metrics: Metrics,
     ) -> (Arc<Self>, Queues) {
-        let keys = Keys::new(config.common.redis_prefix.clone());
+        let keys = rt.keys().clone();
         let (cmd_tx, cmds) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(
             cmd_tx,

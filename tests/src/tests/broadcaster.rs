@@ -29,22 +29,26 @@ pub(super) struct Delivered {
 /// A subscriber to Herald channels, on the engine the services run on.
 pub(super) struct Sub {
     stream: herald_common::engine::SubStream,
+    keys: herald_common::keys::Keys,
     /// Subscriptions last as long as their sink.
     _sink: herald_common::engine::SubSink,
 }
 
 impl Sub {
     pub(super) async fn new(store: &impl Store, channels: &[&str]) -> Self {
-        let sub = within("a subscription", store.engine().await.subscriber())
+        let engine = store.engine().await;
+        let keys = herald_common::keys::Keys::new("herald:").sharded(engine.is_cluster());
+        let sub = within("a subscription", engine.subscriber())
             .await
             .expect("subscriber");
         let (mut sink, stream) = (sub.sink, sub.stream);
-        let names: Vec<String> = channels.iter().map(|c| format!("herald:ch:{c}")).collect();
-        within("subscribe", sink.subscribe(&names))
+        let names: Vec<String> = channels.iter().map(|c| keys.channel(c)).collect();
+        within("subscribe", sink.subscribe_shard(&names))
             .await
             .expect("subscribe");
         Self {
             stream,
+            keys,
             _sink: sink,
         }
     }
@@ -53,10 +57,10 @@ impl Sub {
         let msg = within("a published frame", self.stream.next())
             .await
             .expect("pubsub closed");
-        let channel = msg
-            .channel()
-            .strip_prefix("herald:ch:")
-            .expect("herald channel")
+        let channel = self
+            .keys
+            .channel_of(msg.channel())
+            .expect("a channel's pub/sub name")
             .to_owned();
         let payload = msg.payload();
         let env = herald_proto::envelope::decode(payload).expect("payload has the envelope header");
@@ -155,8 +159,9 @@ pub(super) async fn finished(svc: &Service, id: &str, limit: Duration) -> Value 
 /// How many messages `channel`'s history holds.
 pub(super) async fn history_len(store: &impl Store, channel: &str) -> u64 {
     use herald_common::publish::{HistoryConfig, Publisher};
-    let keys = herald_common::keys::Keys::new("herald:");
-    let publisher = Publisher::new(store.engine().await, keys, HistoryConfig::default());
+    let engine = store.engine().await;
+    let keys = herald_common::keys::Keys::new("herald:").sharded(engine.is_cluster());
+    let publisher = Publisher::new(engine, keys, HistoryConfig::default());
     let frames = within("a history read", publisher.range(channel, 1, u64::MAX))
         .await
         .expect("history");
@@ -227,7 +232,7 @@ async fn publish_assigns_increasing_offsets_and_passes_the_message_through(backe
     assert!(metrics(&bc).await.contains("herald_publish_total 3"));
 }
 
-async fn idempotency_key_publishes_once(backend: Backend) {
+pub(super) async fn idempotency_key_publishes_once(backend: Backend) {
     let bc = start(&backend).await;
     let mut sub = Sub::new(&backend, &["orders"]).await;
     let body = json!({"channel":"orders","message":{"id":7},"idempotency_key":"order-7"});

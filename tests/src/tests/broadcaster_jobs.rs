@@ -9,7 +9,7 @@ use serde_json::json;
 use super::broadcaster::{Sub, finished, get_job, history_len, metrics, post, start, submit};
 use crate::{API_KEY, Backend, Redis, ServiceBuilder, eventually, http_json};
 
-async fn jobs_run_and_publish_their_results(backend: Backend) {
+pub(super) async fn jobs_run_and_publish_their_results(backend: Backend) {
     let bc = start(&backend).await;
     let mut sub = Sub::new(&backend, &["results"]).await;
 

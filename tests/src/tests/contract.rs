@@ -114,8 +114,9 @@ async fn the_publish_script_writes_what_envelope_encode_writes() {
     }
     let mut messages = pubsub.into_on_message();
     let engine = Engine::Redis(RedisEngine {
-        client: client.clone(),
-        conn: conn.clone(),
+        client: herald_common::store::Client::Single(client.clone()),
+        conn: herald_common::store::Conn::Single(conn.clone()),
+        target: herald_common::store::Target::Single(redis.url()),
     });
     let publisher = Publisher::new(engine, keys.clone(), HistoryConfig::default());
 

@@ -60,7 +60,7 @@ pub(super) async fn metric(svc: &Service, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn cross_gateway_fanout_and_message_shape(backend: Backend) {
+pub(super) async fn cross_gateway_fanout_and_message_shape(backend: Backend) {
     let gw1 = gateway(&backend).spawn().await;
     let gw2 = gateway(&backend).spawn().await;
     let t = token("alice", &["news"], &["news"]);
@@ -162,7 +162,7 @@ async fn slow_consumer_is_cut_off_and_others_keep_up(backend: Backend) {
     assert!(metric(&gw, "herald_slow_consumer_disconnects_total").await >= 1.0);
 }
 
-async fn recovery_with_and_without_a_gap(backend: Backend) {
+pub(super) async fn recovery_with_and_without_a_gap(backend: Backend) {
     let gw = gateway(&backend)
         .env("HERALD_HISTORY_SIZE", "50")
         .env("HERALD_RATE_LIMIT_MESSAGES", "100000")

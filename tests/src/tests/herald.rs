@@ -215,8 +215,8 @@ async fn settings_one_service_owns_are_refused_with_the_per_service_ones_named()
     assert_eq!(code, 64, "{err}");
     assert_eq!(
         err.trim(),
-        "herald: configuration error: --only (HERALD_ONLY) needs HERALD_REDIS_URL: without \
-         Redis the services share this process's memory, which services in other processes \
+        "herald: configuration error: --only (HERALD_ONLY) needs HERALD_REDIS_URL or HERALD_REDIS_CLUSTER: \
+         without Redis the services share this process's memory, which services in other processes \
          cannot see"
     );
 }

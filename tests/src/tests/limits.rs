@@ -7,15 +7,15 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::{API_KEY, Redis, Service, ServiceBuilder, Ws, http_json, token, within};
+use crate::{API_KEY, Redis, Service, ServiceBuilder, Store, Ws, http_json, token, within};
 
 /// The nesting limit of published messages (herald-proto's `MAX_MESSAGE_DEPTH`).
 const MAX_DEPTH: usize = 64;
 
 /// A gateway whose per-IP connection cap is `cap`, attempts per second `rate`.
-async fn gateway(redis: &Redis, cap: u32, rate: u32) -> Service {
+async fn gateway(store: &impl Store, cap: u32, rate: u32) -> Service {
     ServiceBuilder::new("ws-gateway")
-        .redis(redis)
+        .on(store)
         .env("HERALD_MAX_CONNECTIONS_PER_IP", &cap.to_string())
         .env("HERALD_CONNECT_RATE_PER_IP", &rate.to_string())
         .env("HERALD_MAX_FRAME_BYTES", "524288")
@@ -56,12 +56,13 @@ fn forged() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_do_not_hold_per_ip_slots() {
-    let redis = Redis::start().await;
+    per_ip_slots_across_gateways(&Redis::start().await).await;
+}
+
+/// Two gateways share each address's connection cap, and refusals hold no slot.
+pub(super) async fn per_ip_slots_across_gateways(store: &impl Store) {
     // Two connections per address across the cluster; attempts are not the limit here.
-    let gws = [
-        gateway(&redis, 2, 1000).await,
-        gateway(&redis, 2, 1000).await,
-    ];
+    let gws = [gateway(store, 2, 1000).await, gateway(store, 2, 1000).await];
     let bad = forged();
     // Handshakes refused with 401, by query and by header, alternating gateways.
     for i in 0..12 {

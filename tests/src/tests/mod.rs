@@ -15,6 +15,8 @@ mod client_faults;
 mod client_history;
 mod client_presence;
 mod client_server_side;
+mod cluster;
+mod cluster_harness;
 mod compose;
 mod config;
 mod contract;

@@ -593,7 +593,7 @@ async fn bad_config_and_unreachable_redis_fail_fast() {
 /// A whole cluster on one engine: a client's subscription and a publish through the
 /// broadcaster show in the monitor's overview, and a gateway's graceful stop says
 /// goodbye to its clients and takes it off the list.
-async fn the_overview_follows_a_live_cluster_and_a_graceful_stop(backend: Backend) {
+pub(super) async fn the_overview_follows_a_live_cluster_and_a_graceful_stop(backend: Backend) {
     let gw = super::gateway::gateway(&backend).spawn().await;
     let bc = super::broadcaster::start(&backend).await;
     let mut m = ServiceBuilder::new("monitor").on(&backend).spawn().await;

@@ -57,7 +57,10 @@ impl TestRedis {
         let redis = Self { _child: child, dir };
         let url = format!("redis+unix://{}", socket.display());
         for _ in 0..200 {
-            if let Ok((_, conn)) = herald_common::store::connect(&url).await {
+            if let Ok((_, conn)) =
+                herald_common::store::connect(&herald_common::store::Target::Single(url.clone()))
+                    .await
+            {
                 return (redis, AuthStore::Redis(conn));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -39,7 +39,7 @@ fn state(api_key: Option<&str>, engine: impl FnOnce(&Config) -> Engine) -> (AppS
 /// A Redis engine on a closed port: connected lazily, so every request fails fast,
 /// as during an outage.
 fn unreachable_redis(config: &Config) -> Engine {
-    let client = redis::Client::open(config.common.redis_url.as_str()).unwrap();
+    let client = redis::Client::open(config.common.redis_url()).unwrap();
     let conn = ConnectionManager::new_lazy_with_config(
         client.clone(),
         ConnectionManagerConfig::new()
@@ -47,7 +47,11 @@ fn unreachable_redis(config: &Config) -> Engine {
             .set_number_of_retries(0),
     )
     .unwrap();
-    Engine::Redis(RedisEngine { client, conn })
+    Engine::Redis(RedisEngine {
+        client: herald_common::store::Client::Single(client),
+        conn: herald_common::store::Conn::Single(conn),
+        target: herald_common::store::Target::Single(config.common.redis_url().to_owned()),
+    })
 }
 
 /// An app whose Redis is a closed port: everything before Redis is exercised for

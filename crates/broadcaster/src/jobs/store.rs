@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
+use herald_common::store::Conn;
 use redis::{RedisResult, Script};
 use serde_json::{Value, json};
 
@@ -96,8 +96,8 @@ pub enum JobStore {
 /// connections of their own (the workers' blocking reads), and the key names.
 #[derive(Clone)]
 pub struct RedisJobs {
-    pub conn: ConnectionManager,
-    pub client: redis::Client,
+    pub conn: Conn,
+    pub client: herald_common::store::Client,
     pub keys: Keys,
 }
 
@@ -240,7 +240,7 @@ impl JobStore {
 
 /// Records a queued job and appends it to the stream.
 async fn submit(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     id: &str,
     job_type: &str,
@@ -339,11 +339,7 @@ impl JobRecord {
 }
 
 /// The stored job, or `None` if unknown (or expired).
-async fn get(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    id: &str,
-) -> RedisResult<Option<JobRecord>> {
+async fn get(conn: &mut Conn, keys: &Keys, id: &str) -> RedisResult<Option<JobRecord>> {
     let h: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(keys.job(id))
         .query_async(conn)
@@ -368,12 +364,7 @@ pub enum Start {
 }
 
 /// Marks a job running (unless it finished) and loads what running it needs.
-async fn start(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    id: &str,
-    worker: &str,
-) -> RedisResult<Start> {
+async fn start(conn: &mut Conn, keys: &Keys, id: &str, worker: &str) -> RedisResult<Start> {
     let reply: Vec<redis::Value> = Script::new(START_LUA)
         .key(keys.job(id))
         .arg(now_ms())
@@ -408,7 +399,7 @@ async fn start(
 
 /// Writes a job's final state: `done` with its result, or `failed` with an error.
 async fn finish(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     id: &str,
     outcome: &Result<String, String>,
@@ -432,7 +423,7 @@ async fn finish(
 }
 
 /// Acknowledges and deletes a stream entry: the job is finished for good.
-async fn ack(conn: &mut ConnectionManager, keys: &Keys, entry: &str) -> RedisResult<()> {
+async fn ack(conn: &mut Conn, keys: &Keys, entry: &str) -> RedisResult<()> {
     redis::pipe()
         .cmd("XACK")
         .arg(keys.jobs())
@@ -448,12 +439,7 @@ async fn ack(conn: &mut ConnectionManager, keys: &Keys, entry: &str) -> RedisRes
 }
 
 /// Resets a pending entry's idle time: "this worker is alive and still on it".
-async fn keep_alive(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    worker: &str,
-    entry: &str,
-) -> RedisResult<()> {
+async fn keep_alive(conn: &mut Conn, keys: &Keys, worker: &str, entry: &str) -> RedisResult<()> {
     redis::cmd("XCLAIM")
         .arg(keys.jobs())
         .arg(GROUP)
@@ -475,7 +461,7 @@ fn entry(e: &redis::streams::StreamId) -> Entry {
 
 /// The next new entry for `worker`, waiting up to `block_ms`.
 async fn read_new(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     worker: &str,
     block_ms: u64,
@@ -505,7 +491,7 @@ async fn read_new(
 /// Claims for `worker` one entry pending longer than `idle_ms`, scanning from
 /// `cursor`; returns the next cursor (`0-0` when the scan is complete) and the entry.
 async fn auto_claim(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     worker: &str,
     idle_ms: u64,

@@ -19,7 +19,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -67,14 +66,9 @@ fn reader(ctx: &AppState) -> redis::RedisResult<JobStore> {
     let JobStore::Redis(r) = &ctx.jobs else {
         return Ok(ctx.jobs.clone());
     };
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(store::CONNECT_TIMEOUT))
-        .set_response_timeout(Some(
-            Duration::from_millis(READ_BLOCK_MS) + store::RESPONSE_TIMEOUT,
-        ))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    let conn = ConnectionManager::new_lazy_with_config(r.client.clone(), config)?;
+    let conn = r
+        .client
+        .dedicated(Duration::from_millis(READ_BLOCK_MS) + store::RESPONSE_TIMEOUT)?;
     Ok(JobStore::Redis(RedisJobs { conn, ..r.clone() }))
 }
 

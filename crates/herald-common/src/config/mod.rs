@@ -24,9 +24,14 @@ pub use errors::{ConfigErrors, load, load_from};
 /// The settings of docs/protocol.md that every service takes.
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
-    /// Redis URL (`redis://[:password@]host:port[/db]`).
-    #[arg(long, env = "HERALD_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
-    pub redis_url: String,
+    /// Redis URL (`redis://[:password@]host:port[/db]`); default
+    /// `redis://127.0.0.1:6379`.
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// A Redis Cluster instead of one Redis: its seed nodes, comma-separated
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
+    #[arg(long, env = "HERALD_REDIS_CLUSTER")]
+    pub redis_cluster: Option<String>,
     /// Prefix of every Redis key and channel this cluster uses.
     #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
@@ -57,20 +62,51 @@ pub fn parse_bool_flag(s: &str) -> Result<bool, String> {
 impl CommonConfig {
     /// Adds the problems of these settings to `out`.
     pub fn check(&self, out: &mut ConfigErrors) {
-        if !self.redis_url.contains("://") {
-            out.push(format!(
-                "HERALD_REDIS_URL {:?} has no scheme: write it as {} (redis://[:password@]host:port[/db])",
-                crate::store::redacted(&self.redis_url),
-                redis_url_hint(&crate::store::redacted(&self.redis_url))
-            ));
-        } else if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            out.push(format!(
-                "HERALD_REDIS_URL {:?} is not a valid Redis URL: {e}",
-                crate::store::redacted(&self.redis_url)
-            ));
+        if self.single_url().is_some() && self.cluster_seeds().is_some() {
+            out.push(
+                "HERALD_REDIS_URL and HERALD_REDIS_CLUSTER are both set: set HERALD_REDIS_URL for \
+                 one Redis or HERALD_REDIS_CLUSTER for a Redis Cluster, not both",
+            );
+        }
+        match self.cluster_seeds() {
+            Some(seeds) => check_url_list("HERALD_REDIS_CLUSTER", seeds, out),
+            None => check_url("HERALD_REDIS_URL", self.redis_url(), out),
         }
         if self.redis_prefix.contains(['{', '}', ' ']) {
             out.push("HERALD_REDIS_PREFIX must not contain braces or spaces");
+        }
+    }
+
+    /// The one Redis's URL (the default when none is set).
+    pub fn redis_url(&self) -> &str {
+        self.single_url().unwrap_or(DEFAULT_REDIS_URL)
+    }
+
+    /// `HERALD_REDIS_URL` when set (an empty one counts as unset, so an override
+    /// file can clear it).
+    fn single_url(&self) -> Option<&str> {
+        self.redis_url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    /// `HERALD_REDIS_CLUSTER` when set (an empty one counts as unset).
+    pub fn cluster_seeds(&self) -> Option<&str> {
+        self.redis_cluster
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+    }
+
+    /// Where the services' Redis is: a cluster's seed nodes, or one Redis.
+    pub fn redis_target(&self) -> crate::store::Target {
+        match self.cluster_seeds() {
+            Some(seeds) => crate::store::Target::Cluster(
+                seeds
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => crate::store::Target::Single(self.redis_url().to_owned()),
         }
     }
 
@@ -118,6 +154,36 @@ impl CommonConfig {
         } else {
             listen.to_string()
         }
+    }
+}
+
+/// Adds the problems of one Redis URL in `var` to `out`.
+fn check_url(var: &str, url: &str, out: &mut ConfigErrors) {
+    let shown = crate::store::redacted(url);
+    if !url.contains("://") {
+        out.push(format!(
+            "{var} {shown:?} has no scheme: write it as {} (redis://[:password@]host:port[/db])",
+            redis_url_hint(&shown)
+        ));
+    } else if let Err(e) = redis::Client::open(url) {
+        out.push(format!("{var} {shown:?} is not a valid Redis URL: {e}"));
+    }
+}
+
+/// Adds the problems of a comma-separated list of seed node URLs to `out`.
+fn check_url_list(var: &str, list: &str, out: &mut ConfigErrors) {
+    let seeds: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if seeds.is_empty() {
+        out.push(format!(
+            "{var} is empty: list the cluster's seed nodes, e.g. redis://10.0.0.1:7000,redis://10.0.0.2:7000"
+        ));
+    }
+    for seed in seeds {
+        check_url(var, seed, out);
     }
 }
 
@@ -386,7 +452,7 @@ mod tests {
     #[test]
     fn defaults_and_problems() {
         let t = T::try_parse_from(["t"]).unwrap();
-        assert_eq!(t.common.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(t.common.redis_url(), DEFAULT_REDIS_URL);
         assert!(problems(&t).is_empty());
         let t = T::try_parse_from(["t", "--redis-url", "http://nope", "--dev", "1"]).unwrap();
         assert!(t.common.dev);
@@ -408,13 +474,52 @@ mod tests {
         }
         check("localhost:6379", "redis://localhost:6379");
         check("10.0.0.5", "redis://10.0.0.5:6379");
-        check("", "redis://host:port");
         // A password in a malformed URL is not repeated in the error.
         check(":hunter22@cache:6379", "redis://***@cache:6379");
         let t = T::try_parse_from(["t", "--redis-url", "ftp://:hunter22@cache"]).unwrap();
         assert!(!problems(&t)[0].contains("hunter22"));
         let t = T::try_parse_from(["t", "--redis-url", "redis://10.0.0.5:6380/2"]).unwrap();
         assert!(problems(&t).is_empty());
+    }
+
+    #[test]
+    fn one_redis_or_a_cluster_not_both() {
+        let t = T::try_parse_from([
+            "t",
+            "--redis-url",
+            "redis://a:6379",
+            "--redis-cluster",
+            "redis://b:7000",
+        ])
+        .unwrap();
+        let found = problems(&t);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("not both"), "{found:?}");
+        // An empty one counts as unset (an override file clears it so).
+        let t = T::try_parse_from([
+            "t",
+            "--redis-url",
+            "",
+            "--redis-cluster",
+            "redis://b:7000, redis://c:7000",
+        ])
+        .unwrap();
+        assert!(problems(&t).is_empty());
+        assert_eq!(
+            t.common.redis_target(),
+            crate::store::Target::Cluster(vec!["redis://b:7000".into(), "redis://c:7000".into()])
+        );
+        let t = T::try_parse_from(["t", "--redis-cluster", "b:7000,redis://:pw@c:7000"]).unwrap();
+        let found = problems(&t);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("HERALD_REDIS_CLUSTER"), "{found:?}");
+        let t = T::try_parse_from(["t", "--redis-cluster", " , "]).unwrap();
+        assert!(problems(&t)[0].contains("is empty"));
+        let t = T::try_parse_from(["t"]).unwrap();
+        assert_eq!(
+            t.common.redis_target(),
+            crate::store::Target::Single(DEFAULT_REDIS_URL.into())
+        );
     }
 
     /// The arg clap derives for a field of type `$ty`, with its value parser.

@@ -151,8 +151,9 @@ fn harness(args: &[&str]) -> Harness {
         metrics.registry.clone(),
         Duration::from_secs(1),
         herald_common::engine::Engine::Redis(herald_common::engine::RedisEngine {
-            client,
-            conn: redis,
+            client: herald_common::store::Client::Single(client),
+            conn: herald_common::store::Conn::Single(redis),
+            target: herald_common::store::Target::Single("redis://127.0.0.1:1/".to_owned()),
         }),
     );
     let (state, queues) = State::new(&config, settings, &rt, metrics);

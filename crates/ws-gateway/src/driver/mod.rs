@@ -8,6 +8,12 @@
 //! a nonce to this node's probe channel and expects it back. A connection that is
 //! up but silent (wedged) is torn down and replaced, and the node reports not-ready
 //! meanwhile.
+//!
+//! On a Redis Cluster the session is the one of [`cluster`]: shard channels, one
+//! probe per shard, and a failed shard caught up on its own while the others
+//! deliver on.
+
+mod cluster;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -85,7 +91,13 @@ impl Driver {
             if !first {
                 self.metrics.pubsub_reconnects.inc();
             }
-            match self.session(&mut cmds, &mut positions, &token, first).await {
+            let session = if self.engine.is_cluster() {
+                self.cluster_session(&mut cmds, &mut positions, &token, first)
+                    .await
+            } else {
+                self.session(&mut cmds, &mut positions, &token, first).await
+            };
+            match session {
                 Ok(Exit::Shutdown) => return,
                 Ok(Exit::Reconnect(why)) => {
                     tracing::warn!(reason = why, "pub/sub connection lost; reconnecting");
@@ -134,11 +146,10 @@ impl Driver {
         }
         positions.retain(|c, _| subscribed.contains(c));
         if !first {
-            self.catch_up(positions).await;
+            self.catch_up(positions, |_| true).await;
         }
         tracing::info!(channels = subscribed.len(), "pub/sub connected");
 
-        let prefix = self.keys.channel_prefix();
         let mut probe_tick = tokio::time::interval(self.probe_interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The nonce in flight and when it was sent.
@@ -153,7 +164,7 @@ impl Driver {
                 msg = stream.next() => {
                     let Some(msg) = msg else { return Ok(Exit::Reconnect("stream ended")) };
                     let name = msg.channel();
-                    if let Some(channel) = name.strip_prefix(prefix.as_str()) {
+                    if let Some(channel) = self.keys.channel_of(name) {
                         self.on_message(channel, msg.payload(), positions).await;
                     } else if name == probe {
                         if let Ok(n) = std::str::from_utf8(msg.payload()).unwrap_or("").parse::<u64>()
@@ -211,9 +222,14 @@ impl Driver {
         }
     }
 
-    /// After a reconnect, delivers what each channel published while we were away.
-    async fn catch_up(&self, positions: &mut HashMap<Arc<str>, Position>) {
-        let channels: Vec<Arc<str>> = positions.keys().cloned().collect();
+    /// After a reconnect, delivers what each channel (of those `which` picks)
+    /// published while we were away.
+    async fn catch_up(
+        &self,
+        positions: &mut HashMap<Arc<str>, Position>,
+        which: impl Fn(&str) -> bool,
+    ) {
+        let channels: Vec<Arc<str>> = positions.keys().filter(|c| which(c)).cloned().collect();
         for channel in channels {
             let Ok(Some((top, epoch))) = self.publisher.position(&channel).await else {
                 continue;
