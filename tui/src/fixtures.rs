@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::model::{
     ChannelRow, ConnInfo, ConnRow, ConnectionsPage, LimitKind, NodeRow, Overview, RateLimitView,
-    RecentHit, Status, Totals, WebhookView,
+    RecentHit, RedisClusterView, ShardView, Status, Totals, WebhookView,
 };
 
 pub(crate) const T0: &str = "2026-01-01T12:00:05.000Z";
@@ -97,6 +97,7 @@ pub(crate) fn healthy() -> Overview {
         ],
         ratelimit: quiet_ratelimits(),
         webhooks: None,
+        redis_cluster: None,
     }
 }
 
@@ -108,6 +109,47 @@ pub(crate) fn webhooks_failing() -> Overview {
             delivered: 48_211,
             failed: 3,
             failing: true,
+        }),
+        ..healthy()
+    }
+}
+
+fn shard(port: u16, primary_up: bool, slots: u32, replicas_up: u32) -> ShardView {
+    ShardView {
+        primary: format!("10.0.1.{}:7000", port - 7000),
+        primary_up,
+        slots,
+        replicas: 1,
+        replicas_up,
+    }
+}
+
+/// The healthy cluster on a Redis Cluster of three primaries with a replica each.
+pub(crate) fn on_redis_cluster() -> Overview {
+    Overview {
+        redis_cluster: Some(RedisClusterView {
+            shards: vec![
+                shard(7001, true, 5_461, 1),
+                shard(7002, true, 5_462, 1),
+                shard(7003, true, 5_461, 1),
+            ],
+            slots_covered: 16_384,
+        }),
+        ..healthy()
+    }
+}
+
+/// [`on_redis_cluster`] with the second primary down (its slots unserved until its
+/// replica takes over) and the third one's replica down too.
+pub(crate) fn redis_primary_down() -> Overview {
+    Overview {
+        redis_cluster: Some(RedisClusterView {
+            shards: vec![
+                shard(7001, true, 5_461, 1),
+                shard(7002, false, 5_462, 1),
+                shard(7003, true, 5_461, 0),
+            ],
+            slots_covered: 10_922,
         }),
         ..healthy()
     }

@@ -3,8 +3,8 @@
 //! fails to parse (shown as an unexpected answer) rather than reading as zero.
 
 pub use herald_proto::monitor::{
-    ChannelRow, ConnRow, ConnectionsPage, NodeRow, Overview, RateLimitView, RecentHit, Status,
-    Totals, WebhookView,
+    ChannelRow, ConnRow, ConnectionsPage, NodeRow, Overview, REDIS_CLUSTER_SLOTS, RateLimitView,
+    RecentHit, RedisClusterView, ShardView, Status, Totals, WebhookView,
 };
 pub use herald_proto::node::{ConnInfo, LimitKind};
 

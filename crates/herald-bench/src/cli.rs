@@ -27,6 +27,38 @@ pub(crate) enum Command {
     /// A presence flood: connections subscribing and unsubscribing on one channel as
     /// fast as they can; join/leave events delivered, message latency before and during.
     Presence(PresenceArgs),
+    /// Publishes over many channels through the broadcaster: publishes/s, and what
+    /// they cost Redis (CPU per publish summed over the nodes, each node's share).
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PublishArgs {
+    /// The broadcaster's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    pub(crate) api_url: String,
+    /// The broadcaster's API key.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: String,
+    /// Channels, published to in turn (`bench:0` … `bench:C-1`).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) channels: usize,
+    /// Publishes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) concurrency: usize,
+    /// Publishing time in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) duration: u64,
+    /// Message payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) payload: usize,
+    /// The Redis nodes to measure (comma-separated URLs): the one Redis, or a
+    /// cluster's primaries; each one's CPU and publish-script calls, from `INFO`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) redis: Vec<String>,
+    /// Pid of the broadcaster, for its CPU per publish.
+    #[arg(long)]
+    pub(crate) pid: Option<u32>,
 }
 
 /// How to reach and authenticate against a gateway.

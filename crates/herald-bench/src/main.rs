@@ -15,6 +15,7 @@ mod client;
 mod connections;
 mod fanout;
 mod presence;
+mod publish;
 mod raw;
 mod report;
 
@@ -37,6 +38,7 @@ fn main() -> anyhow::Result<()> {
             cli::Command::Connections(args) => connections::run(args, cli.json).await,
             cli::Command::RawServer(args) => raw::server(args).await,
             cli::Command::Presence(args) => presence::run(args, cli.json).await,
+            cli::Command::Publish(args) => publish::run(args, cli.json).await,
         }
     })
 }

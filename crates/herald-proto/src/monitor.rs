@@ -3,8 +3,8 @@
 //! renamed or missing field fails to parse instead of reading as zero.
 //!
 //! No field has a default: every one is always sent, except the optional parts
-//! named as such (`members` of a channel, `webhooks`). Fields a newer monitor adds
-//! are ignored by an older reader.
+//! named as such (`members` of a channel, `webhooks`, `redis_cluster`). Fields a
+//! newer monitor adds are ignored by an older reader.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +16,10 @@ use crate::time::ms_to_rfc3339;
 /// The event name of each overview on `GET /api/v1/stream` (Server-Sent Events);
 /// its data is an [`Overview`].
 pub const STREAM_EVENT: &str = "overview";
+
+/// The hash slots of a Redis Cluster: [`RedisClusterView::slots_covered`] is this
+/// when every slot is served.
+pub const REDIS_CLUSTER_SLOTS: u32 = 16_384;
 
 /// A node's liveness, from the age of its last beat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,6 +65,10 @@ pub struct Overview {
     /// on the in-memory engine, which has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<WebhookView>,
+    /// The Redis Cluster's shards; absent on a single Redis and on the in-memory
+    /// engine, and when the topology could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<RedisClusterView>,
 }
 
 /// One node of the overview.
@@ -125,6 +133,30 @@ pub struct WebhookView {
     pub failed: u64,
     /// The last POST any broadcaster made failed.
     pub failing: bool,
+}
+
+/// A Redis Cluster's topology as one of its nodes reports it (`CLUSTER NODES`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisClusterView {
+    /// The primaries that serve slots, in slot order, each with its replicas.
+    pub shards: Vec<ShardView>,
+    /// Slots served by a primary that is up, of [`REDIS_CLUSTER_SLOTS`]: fewer, and
+    /// the cluster refuses keyed commands (unless `cluster-require-full-coverage` is off).
+    pub slots_covered: u32,
+}
+
+/// One primary of a Redis Cluster with its replicas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardView {
+    /// `host:port`, as the cluster gives it to clients.
+    pub primary: String,
+    /// Not marked failing (`fail`, or `fail?` while the nodes have not agreed yet).
+    pub primary_up: bool,
+    /// Slots the primary serves.
+    pub slots: u32,
+    pub replicas: u32,
+    /// Replicas not marked failing.
+    pub replicas_up: u32,
 }
 
 /// The rate-limit hits the monitor has read from `herald:ratelimit`.
@@ -235,6 +267,25 @@ mod tests {
                 failed: 1,
                 failing: true,
             }),
+            redis_cluster: Some(RedisClusterView {
+                shards: vec![
+                    ShardView {
+                        primary: "10.0.0.7:6379".to_owned(),
+                        primary_up: true,
+                        slots: 8192,
+                        replicas: 1,
+                        replicas_up: 1,
+                    },
+                    ShardView {
+                        primary: "10.0.0.8:6379".to_owned(),
+                        primary_up: false,
+                        slots: 8192,
+                        replicas: 1,
+                        replicas_up: 0,
+                    },
+                ],
+                slots_covered: 8192,
+            }),
         }
     }
 
@@ -281,6 +332,11 @@ mod tests {
             v["webhooks"],
             json!({"queued":2,"delivered":40,"failed":1,"failing":true})
         );
+        assert_eq!(
+            v["redis_cluster"]["shards"][1],
+            json!({"primary":"10.0.0.8:6379","primary_up":false,"slots":8192,"replicas":1,"replicas_up":0})
+        );
+        assert_eq!(v["redis_cluster"]["slots_covered"], 8192);
     }
 
     #[test]
@@ -293,6 +349,27 @@ mod tests {
         assert!(v.get("webhooks").is_none(), "{v}");
         // An older monitor's overview (no webhooks) still reads.
         assert_eq!(serde_json::from_value::<Overview>(v).unwrap(), off);
+    }
+
+    #[test]
+    fn the_redis_cluster_is_left_out_on_one_redis_and_optional_to_read() {
+        let single = Overview {
+            redis_cluster: None,
+            ..overview()
+        };
+        let v = serde_json::to_value(&single).unwrap();
+        assert!(v.get("redis_cluster").is_none(), "{v}");
+        // An older monitor's overview (no topology) still reads.
+        assert_eq!(serde_json::from_value::<Overview>(v).unwrap(), single);
+
+        // Present, it is typed like the rest: a missing field is an error.
+        let mut v = serde_json::to_value(overview()).unwrap();
+        let Value::Object(shard) = &mut v["redis_cluster"]["shards"][0] else {
+            panic!("a shard is an object")
+        };
+        shard.remove("primary_up");
+        let err = serde_json::from_value::<Overview>(v).unwrap_err();
+        assert!(err.to_string().contains("primary_up"), "{err}");
     }
 
     #[test]

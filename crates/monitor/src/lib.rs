@@ -27,6 +27,12 @@
 //!   lag plus its pending entries (the stream's length before any broadcaster
 //!   delivered), `delivered` and `failed` the broadcasters' counters, `failing`
 //!   whether the last POST failed.
+//! - `redis_cluster` is there on a Redis Cluster: its shards as the node the
+//!   cluster connection picks reports them (`CLUSTER NODES`). A primary is up
+//!   while that node does not mark it failing (`fail` or `fail?`), and
+//!   `slots_covered` counts the slots of the primaries that are up. It is read
+//!   every round, also when the rest cannot be (the overview is then `stale`, its
+//!   topology current), and left out when it cannot be read.
 //! - Extra fields: `stale` and `generated_ms` in the overview, `ready`,
 //!   `started_at`, `channels`, `probe_ok`, `probe_latency_ms` per node, and
 //!   `truncated` in a connections page whose filtered count stopped at its budget.
@@ -68,8 +74,20 @@ pub async fn run(
     let settings = config.validate()?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry).context("cannot register metrics")?;
-    let rt = Runtime::start(SERVICE, &config.common, registry, SHUTDOWN_GRACE, engine).await?;
+    let rt = Runtime::start(
+        SERVICE,
+        &config.common,
+        registry.clone(),
+        SHUTDOWN_GRACE,
+        engine,
+    )
+    .await?;
     let (engine, keys) = (rt.engine().clone(), rt.keys().clone());
+    if engine.is_cluster() {
+        metrics
+            .register_redis_cluster(&registry)
+            .context("cannot register metrics")?;
+    }
     let admin = RequiredKey::new(KeyKind::Admin, settings.admin_key.as_deref());
     if !admin.is_set() {
         tracing::warn!("HERALD_ADMIN_KEY is not set: admin actions refuse every request");

@@ -6,7 +6,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use herald_proto::monitor::{Status, Totals};
+use herald_proto::monitor::{RedisClusterView, Status, Totals};
 
 /// Probe latencies span a loopback hop to the 1 s timeout.
 const PROBE_BUCKETS: &[f64] = &[
@@ -33,6 +33,11 @@ pub(crate) struct Metrics {
     pub(crate) nodes_pruned_total: IntCounter,
     pub(crate) admin_actions_total: IntCounterVec,
     pub(crate) stream_clients: IntGauge,
+    /// The Redis Cluster's shape; registered only on one ([`Metrics::register_redis_cluster`]):
+    /// on a single Redis they would read as a cluster with no slot served.
+    redis_cluster_shards: IntGauge,
+    redis_cluster_primaries_up: IntGauge,
+    redis_cluster_slots_covered: IntGauge,
 }
 
 impl Metrics {
@@ -101,6 +106,18 @@ impl Metrics {
                 "herald_stream_clients",
                 "Open Server-Sent Events streams.",
             )?,
+            redis_cluster_shards: IntGauge::new(
+                "herald_redis_cluster_shards",
+                "Redis Cluster primaries that serve slots, up or not.",
+            )?,
+            redis_cluster_primaries_up: IntGauge::new(
+                "herald_redis_cluster_primaries_up",
+                "Redis Cluster primaries that serve slots and are not marked failing.",
+            )?,
+            redis_cluster_slots_covered: IntGauge::new(
+                "herald_redis_cluster_slots_covered",
+                "Redis Cluster hash slots served by a primary that is up (16384 when all are).",
+            )?,
         };
         registry.register(Box::new(m.node_up.clone()))?;
         registry.register(Box::new(m.cluster_nodes.clone()))?;
@@ -122,6 +139,28 @@ impl Metrics {
             m.admin_actions_total.with_label_values(&[action]);
         }
         Ok(m)
+    }
+
+    /// Adds the Redis Cluster gauges to `registry`, for a monitor that runs on one.
+    pub(crate) fn register_redis_cluster(
+        &self,
+        registry: &Registry,
+    ) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.redis_cluster_shards.clone()))?;
+        registry.register(Box::new(self.redis_cluster_primaries_up.clone()))?;
+        registry.register(Box::new(self.redis_cluster_slots_covered.clone()))?;
+        Ok(())
+    }
+
+    /// Publishes a topology read of the Redis Cluster (a failed read changes nothing:
+    /// `herald_redis_errors_total` says it failed).
+    pub(crate) fn record_redis_cluster(&self, view: &RedisClusterView) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.redis_cluster_shards.set(gauge(view.shards.len()));
+        self.redis_cluster_primaries_up
+            .set(gauge(view.shards.iter().filter(|s| s.primary_up).count()));
+        self.redis_cluster_slots_covered
+            .set(i64::from(view.slots_covered));
     }
 
     /// Publishes one sample: per-node gauges (dropping nodes that left, whose
@@ -187,5 +226,46 @@ mod tests {
         m.record_sample(&totals, &both[..1], &mut shown);
         let text = herald_common::http::render_metrics(&registry).unwrap();
         assert!(!text.contains("gw-2"));
+    }
+
+    #[test]
+    fn redis_cluster_gauges_only_where_registered() {
+        let view = RedisClusterView {
+            shards: vec![
+                herald_proto::monitor::ShardView {
+                    primary: "10.0.0.1:7000".to_owned(),
+                    primary_up: true,
+                    slots: 10_000,
+                    replicas: 1,
+                    replicas_up: 1,
+                },
+                herald_proto::monitor::ShardView {
+                    primary: "10.0.0.2:7000".to_owned(),
+                    primary_up: false,
+                    slots: 6_384,
+                    replicas: 1,
+                    replicas_up: 1,
+                },
+            ],
+            slots_covered: 10_000,
+        };
+        let single = Registry::new();
+        let m = Metrics::new(&single).unwrap();
+        m.record_redis_cluster(&view);
+        let text = herald_common::http::render_metrics(&single).unwrap();
+        assert!(!text.contains("herald_redis_cluster"), "{text}");
+
+        let cluster = Registry::new();
+        let m = Metrics::new(&cluster).unwrap();
+        m.register_redis_cluster(&cluster).unwrap();
+        m.record_redis_cluster(&view);
+        let text = herald_common::http::render_metrics(&cluster).unwrap();
+        for line in [
+            "herald_redis_cluster_shards 2",
+            "herald_redis_cluster_primaries_up 1",
+            "herald_redis_cluster_slots_covered 10000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+        }
     }
 }

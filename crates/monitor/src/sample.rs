@@ -1,11 +1,14 @@
 //! The cluster view as pure data: a node's status from the age of its last beat,
-//! rates from counter deltas, and the overview built from one round of reads.
+//! rates from counter deltas, the overview built from one round of reads, and the
+//! Redis Cluster's shards from its topology.
 //! Nothing here does I/O, so every rule is tested with fixed timestamps.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use herald_common::engine::topology::Topology;
 use herald_proto::monitor::{
-    ChannelRow, NodeRow, Overview, RateLimitView, RecentHit, Status, Totals,
+    ChannelRow, NodeRow, Overview, RateLimitView, RecentHit, RedisClusterView, ShardView, Status,
+    Totals,
 };
 use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::ms_to_rfc3339;
@@ -218,13 +221,15 @@ impl Snapshot {
         Self::new(s.overview, s.channels)
     }
 
-    /// The same sample, flagged as no longer current (Redis unreachable).
-    pub(crate) fn into_stale(self) -> Self {
-        if self.overview.stale {
+    /// The same sample, flagged as no longer current (Redis unreachable), with the
+    /// Redis Cluster's topology as read now: it can be read while the rest cannot.
+    pub(crate) fn into_stale(self, redis_cluster: Option<RedisClusterView>) -> Self {
+        if self.overview.stale && self.overview.redis_cluster == redis_cluster {
             return self;
         }
         let mut overview = self.overview;
         overview.stale = true;
+        overview.redis_cluster = redis_cluster;
         Self::new(overview, self.channels)
     }
 
@@ -350,8 +355,9 @@ pub(crate) fn build(
         totals,
         top_channels: all_channels.iter().take(TOP_CHANNELS).cloned().collect(),
         ratelimit: ratelimit_view(tally),
-        // Read by the sampler after the build (engine reads happen there).
+        // Read by the sampler beside the build (engine reads happen there).
         webhooks: None,
+        redis_cluster: None,
     };
     (Snapshot::new(overview, all_channels), statuses)
 }
@@ -377,8 +383,39 @@ fn ratelimit_view(tally: &Tally) -> RateLimitView {
     }
 }
 
+// === Redis Cluster ===
+
+/// The shards of a Redis Cluster topology. A failing primary keeps its shard (and
+/// its slots, uncovered) until a replica takes them over; after that it serves no
+/// slot and is no longer listed.
+pub(crate) fn redis_cluster_view(topology: &Topology) -> RedisClusterView {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let shards: Vec<ShardView> = topology
+        .shards()
+        .iter()
+        .map(|s| ShardView {
+            primary: s.primary.addr.clone(),
+            primary_up: !s.primary.failing,
+            slots: s.slot_count(),
+            replicas: count(s.replicas.len()),
+            replicas_up: count(s.replicas.iter().filter(|r| !r.failing).count()),
+        })
+        .collect();
+    let slots_covered = shards
+        .iter()
+        .filter(|s| s.primary_up)
+        .map(|s| s.slots)
+        .sum();
+    RedisClusterView {
+        shards,
+        slots_covered,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use herald_proto::monitor::REDIS_CLUSTER_SLOTS;
+
     use super::*;
 
     const T0: u64 = 1_700_000_000_000;
@@ -679,6 +716,77 @@ mod tests {
         let mut rates = HashMap::new();
         let (fresh, _) = build(T0, &[], &mut rates, &Tally::default(), &HashMap::new());
         assert!(fresh.overview_json.contains("\"stale\":false"));
-        assert!(fresh.into_stale().overview_json.contains("\"stale\":true"));
+        assert!(
+            fresh
+                .into_stale(None)
+                .overview_json
+                .contains("\"stale\":true")
+        );
+    }
+
+    /// `CLUSTER NODES` of three primaries with a replica each, given the lines of
+    /// the first primary (`a`) and of its replica (`d`).
+    fn cluster_nodes(a: &str, d: &str) -> Topology {
+        Topology::parse(&format!(
+            "a 10.0.0.1:7000@17000 {a}\n\
+             b 10.0.0.2:7000@17000 master - 0 0 2 connected 5461-10922\n\
+             c 10.0.0.3:7000@17000 myself,master - 0 0 3 connected 10923-16383\n\
+             d 10.0.0.4:7000@17000 {d}\n\
+             e 10.0.0.5:7000@17000 slave b 0 0 5 connected\n\
+             f 10.0.0.6:7000@17000 slave c 0 0 6 connected\n"
+        ))
+    }
+
+    #[test]
+    fn redis_cluster_shards_from_the_topology() {
+        const REPLICA: &str = "slave a 0 0 4 connected";
+        let whole = redis_cluster_view(&cluster_nodes("master - 0 0 1 connected 0-5460", REPLICA));
+        assert_eq!(whole.slots_covered, REDIS_CLUSTER_SLOTS);
+        assert_eq!(whole.shards.len(), 3);
+        assert_eq!(
+            whole.shards[0],
+            ShardView {
+                primary: "10.0.0.1:7000".to_owned(),
+                primary_up: true,
+                slots: 5461,
+                replicas: 1,
+                replicas_up: 1,
+            }
+        );
+        assert!(
+            whole
+                .shards
+                .iter()
+                .all(|s| s.primary_up && s.replicas_up == 1)
+        );
+
+        // The first primary died: its slots are uncovered until its replica takes over.
+        for flags in ["master,fail?", "master,fail"] {
+            let a = format!("{flags} - 0 0 1 disconnected 0-5460");
+            let v = redis_cluster_view(&cluster_nodes(&a, REPLICA));
+            assert_eq!(v.shards.len(), 3, "{flags}");
+            assert!(!v.shards[0].primary_up, "{flags}");
+            assert!(v.shards[1..].iter().all(|s| s.primary_up), "{flags}");
+            assert_eq!(v.slots_covered, REDIS_CLUSTER_SLOTS - 5461, "{flags}");
+        }
+
+        // A replica died: the shard is still served.
+        let v = redis_cluster_view(&cluster_nodes(
+            "master - 0 0 1 connected 0-5460",
+            "slave,fail a 0 0 4 disconnected",
+        ));
+        assert_eq!((v.shards[0].replicas, v.shards[0].replicas_up), (1, 0));
+        assert_eq!(v.slots_covered, REDIS_CLUSTER_SLOTS);
+
+        // The replica took over: the dead primary serves nothing and is not listed.
+        let v = redis_cluster_view(&cluster_nodes(
+            "master,fail - 0 0 1 disconnected",
+            "master - 0 0 7 connected 0-5460",
+        ));
+        assert_eq!(v.shards.len(), 3);
+        assert_eq!(v.shards[0].primary, "10.0.0.4:7000");
+        assert!(v.shards[0].primary_up);
+        assert_eq!((v.shards[0].replicas, v.shards[0].replicas_up), (0, 0));
+        assert_eq!(v.slots_covered, REDIS_CLUSTER_SLOTS);
     }
 }

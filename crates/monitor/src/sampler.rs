@@ -1,7 +1,8 @@
 //! The background work: once a second, read the node registry, every node's
 //! stats and channel counts, the new rate-limit events and the webhook queue
-//! from the engine, drop nodes that have been down for five minutes, and swap in
-//! a new [`Snapshot`]; on its own interval, probe every listed node's `/healthz`.
+//! from the engine (and a Redis Cluster's topology), drop nodes that have been
+//! down for five minutes, and swap in a new [`Snapshot`]; on its own interval,
+//! probe every listed node's `/healthz`.
 //!
 //! Requests never touch this path: they read the latest snapshot. The storage
 //! reads are the functions under "Reads", one per operation, each with its Redis
@@ -14,11 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use herald_common::engine::{Engine, MemoryEngine, RedisEngine};
+use herald_common::engine::{Engine, MemoryEngine, RedisEngine, topology};
 use herald_common::keys::Keys;
 use herald_common::presence::Presence;
 use herald_common::runtime::Gate;
-use herald_proto::monitor::{ChannelRow, Overview, WebhookView};
+use herald_proto::monitor::{ChannelRow, Overview, RedisClusterView, WebhookView};
 use herald_proto::node::{ChannelStat, LimitKind, NodeInfo, RateLimitEvent};
 use herald_proto::time::now_ms;
 
@@ -141,11 +142,33 @@ impl Sampler {
     }
 
     /// One round: on success a new snapshot; on failure the last one, flagged stale.
+    /// A Redis Cluster's topology is read alongside and is current either way: a
+    /// primary down leaves its slots uncovered, and the cluster then refuses the
+    /// sample's reads, so a failed round is when it matters most.
     pub(crate) async fn round(&mut self) {
         let started = Instant::now();
-        let result = match tokio::time::timeout(SAMPLE_TIMEOUT, self.read()).await {
-            Ok(r) => r,
-            Err(_) => Err(SampleError::Timeout),
+        // Its own handle (the connection inside is shared): the sample's reads
+        // borrow the sampler while the topology is read beside them.
+        let engine = self.engine.clone();
+        let sample = async {
+            match tokio::time::timeout(SAMPLE_TIMEOUT, self.read()).await {
+                Ok(r) => r,
+                Err(_) => Err(SampleError::Timeout),
+            }
+        };
+        let (result, redis_cluster) = tokio::join!(sample, read_redis_cluster(&engine));
+        let redis_cluster = match redis_cluster {
+            Ok(view) => {
+                if let Some(v) = &view {
+                    self.metrics.record_redis_cluster(v);
+                }
+                view
+            }
+            Err(e) => {
+                self.metrics.redis_errors_total.inc();
+                tracing::debug!(cause = %e, "cannot read the Redis Cluster's topology");
+                None
+            }
         };
         match result {
             Ok((now, nodes)) => {
@@ -155,7 +178,7 @@ impl Sampler {
                 let probes = self.shared.probes();
                 let (snapshot, statuses) =
                     sample::build(now, &nodes, &mut self.rates, &self.tally, &probes);
-                let snapshot = self.with_extras(snapshot).await;
+                let snapshot = self.with_extras(snapshot, redis_cluster).await;
                 self.metrics
                     .record_sample(&snapshot.overview.totals, &statuses, &mut self.shown);
                 self.shared.replace(snapshot);
@@ -171,20 +194,26 @@ impl Sampler {
                 }
                 self.ready.set(false);
                 let last = (*self.shared.snapshot()).clone();
-                self.shared.replace(last.into_stale());
+                self.shared.replace(last.into_stale(redis_cluster));
             }
         }
     }
 
-    /// Adds what is read beside the node records: the top channels' members and
-    /// the webhook queue. A read that fails or takes too long leaves its part out
-    /// rather than failing the sample.
-    async fn with_extras(&self, snapshot: Snapshot) -> Snapshot {
+    /// Adds what is read beside the node records: the top channels' members, the
+    /// webhook queue and the Redis Cluster's topology (read by the caller). A read
+    /// that fails or takes too long leaves its part out rather than failing the
+    /// sample.
+    async fn with_extras(
+        &self,
+        snapshot: Snapshot,
+        redis_cluster: Option<RedisClusterView>,
+    ) -> Snapshot {
         let Snapshot {
             mut overview,
             mut channels,
             ..
         } = snapshot;
+        overview.redis_cluster = redis_cluster;
         self.add_members(&mut overview, &mut channels).await;
         let webhooks =
             tokio::time::timeout(SAMPLE_TIMEOUT, read_webhooks(&self.engine, &self.keys)).await;
@@ -482,6 +511,19 @@ async fn read_webhooks(engine: &Engine, keys: &Keys) -> Result<Option<WebhookVie
         failed: stat("failed"),
         failing: stat("last_error_ms") > stat("last_ok_ms"),
     }))
+}
+
+/// A Redis Cluster's shards as the node the cluster connection picks reports them,
+/// within [`SAMPLE_TIMEOUT`]; `None` on a single Redis and on the memory engine.
+async fn read_redis_cluster(engine: &Engine) -> Result<Option<RedisClusterView>, SampleError> {
+    let conn = match engine.redis() {
+        Some(r) if r.is_cluster() => &r.conn,
+        _ => return Ok(None),
+    };
+    match tokio::time::timeout(SAMPLE_TIMEOUT, topology::read(conn)).await {
+        Ok(t) => Ok(Some(sample::redis_cluster_view(&t?))),
+        Err(_) => Err(SampleError::Timeout),
+    }
 }
 
 /// The id of the newest rate-limit event retained.

@@ -140,7 +140,9 @@ async fn the_users_api_needs_the_admin_key() {
     }
 }
 
-async fn creating_a_user_answers_201_without_the_hash_and_a_duplicate_409(backend: Backend) {
+pub(super) async fn creating_a_user_answers_201_without_the_hash_and_a_duplicate_409(
+    backend: Backend,
+) {
     let svc = auth_svc(&backend).await;
     let (s, b) = http_json(Method::POST, &users(&svc), Some(ADMIN_KEY), Some(alice())).await;
     assert_eq!(s, 201, "{b}");

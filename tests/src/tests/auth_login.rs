@@ -106,7 +106,7 @@ async fn login_throttling() {
     .await;
 }
 
-async fn refresh_rotation_and_reuse_detection(backend: Backend) {
+pub(super) async fn refresh_rotation_and_reuse_detection(backend: Backend) {
     let svc = auth_svc(&backend).await;
     add_user(&svc, "gina", "pw-long-enough", &["news"], &["news"]).await;
     let (_, b) = login(&svc, "gina", "pw-long-enough").await;

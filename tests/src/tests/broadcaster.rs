@@ -331,7 +331,7 @@ async fn broadcast_publishes_to_every_channel(backend: Backend) {
     sub.assert_quiet(Duration::from_millis(300)).await;
 }
 
-async fn system_notifications_and_user_messages(backend: Backend) {
+pub(super) async fn system_notifications_and_user_messages(backend: Backend) {
     let bc = start(&backend).await;
     let mut sub = Sub::new(&backend, &["system", "user:u9"]).await;
 

@@ -12,7 +12,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{broadcaster, broadcaster_jobs, gateway, limits, monitor};
+use super::{
+    auth, auth_login, broadcaster, broadcaster_jobs, gateway, history, limits, monitor, presence,
+    server_side,
+};
 use crate::cluster::slot_of;
 use crate::{API_KEY, Backend, RedisCluster, Service, Ws, eventually, token, within};
 
@@ -32,6 +35,12 @@ on_cluster!(
     idempotent_publish => broadcaster::idempotency_key_publishes_once,
     a_job_end_to_end => broadcaster_jobs::jobs_run_and_publish_their_results,
     monitor_overview => monitor::the_overview_follows_a_live_cluster_and_a_graceful_stop,
+    legacy_bridges => broadcaster::system_notifications_and_user_messages,
+    history_reads => history::history_reads_forward_backward_and_after_a_position,
+    presence_across_gateways => presence::presence_lists_members_of_every_gateway_and_announces_changes,
+    server_side_commands => server_side::the_backend_subscribes_unsubscribes_and_disconnects_a_user_everywhere,
+    users => auth::creating_a_user_answers_201_without_the_hash_and_a_duplicate_409,
+    refresh_tokens => auth_login::refresh_rotation_and_reuse_detection,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

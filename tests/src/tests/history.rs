@@ -36,7 +36,7 @@ async fn ask(ws: &mut Ws, request: Value) -> Value {
     }
 }
 
-async fn history_reads_forward_backward_and_after_a_position(backend: Backend) {
+pub(super) async fn history_reads_forward_backward_and_after_a_position(backend: Backend) {
     let gw = gateway(&backend).spawn().await;
     let (mut a, _) = Ws::auth(&gw, &token("a", &["news"], &["news"]), &[]).await;
     for n in 1..=7u64 {

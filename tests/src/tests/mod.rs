@@ -17,6 +17,7 @@ mod client_presence;
 mod client_server_side;
 mod cluster;
 mod cluster_harness;
+mod cluster_monitor;
 mod compose;
 mod config;
 mod contract;

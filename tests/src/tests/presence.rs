@@ -74,7 +74,9 @@ async fn quiet(ws: &mut Ws) {
     }
 }
 
-async fn presence_lists_members_of_every_gateway_and_announces_changes(backend: Backend) {
+pub(super) async fn presence_lists_members_of_every_gateway_and_announces_changes(
+    backend: Backend,
+) {
     let gw1 = gateway(&backend).spawn().await;
     let gw2 = gateway(&backend).spawn().await;
     // Carol listens on gateway 1; her own join is not announced to her.

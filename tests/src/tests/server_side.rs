@@ -33,7 +33,9 @@ async fn publish(bc: &Service, channel: &str, n: u64) -> Value {
     v
 }
 
-async fn the_backend_subscribes_unsubscribes_and_disconnects_a_user_everywhere(backend: Backend) {
+pub(super) async fn the_backend_subscribes_unsubscribes_and_disconnects_a_user_everywhere(
+    backend: Backend,
+) {
     let gw1 = gateway(&backend).spawn().await;
     let gw2 = gateway(&backend).spawn().await;
     let bc = ServiceBuilder::new("broadcaster")

@@ -1,6 +1,6 @@
-//! The cluster header: node counts by status, totals, webhook delivery (when the
-//! cluster has webhooks), and a sparkline of the messages delivered per second
-//! over the last minute.
+//! The cluster header: node counts by status, totals, the Redis Cluster's shards
+//! (on one), webhook delivery (when the cluster has webhooks), and a sparkline of
+//! the messages delivered per second over the last minute.
 
 use std::collections::VecDeque;
 
@@ -11,7 +11,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Sparkline, Widget};
 
 use super::{Palette, count, rate};
-use crate::model::{Overview, Status};
+use crate::model::{Overview, REDIS_CLUSTER_SLOTS, RedisClusterView, Status};
 
 /// The width the three lines of numbers need before the sparkline gets any.
 const TEXT_MIN: u16 = 54;
@@ -71,12 +71,16 @@ impl Widget for ClusterPanel<'_> {
                 )),
             ]),
         ];
-        // The webhook line, when there is one, takes the whole width under the rest.
-        let [top, hooks] = Layout::vertical([
+        // The Redis and webhook lines, when there are, take the whole width under the rest.
+        let [top, redis, hooks] = Layout::vertical([
             Constraint::Length(3),
+            Constraint::Length(u16::from(self.overview.redis_cluster.is_some())),
             Constraint::Length(u16::from(self.overview.webhooks.is_some())),
         ])
         .areas(inner);
+        if let Some(r) = &self.overview.redis_cluster {
+            Paragraph::new(redis_cluster_line(p, r)).render(redis, buf);
+        }
         if let Some(w) = &self.overview.webhooks {
             let mut line = vec![
                 label("Webhooks     "),
@@ -129,6 +133,53 @@ impl Widget for ClusterPanel<'_> {
             .style(style)
             .render(spark_bars, buf);
     }
+}
+
+/// `Redis        3 shards · 3/3 primaries up · 3/3 replicas up · 16384/16384 slots`,
+/// then the addresses of the primaries that are down. Only what is short of whole
+/// gets a colour: a primary down or a slot unserved (the cluster refuses commands)
+/// in red, a replica down (its shard cannot fail over) in yellow.
+fn redis_cluster_line(p: Palette, r: &RedisClusterView) -> Line<'static> {
+    let shards = r.shards.len();
+    let primaries_up = r.shards.iter().filter(|s| s.primary_up).count();
+    let replicas: u32 = r.shards.iter().map(|s| s.replicas).sum();
+    let replicas_up: u32 = r.shards.iter().map(|s| s.replicas_up).sum();
+    let short = |whole: bool, s: Status| if whole { p.text() } else { p.status(s) };
+    let mut line = vec![
+        Span::styled("Redis        ", p.header()),
+        Span::styled(
+            format!("{shards} shard{} · ", if shards == 1 { "" } else { "s" }),
+            p.text(),
+        ),
+        Span::styled(
+            format!("{primaries_up}/{shards} primaries up"),
+            short(primaries_up == shards, Status::Down),
+        ),
+        Span::styled(" · ", p.text()),
+        Span::styled(
+            format!("{replicas_up}/{replicas} replicas up"),
+            short(replicas_up == replicas, Status::Stale),
+        ),
+        Span::styled(" · ", p.text()),
+        Span::styled(
+            format!("{}/{REDIS_CLUSTER_SLOTS} slots", r.slots_covered),
+            short(r.slots_covered == REDIS_CLUSTER_SLOTS, Status::Down),
+        ),
+    ];
+    let down: Vec<&str> = r
+        .shards
+        .iter()
+        .filter(|s| !s.primary_up)
+        .map(|s| s.primary.as_str())
+        .collect();
+    if !down.is_empty() {
+        line.push(Span::styled("  ", p.text()));
+        line.push(Span::styled(
+            format!("down {}", down.join(", ")),
+            p.status(Status::Down),
+        ));
+    }
+    Line::from(line)
 }
 
 /// Zero stale or down nodes is not news; only a non-zero count gets a colour.

@@ -231,8 +231,8 @@ fn overview(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let palette = Palette {
         stale: app.unreachable(),
     };
-    // The webhook line only where the cluster has webhooks.
-    let cluster_h = 5 + u16::from(o.webhooks.is_some());
+    // The Redis and webhook lines only where the monitor reports them.
+    let cluster_h = 5 + u16::from(o.redis_cluster.is_some()) + u16::from(o.webhooks.is_some());
     // The nodes table gets what it needs up to half the room; the bottom row the rest.
     let rest = area.height.saturating_sub(cluster_h);
     let wanted = u16::try_from(o.nodes.len())

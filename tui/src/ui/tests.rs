@@ -137,8 +137,9 @@ fn healthy_cluster() {
     s.has("no rate-limit hits");
     s.lacks("unreachable");
     s.lacks("(stale)");
-    // No webhooks in this cluster: no line for them.
+    // No webhooks in this cluster, and a single Redis: no line for either.
     s.lacks("Webhooks");
+    s.lacks("Redis ");
     s.has("q quit · tab view");
 }
 
@@ -205,6 +206,56 @@ fn webhook_delivery_line() {
         "{row}"
     );
     assert_ne!(s.fg_at("Webhooks ", "failed 0"), Color::Red);
+}
+
+#[test]
+fn redis_cluster_line() {
+    for (width, height) in [(120, 40), (80, 24)] {
+        let s = draw_app(&app_with(fixtures::on_redis_cluster()), width, height);
+        s.has("Redis        3 shards · 3/3 primaries up · 3/3 replicas up · 16384/16384 slots");
+        // A whole cluster is not news: nothing in colour.
+        for part in ["3/3 primaries", "3/3 replicas", "16384/16384"] {
+            assert_eq!(s.fg_at("Redis ", part), Color::Reset, "{part}");
+        }
+        s.lacks("down 10.0.1");
+        // The panel grew by the line; the others are all still there.
+        s.has("Messages/s   in 18.0 · out 812.0");
+        s.has(" Nodes (4) ");
+        s.row(&["gw-1", "ws-gateway"]);
+        s.has("Top channels (3 of 3)");
+    }
+}
+
+#[test]
+fn redis_primary_down() {
+    let s = draw_app(&app_with(fixtures::redis_primary_down()), 120, 40);
+    s.has(
+        "Redis        3 shards · 2/3 primaries up · 2/3 replicas up · 10922/16384 slots  down 10.0.1.2:7000",
+    );
+    assert_eq!(s.fg_at("Redis ", "2/3 primaries up"), Color::Red);
+    assert_eq!(s.fg_at("Redis ", "2/3 replicas up"), Color::Yellow);
+    assert_eq!(s.fg_at("Redis ", "10922/16384 slots"), Color::Red);
+    assert_eq!(s.fg_at("Redis ", "down 10.0.1.2"), Color::Red);
+    assert_ne!(s.fg_at("Redis ", "3 shards"), Color::Red);
+
+    // With webhooks too, on a small terminal: both lines, the rest still there.
+    let o = Overview {
+        webhooks: fixtures::webhooks_failing().webhooks,
+        ..fixtures::redis_primary_down()
+    };
+    let s = draw_app(&app_with(o), 80, 24);
+    s.has("Redis        3 shards · 2/3 primaries up · 2/3 replicas up · 10922/16384 slots");
+    s.has("Webhooks     queued 1,250");
+    s.has("Messages/s   in 18.0 · out 812.0");
+    s.row(&["gw-1", "ws-gateway"]);
+    s.has("Top channels");
+
+    // Seen through an unreachable monitor it is old news: greyed like the rest.
+    let mut app = app_with(fixtures::redis_primary_down());
+    app.update(Event::FetchError("connection refused".to_owned()));
+    app.update(Event::FetchError("connection refused".to_owned()));
+    let s = draw_app(&app, 120, 40);
+    assert_eq!(s.fg_at("Redis ", "2/3 primaries up"), Color::DarkGray);
 }
 
 #[test]
