@@ -7,6 +7,9 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # `images-offline` bootstraps its base image from.
 compose_files := "-f docker/compose.yml"
 offline_files := "-f docker/compose.yml -f docker/compose.offline.yml"
+# The stack on a six-node Redis Cluster (`up-cluster`, `up-cluster-offline`).
+cluster_files := "-f docker/compose.yml -f docker/compose.cluster.yml"
+offline_cluster_files := "-f docker/compose.yml -f docker/compose.offline.yml -f docker/compose.cluster.yml"
 debian_mirror := env_var_or_default("HERALD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # The names of the images `images-offline` makes: names of their own, so that they never
 # shadow the official images on a machine that later reaches a registry.
@@ -213,7 +216,13 @@ tui *args: build
 # === docker: the stack in containers; docker/README.md explains ===
 
 # Bring the whole stack up in containers (writes docker/.env with random secrets first if missing); without a registry use `just up-offline`.
-up: _env-file && _stack-summary
+up: _env-file (_up compose_files "up-offline") && _stack-summary
+
+# The same stack on a six-node Redis Cluster (docker/compose.cluster.yml) instead of one Redis; without a registry use `just up-cluster-offline`.
+up-cluster: _env-file (_up cluster_files "up-cluster-offline") && (_stack-summary cluster_files)
+
+# `docker compose <files> up -d --build`; if that fails, says why (no registry: `just <offline>`) and removes what this attempt created.
+_up files offline:
     #!/usr/bin/env bash
     set -euo pipefail
     {{docker_compose}}
@@ -223,18 +232,18 @@ up: _env-file && _stack-summary
     before=$(docker ps -aq --filter "$label"; docker network ls -q --filter "$label"; docker volume ls -q --filter "$label")
     out=$(mktemp)
     trap 'rm -f "$out"' EXIT
-    if docker_compose {{compose_files}} up -d --build 2>&1 | tee "$out"; then
+    if docker_compose {{files}} up -d --build 2>&1 | tee "$out"; then
         exit 0
     fi
     echo >&2
     if grep -qiE 'pull access denied|no such host|lookup [^ ]+ on|dial tcp|i/o timeout|name resolution|failed to resolve|failed to do request|TLS handshake timeout|registry-1\.docker\.io|manifest unknown' "$out"; then
         echo "up: Docker could not pull the images it needs: no image registry is reachable from this engine." >&2
-        echo "up: \`just up-offline\` builds every image locally instead (docker/README.md, \"Offline\")." >&2
+        echo "up: \`just {{offline}}\` builds every image locally instead (docker/README.md, \"Offline\")." >&2
     else
         echo "up: \`docker compose up\` failed; its output is above." >&2
     fi
     if [[ -z $before ]]; then
-        docker_compose {{compose_files}} down -v --remove-orphans >/dev/null 2>&1 || true
+        docker_compose {{files}} down -v --remove-orphans >/dev/null 2>&1 || true
         echo "up: removed the containers, network and volumes this attempt created." >&2
     fi
     exit 1
@@ -246,7 +255,16 @@ up-offline: _env-file images-offline && _stack-summary
     {{docker_compose}}
     docker_compose {{offline_files}} up -d
 
-# docker/.env, with fresh random secrets, unless it exists: `up` and `up-offline` share it.
+# `just up-cluster` without a registry: docker/.env, `just images-offline`, then the stack with its six Redis nodes on herald-offline/redis:7.
+up-cluster-offline: _env-file images-offline && (_stack-summary offline_cluster_files)
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{docker_compose}}
+    # compose.offline.yml swaps the image of `redis` only; the nodes take this one.
+    export HERALD_REDIS_IMAGE="${HERALD_REDIS_IMAGE:-{{offline_redis}}}"
+    docker_compose {{offline_cluster_files}} up -d
+
+# docker/.env, with fresh random secrets, unless it exists: the `up…` recipes share it.
 _env-file:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -261,16 +279,19 @@ _env-file:
     )
     echo "wrote docker/.env with fresh random secrets (admin and API keys are in it)"
 
-# Waits for every container's healthcheck, then says what runs where, as compose published it: `up` and `up-offline` end with it.
-_stack-summary:
+# Waits for every container's healthcheck, then says what runs where, as compose published it: `up`, `up-offline` and the `up-cluster` pair end with it.
+_stack-summary files=compose_files:
     #!/usr/bin/env bash
     set -euo pipefail
     {{docker_compose}}
     patience="${HERALD_UP_TIMEOUT_SECS:-120}"
     deadline=$((SECONDS + patience))
+    # What to tell for logs: the base file, or with the cluster's (its nodes are services there).
+    files="{{compose_files}}"
+    [[ "{{files}}" == *compose.cluster.yml* ]] && files="{{cluster_files}}"
     while :; do
         pending=()
-        for id in $(docker_compose {{compose_files}} ps -q); do
+        for id in $(docker_compose {{files}} ps -q); do
             state=$(docker inspect -f '{{{{.Name}}: {{{{.State.Status}}{{{{if .State.Health}}/{{{{.State.Health.Status}}{{{{end}}' "$id")
             case $state in
                 *": running/healthy" | *": running") ;;
@@ -281,27 +302,42 @@ _stack-summary:
         ((${#pending[@]})) || break
         if printf '%s\n' "${pending[@]}" | grep -q '(stopped)' || ((SECONDS >= deadline)); then
             echo "up: not healthy after $((patience - deadline + SECONDS))s: ${pending[*]#/}" >&2
-            echo "up: its logs: docker compose -f docker/compose.yml logs <service> (docker-compose with Compose v1)" >&2
+            echo "up: its logs: docker compose $files logs <service> (docker-compose with Compose v1)" >&2
             exit 1
         fi
         sleep 1
     done
-    at() { docker_compose {{compose_files}} port "$1" "$2" 2>/dev/null | head -n1; }
+    at() { docker_compose {{files}} port "$1" "$2" 2>/dev/null | head -n1; }
     echo "Herald is up in containers (secrets, admin and API keys in docker/.env):"
     echo "  WebSocket   ws://$(at ws-gateway-1 8765)/ws   ws://$(at ws-gateway-2 8765)/ws"
     echo "  auth-svc    http://$(at auth-svc 8081)"
     echo "  broadcaster http://$(at broadcaster 8082)"
     echo "  monitor     http://$(at monitor 8083)/api/v1/overview"
-    echo "  Redis only inside the stack's network; logs: docker compose -f docker/compose.yml logs -f"
-    echo "  (docker-compose with Compose v1); stop and delete the data: just down"
+    if [[ $files == *compose.cluster.yml* ]]; then
+        roles=$(docker_compose {{files}} exec -T redis-node-1 redis-cli cluster nodes 2>/dev/null \
+            | awk '{ if ($3 ~ /master/) p++; else r++ } END { printf "%d primaries, %d replicas", p, r }') || true
+        echo "  Redis Cluster redis-node-1 … redis-node-6 (${roles:-state unknown}), only inside the stack's network"
+    else
+        echo "  Redis only inside the stack's network"
+    fi
+    echo "  logs: docker compose $files logs -f (docker-compose with Compose v1); stop and delete the data: just down"
 
-# Tear the container stack down (and delete its Redis data volume).
+# Tear the container stack down, one Redis or a cluster (and delete its Redis data volumes).
 down:
     #!/usr/bin/env bash
     set -euo pipefail
     {{docker_compose}}
+    # With the cluster's file when the project has any of its nodes or their volumes, so
+    # that `down -v` deletes those volumes too (without it, it lists only the base file's).
+    project="${COMPOSE_PROJECT_NAME:-$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' docker/.env 2>/dev/null | tail -n1 || true)}"
+    label="label=com.docker.compose.project=${project:-docker}"
+    files="{{compose_files}}"
+    if { docker ps -a --filter "$label" --format '{{{{.Label "com.docker.compose.service"}}'
+         docker volume ls --filter "$label" --format '{{{{.Label "com.docker.compose.volume"}}'; } | grep '^redis-node-' >/dev/null; then
+        files="{{cluster_files}}"
+    fi
     HERALD_ENV_FILE="${HERALD_ENV_FILE:-$PWD/docker/.env.example}" \
-        docker_compose {{compose_files}} --profile prometheus --profile tui down -v --remove-orphans
+        docker_compose $files --profile prometheus --profile tui down -v --remove-orphans
 
 # Build every image the stack needs without a registry, under names of its own: herald-offline/debian (debootstrap), herald-offline/redis and herald-offline/prometheus (Debian packages), herald (host-built release binaries).
 images-offline:
@@ -386,6 +422,10 @@ compose-e2e: images-offline
 # Reproduce BENCHMARKS.md: release build, gateway and load generator pinned to one core each, loopback (in a fresh network namespace when root); about 9 minutes.
 bench:
     bash crates/herald-bench/scenarios.sh
+
+# One Redis against a three-primary Redis Cluster on this machine: publishes/s and Redis CPU per publish over 10,000 channels, each primary's share, gateway CPU per delivery (BENCHMARKS.md, "Redis Cluster"); about 3 minutes.
+bench-cluster:
+    bash crates/herald-bench/cluster.sh
 
 # === fuzzing and soak; docs/security.md and docs/reliability.md explain ===
 

@@ -30,6 +30,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port P below the ephemeral range with P and P+10000 (a cluster node's bus) free.
+cluster_port() {
+    python3 -c '
+import random, socket
+while True:
+    p = random.randrange(20000, 22000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass'
+}
 wait_port() { for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 # redis PORT [ARGS…]: a redis-server on core 1, no persistence.
@@ -94,7 +107,7 @@ measure() {
 }
 
 # One Redis.
-single=$(free_port)
+single=$(cluster_port)
 redis "$single"
 measure single "HERALD_REDIS_URL=redis://127.0.0.1:$single" "redis://127.0.0.1:$single"
 redis-cli -p "$single" shutdown nosave >/dev/null 2>&1 || true
@@ -102,7 +115,7 @@ redis-cli -p "$single" shutdown nosave >/dev/null 2>&1 || true
 # Three primaries, three replicas.
 nodes=()
 for _ in 1 2 3 4 5 6; do
-    p=$(free_port)
+    p=$(cluster_port)
     redis "$p" --cluster-enabled yes --cluster-config-file "nodes-$p.conf" --cluster-node-timeout 5000
     nodes+=("127.0.0.1:$p")
 done

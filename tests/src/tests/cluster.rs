@@ -49,6 +49,48 @@ async fn per_ip_limits_hold_across_two_gateways() {
     limits::per_ip_slots_across_gateways(&cluster).await;
 }
 
+/// One Redis or a cluster, not both; an unreachable cluster is one line too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cluster_settings_fail_fast_with_one_line() {
+    for service in ["ws-gateway", "broadcaster", "monitor", "auth-svc"] {
+        let (code, _, err) = crate::run_bin(
+            service,
+            &[],
+            &[
+                ("HERALD_JWT_SECRET", crate::TEST_SECRET),
+                ("HERALD_API_KEY", API_KEY),
+                ("HERALD_ADMIN_KEY", crate::ADMIN_KEY),
+                ("HERALD_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("HERALD_REDIS_CLUSTER", "redis://127.0.0.1:7000"),
+            ],
+        )
+        .await;
+        assert_eq!(code, 64, "{service}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{service}: {err}");
+        assert!(err.contains("not both"), "{service}: {err}");
+    }
+    let (_dead, url) = crate::dead_redis();
+    let (code, _, err) = crate::run_bin(
+        "ws-gateway",
+        &[],
+        &[
+            ("HERALD_JWT_SECRET", crate::TEST_SECRET),
+            (
+                "HERALD_REDIS_CLUSTER",
+                &format!("{url},redis://:secret-pw@127.0.0.1:1"),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+    assert!(
+        !err.contains("secret-pw"),
+        "a password reached the log: {err}"
+    );
+}
+
 /// Channels named `prefix:0..n`.
 fn channels(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}:{i}")).collect()
