@@ -105,6 +105,19 @@ return out
 /// reverse (0/1), candidate epoch, meta ttl. Returns {top, epoch, frame...}: up to
 /// `limit` frames after `after` when the epoch is current (else from the oldest
 /// kept), oldest first or, reversed, newest first.
+/// Starts the channel over (a new epoch on its next publish) if it is still at
+/// epoch ARGV[1] below offset ARGV[2]: KEYS meta, history. Conditional, so several
+/// gateways that noticed the same loss start it over once.
+const RESTART_LUA: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'epoch')
+local o = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+if e == ARGV[1] and o < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"#;
+
 const HISTORY_LUA: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -180,6 +193,7 @@ pub struct Publisher {
     publish: Script,
     recover: Script,
     read_history: Script,
+    restart: Script,
 }
 
 /// What a recovery read found.
@@ -218,6 +232,7 @@ impl Publisher {
             history,
             recover: Script::new(RECOVER_LUA),
             read_history: Script::new(HISTORY_LUA),
+            restart: Script::new(RESTART_LUA),
         }
     }
 
@@ -402,6 +417,39 @@ impl Publisher {
     /// Forgets the channel's history and position: the next publish starts a new
     /// epoch at offset 1, so a client recovering from the old one is told
     /// `recovered:false` rather than given a wrong answer.
+    /// Starts `channel` over if it is still at `epoch` and below offset `below`:
+    /// its history and position are dropped, so its next publish opens a new epoch.
+    /// For a channel that went back in time (Redis lost writes subscribers had
+    /// received): under the same epoch, new messages would reuse offsets already
+    /// seen. Says whether it did.
+    pub async fn restart_epoch(
+        &self,
+        channel: &str,
+        epoch: &str,
+        below: u64,
+    ) -> redis::RedisResult<bool> {
+        match &self.engine {
+            Engine::Redis(r) => {
+                let done: u8 = self
+                    .restart
+                    .key(self.keys.meta(channel))
+                    .key(self.keys.history(channel))
+                    .arg(epoch)
+                    .arg(below)
+                    .invoke_async(&mut r.conn.clone())
+                    .await?;
+                Ok(done == 1)
+            }
+            Engine::Memory(m) => match m.position(channel) {
+                Some((offset, e)) if e == epoch && offset < below => {
+                    m.delete_channel(channel);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
+        }
+    }
+
     pub async fn delete_history(&self, channel: &str) -> redis::RedisResult<()> {
         match &self.engine {
             Engine::Redis(r) => {

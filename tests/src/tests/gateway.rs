@@ -232,6 +232,76 @@ pub(super) async fn recovery_with_and_without_a_gap(backend: Backend) {
     );
 }
 
+/// Redis loses writes subscribers had received (a replica promoted before it got
+/// them, an append-only file missing its last second): the channel is behind what
+/// the gateway delivered. Under the same epoch the next messages would reuse offsets
+/// already seen and be dropped as duplicates; the gateway starts the channel over in a
+/// new epoch instead, so they arrive, and recovery across the loss is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_went_back_starts_a_new_epoch() {
+    let redis = Redis::start().await;
+    let gw = gateway(&redis).spawn().await;
+    let t = token("wb", &["news"], &["news"]);
+    let (mut sub, _) = Ws::auth(&gw, &t, &["news"]).await;
+    let (mut publisher, _) = Ws::auth(&gw, &t, &[]).await;
+    let mut epoch = Value::Null;
+    for i in 1..=5u64 {
+        let ack = broadcast(&mut publisher, "news", json!(i), i).await;
+        assert_eq!(ack["offset"], i, "{ack}");
+        epoch = ack["epoch"].clone();
+        assert_eq!(sub.recv_type("message").await["offset"], i);
+    }
+    // Redis "forgets" offsets 4 and 5, as a replica that had only 3 would.
+    let mut c = redis.conn().await;
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg("herald:meta:{news}")
+        .arg("offset")
+        .arg(3)
+        .ignore()
+        .cmd("XDEL")
+        .arg("herald:hist:{news}")
+        .arg("4-0")
+        .arg("5-0")
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .expect("roll the channel back");
+    // The gateway notices when it catches up, e.g. after its subscription connection
+    // was lost (as a failover loses it).
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .expect("CLIENT KILL");
+    eventually("the channel started over", || async {
+        let mut c = redis.conn().await;
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg("herald:meta:{news}")
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        (exists == 0).then_some(())
+    })
+    .await;
+    let ack = broadcast(&mut publisher, "news", json!("after"), 6).await;
+    assert_eq!(ack["offset"], 1, "{ack}");
+    assert_ne!(ack["epoch"], epoch, "{ack}");
+    let m = sub.recv_type("message").await;
+    assert_eq!(
+        (&m["message"], &m["offset"], &m["epoch"]),
+        (&json!("after"), &json!(1), &ack["epoch"])
+    );
+    // Recovery across the loss is all or nothing: nothing, and said so.
+    let (mut late, _) = Ws::auth(&gw, &t, &[]).await;
+    late.send(json!({"type":"subscribe","channel":"news","since":{"offset":5,"epoch":epoch}}))
+        .await;
+    let s = late.recv_type("subscribed").await;
+    assert_eq!(s["recovered"], false, "{s}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_stream_loses_nothing_after_it() {
     let mut redis = Redis::start().await;

@@ -238,6 +238,11 @@ impl Driver {
                 continue;
             };
             let same = *pos.epoch == *epoch;
+            if same && top < pos.offset {
+                self.went_back(&channel, &epoch, pos.offset, top).await;
+                positions.remove(&channel);
+                continue;
+            }
             let from = if same { pos.offset + 1 } else { 1 };
             if top >= from {
                 self.fill(&channel, &epoch, from, top).await;
@@ -250,6 +255,30 @@ impl Driver {
                     offset,
                 },
             );
+        }
+    }
+
+    /// `channel` is at offset `top` of the epoch in which this node delivered up to
+    /// `delivered`: Redis lost writes (a failover to a replica that had not
+    /// received them, a restart that lost the tail of its append-only file). New
+    /// messages would reuse offsets subscribers have seen and be dropped as
+    /// duplicates, so the channel starts a new epoch: its subscribers take the next
+    /// message as a new start, and recovery across the loss says `recovered:false`,
+    /// as after any loss of history.
+    async fn went_back(&self, channel: &str, epoch: &str, delivered: u64, top: u64) {
+        tracing::warn!(
+            channel,
+            delivered,
+            now = top,
+            "a channel's history went back (Redis lost writes); starting a new epoch"
+        );
+        if let Err(e) = self
+            .publisher
+            .restart_epoch(channel, epoch, delivered)
+            .await
+        {
+            self.metrics.redis_errors.inc();
+            tracing::warn!(channel, cause = %e, "cannot start a channel over");
         }
     }
 
