@@ -395,6 +395,10 @@ async fn a_primary_killed_under_traffic_loses_nothing() {
             .map(|s| s.at)
             .min();
         if let Some(back) = back {
+            eprintln!(
+                "client {i}: the dead shard's channels resumed {:?} after the kill",
+                back - killed_at
+            );
             let meanwhile = seen
                 .iter()
                 .filter(|s| {
