@@ -157,11 +157,16 @@ async fn collect(mut ws: Ws, channels: Vec<String>, per_channel: u64) -> Vec<See
     let started = Instant::now();
     while (seen.len() as u64) < want {
         let left = deadline.saturating_sub(started.elapsed());
-        let Some(m) = ws.recv_within(left).await else {
-            panic!(
-                "a client got {} of {want} messages within {deadline:?}",
-                seen.len()
-            );
+        assert!(
+            !left.is_zero(),
+            "a client got {} of {want} messages within {deadline:?}",
+            seen.len()
+        );
+        // Waits shorter than the harness's per-frame patience: a client whose
+        // remaining messages are all on the dead shard may hear nothing for a while
+        // on a loaded machine, and only the overall deadline counts.
+        let Some(m) = ws.recv_within(left.min(Duration::from_secs(5))).await else {
+            continue;
         };
         assert_eq!(m["type"], "message", "{m}");
         seen.push(Seen {

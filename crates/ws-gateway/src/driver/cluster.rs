@@ -15,9 +15,10 @@
 //! - a shard's probe — a nonce published on a shard channel in that shard's slots —
 //!   did not come back: the shard's channels are subscribed again.
 //!
-//! The whole session is replaced when no shard answers at all, or when one stays
-//! silent for long: the cluster client can stay stuck on a dead primary, and a
-//! new one reads the topology afresh.
+//! The whole session is replaced when no shard answers at all, when a silent
+//! shard's slots turn up with a new primary in the topology (read off the loop
+//! every other tick), or when a shard stays silent for long: the cluster client can
+//! stay stuck on a dead primary, and a new one reads the topology afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,10 +35,8 @@ use herald_common::store;
 use super::{Driver, Exit, PUBSUB_TIMEOUT, Position};
 use crate::hub::Cmd;
 
-/// How often, in probe ticks, the cluster's topology is read again.
-const TOPOLOGY_EVERY: u32 = 5;
-/// The longest a topology read may hold up the loop.
-const TOPOLOGY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often, in probe ticks, the cluster's topology is read again (off the loop).
+const TOPOLOGY_EVERY: u32 = 2;
 
 /// A shard's probe.
 #[derive(Debug, Clone)]
@@ -45,6 +44,8 @@ struct Probe {
     /// A shard channel in the shard's first slot.
     name: String,
     slots: Vec<(u16, u16)>,
+    /// The shard's primary (`host:port`) when last read.
+    primary: String,
     /// The nonce in flight and when it was sent.
     outstanding: Option<(u64, Instant)>,
     /// Since when the shard has not answered.
@@ -54,10 +55,11 @@ struct Probe {
 }
 
 impl Probe {
-    fn new(name: String, slots: Vec<(u16, u16)>) -> Self {
+    fn new(name: String, slots: Vec<(u16, u16)>, primary: String) -> Self {
         Self {
             name,
             slots,
+            primary,
             outstanding: None,
             silent_since: None,
             confirmed: false,
@@ -134,6 +136,8 @@ impl Driver {
         .await?;
         let mut probes = self.shard_probes().await?;
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Confirmed>();
+        let (topology_tx, mut topology_rx) = mpsc::unbounded_channel::<topology::Topology>();
+        let mut reading_topology = false;
 
         while let Ok(cmd) = cmds.try_recv() {
             drop(cmd);
@@ -204,6 +208,12 @@ impl Driver {
                         }
                     }
                 }
+                Some(t) = topology_rx.recv() => {
+                    reading_topology = false;
+                    if self.follow_topology(&mut probes, &t) {
+                        return Ok(Exit::Reconnect("a silent shard has a new primary"));
+                    }
+                }
                 Some(done) = done_rx.recv() => {
                     subs.in_flight.remove(&done.name);
                     let wanted = self.keys.channel_of(&done.name).and_then(|c| subs.wanted.get(c).cloned());
@@ -262,8 +272,9 @@ impl Driver {
                 }
                 _ = probe_tick.tick() => {
                     ticks = ticks.wrapping_add(1);
-                    if ticks.is_multiple_of(TOPOLOGY_EVERY) {
-                        self.follow_topology(&mut probes).await;
+                    if ticks.is_multiple_of(TOPOLOGY_EVERY) && !reading_topology {
+                        reading_topology = true;
+                        self.read_topology(&topology_tx);
                     }
                     for p in &mut probes {
                         match p.outstanding {
@@ -394,24 +405,33 @@ impl Driver {
                 Some(Probe::new(
                     self.keys.shard_probe(&self.node_id, tag),
                     s.primary.slots.clone(),
+                    s.primary.addr.clone(),
                 ))
             })
             .collect()
     }
 
-    /// Re-reads the topology; when slots moved between shards, the probes follow
-    /// (a new probe is subscribed and sent like any other).
-    async fn follow_topology(&self, probes: &mut Vec<Probe>) {
+    /// Reads the topology off the loop (a read that meets the dead node of a
+    /// failover waits for its timeout); the result comes back on `to`, a failed read
+    /// as an empty topology.
+    fn read_topology(&self, to: &mpsc::UnboundedSender<topology::Topology>) {
         let Some(redis) = self.engine.redis() else {
             return;
         };
-        let Ok(Ok(t)) = tokio::time::timeout(TOPOLOGY_TIMEOUT, topology::read(&redis.conn)).await
-        else {
-            return;
-        };
-        // Mid-failover some slots have no primary: keep what we have.
+        let (conn, to) = (redis.conn.clone(), to.clone());
+        self.tasks.spawn(async move {
+            let _ = to.send(topology::read(&conn).await.unwrap_or_default());
+        });
+    }
+
+    /// Follows a topology read: when slots moved between shards, the probes follow
+    /// (a new probe is subscribed and sent like any other). Says whether a silent
+    /// shard now has another primary (a failover the subscription connection may
+    /// not find by itself: a fresh session finds it at once).
+    fn follow_topology(&self, probes: &mut Vec<Probe>, t: &topology::Topology) -> bool {
+        // Mid-failover (or a failed read) some slots have no primary: keep what we have.
         if t.slots_covered() != u32::from(keys::SLOTS) {
-            return;
+            return false;
         }
         let next = self.probes_for(&t.shards());
         let same = next.len() == probes.len()
@@ -425,7 +445,17 @@ impl Driver {
                 "the cluster's slots moved; probing its shards anew"
             );
             *probes = next;
+            return false;
         }
+        let mut failed_over = false;
+        for (p, n) in probes.iter_mut().zip(next) {
+            if p.primary != n.primary {
+                tracing::info!(from = %p.primary, to = %n.primary, "a shard's primary changed");
+                failed_over |= p.silent_since.is_some();
+                p.primary = n.primary;
+            }
+        }
+        failed_over
     }
 
     /// Publishes a fresh nonce on `p`'s shard channel, off the loop.
