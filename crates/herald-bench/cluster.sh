@@ -78,18 +78,10 @@ stop_service() {
     if [[ -n $svc ]]; then kill "$svc" 2>/dev/null || true; wait "$svc" 2>/dev/null || true; svc=""; fi
 }
 
-runs=0
-# run NAME ARGS…: one herald-bench run on core 1, its JSON appended to the results.
-run() {
-    local name=$1
-    shift
-    echo "== $name: herald-bench $*"
-    local line
-    runs=$((runs + 1))
-    line=$(timeout 300 taskset -c 1 "$bin/herald-bench" --json "$@" 2>"$out/cluster-run-$runs.err") ||
-        { echo "   failed (see $out/cluster-run-$runs.err)"; return 0; }
-    echo "{\"scenario\":\"$name\",\"result\":$line}" >>"$out/cluster.jsonl"
-}
+results="$out/cluster.jsonl"
+errs=cluster-run
+# shellcheck source=run.sh
+source crates/herald-bench/run.sh
 
 # measure MODE REDIS_ENV PRIMARIES: the publish and fan-out runs against one setup.
 measure() {

@@ -67,19 +67,10 @@ start_gw() {
 stop_gw() {
     if [[ -n $gw ]]; then kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; gw=""; fi
 }
-# run NAME ARGS…: one herald-bench run on core 1, its JSON appended to the results.
-runs=0
-run() {
-    local name=$1
-    shift
-    echo "== $name: herald-bench $*"
-    local line
-    runs=$((runs + 1))
-    # Bounded: a run that hangs is reported as failed, its stderr kept for a look.
-    line=$(timeout 300 "${NS[@]}" taskset -c 1 "$bin/herald-bench" --json "$@" 2>"$out/run-$runs.err") ||
-        { echo "   failed (see $out/run-$runs.err)"; return 0; }
-    echo "{\"scenario\":\"$name\",\"result\":$line}" >>"$out/results.jsonl"
-}
+results="$out/results.jsonl"
+errs=run
+# shellcheck source=run.sh
+source crates/herald-bench/run.sh
 target=(--url "ws://127.0.0.1:$gport/ws" --secret "$secret")
 
 # Connection setup first, while no earlier run's sockets crowd the port space.
