@@ -96,8 +96,8 @@ impl Server {
     /// port or bus port was taken).
     async fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port, "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
             // A node unreachable for a second is failed over: failover takes seconds.
@@ -109,17 +109,8 @@ impl Server {
             .args(["--cluster-allow-replica-migration", "no"])
             // A replica syncs as soon as it attaches instead of 5 s later, so the
             // cluster is fully replicated (and `WAIT` works) right after it forms.
-            .args(["--repl-diskless-sync-delay", "0"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "no"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install it, e.g. `apt-get install -y redis-server`")
-            });
+            .args(["--repl-diskless-sync-delay", "0"]);
+        let child = crate::spawn_redis_server(&mut cmd, self.dir.path());
         let port = self.port;
         let pid = child.id().expect("a running child has a pid").to_string();
         let child = self.child.insert(child);

@@ -420,17 +420,7 @@ impl Redis {
                 .args(["--port", &port.to_string()])
                 .args(["--bind", "127.0.0.1"]),
         };
-        let child = cmd
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "no"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}): install it, e.g. `apt-get install -y redis-server`")
-            });
+        let child = spawn_redis_server(&mut cmd, self.dir.path());
         let url = self.url();
         let child = self.child.insert(child);
         let answers = eventually("redis-server to answer PING", || {
@@ -501,6 +491,21 @@ impl Redis {
         .await
         .expect("redis connection")
     }
+}
+
+/// Starts `cmd` (a `redis-server` with its own listening arguments) the way every test
+/// server runs: no persistence, not protected, in `dir`, quiet, killed on drop.
+pub(crate) fn spawn_redis_server(cmd: &mut Command, dir: &std::path::Path) -> Child {
+    cmd.args(["--save", "", "--appendonly", "no"])
+        .args(["--protected-mode", "no"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start redis-server ({e}): install it, e.g. `apt-get install -y redis-server`")
+        })
 }
 
 // === Processes ===
