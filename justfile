@@ -72,6 +72,8 @@ _test-tools:
         || need cargo-nextest "install it with \`cargo install cargo-nextest --locked\` (the test runner)"
     command -v redis-server >/dev/null \
         || need redis-server "install it with \`sudo apt-get install redis-server\` (every Redis-backed test starts its own)"
+    command -v redis-cli >/dev/null \
+        || need redis-cli "install it with \`sudo apt-get install redis-server\` (the Redis Cluster tests form their cluster with it)"
     command -v promtool >/dev/null \
         || need promtool "install it with \`sudo apt-get install prometheus\` (checks the services' /metrics)"
     command -v tmux >/dev/null \
