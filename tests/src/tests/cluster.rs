@@ -17,7 +17,7 @@ use super::{
     server_side,
 };
 use crate::cluster::slot_of;
-use crate::{API_KEY, Backend, RedisCluster, Service, Ws, eventually, token, within};
+use crate::{API_KEY, Backend, RedisCluster, Service, Ws, eventually, token};
 
 /// Runs protocol tests written for any backend on a fresh cluster.
 macro_rules! on_cluster {
@@ -149,11 +149,14 @@ struct Seen {
     at: Instant,
 }
 
+/// How long a client of the traffic tests may take to get all its messages.
+const COLLECT_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Reads `ws` until it has `per_channel` messages on each of `channels`.
 async fn collect(mut ws: Ws, channels: Vec<String>, per_channel: u64) -> Vec<Seen> {
     let want = channels.len() as u64 * per_channel;
     let mut seen = Vec::new();
-    let deadline = Duration::from_secs(60);
+    let deadline = COLLECT_DEADLINE;
     let started = Instant::now();
     while (seen.len() as u64) < want {
         let left = deadline.saturating_sub(started.elapsed());
@@ -280,7 +283,13 @@ impl Traffic {
 
     /// Waits for every publish to be acknowledged.
     async fn finish(mut self) {
-        while let Some(done) = within("the publishers", self.publishers.join_next()).await {
+        // Each publish is retried for up to 30 s (`publish_all`): the bound is that, not
+        // the harness's per-wait patience.
+        while let Some(done) =
+            tokio::time::timeout(Duration::from_secs(40), self.publishers.join_next())
+                .await
+                .expect("a publisher outlived its own deadline")
+        {
             done.expect("a publisher failed");
         }
         assert_eq!(self.acked.load(Ordering::Relaxed), self.total);
@@ -295,8 +304,12 @@ async fn delivered(
 ) -> Vec<Vec<Seen>> {
     let mut all = Vec::new();
     for (i, r) in readers.into_iter().enumerate() {
-        let seen = within("a client's messages", r)
+        // Bounded by the client's own deadline (`collect`), not the harness's
+        // per-wait patience: on a loaded machine a failover can hold the dead shard's
+        // last messages longer than that.
+        let seen = tokio::time::timeout(COLLECT_DEADLINE + Duration::from_secs(5), r)
             .await
+            .expect("a client outlived its own deadline")
             .expect("a client failed");
         let mine: Vec<String> = seen
             .iter()
