@@ -452,6 +452,37 @@ async fn wedged_pubsub_is_detected_and_nothing_is_lost() {
     assert!(metric(&gw, "herald_pubsub_reconnects_total").await >= 1.0);
 }
 
+/// The same before the channel's first message: what the gateway knew of the channel
+/// when it subscribed is where it catches up from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_wedged_before_its_first_message_loses_nothing() {
+    let redis = Redis::start().await;
+    let proxy = crate::WedgeProxy::start(&redis).await;
+    let gw = gateway(&redis)
+        .env("HERALD_REDIS_URL", &proxy.url())
+        .spawn()
+        .await;
+    let t = token("wedge", &["quiet", "busy"], &["quiet", "busy"]);
+    let (mut sub, _) = Ws::auth(&gw, &t, &["quiet", "busy"]).await;
+    let (mut publisher, _) = Ws::auth(&gw, &t, &[]).await;
+    // A message on another channel proves the subscriptions are live before the wedge.
+    broadcast(&mut publisher, "busy", json!(0), 1).await;
+    assert_eq!(sub.recv_type("message").await["channel"], "busy");
+    assert!(proxy.wedge_subscribers() >= 1);
+    for i in 1..=3 {
+        let ack = broadcast(&mut publisher, "quiet", json!(i), 10 + i).await;
+        assert_eq!(ack["type"], "ack");
+    }
+    for i in 1..=3 {
+        let m = sub.recv_type("message").await;
+        assert_eq!(
+            (&m["channel"], &m["offset"], &m["message"]),
+            (&json!("quiet"), &json!(i), &json!(i)),
+            "{m}"
+        );
+    }
+}
+
 async fn batching_clients_get_batch_messages(backend: Backend) {
     let gw = gateway(&backend)
         .env("HERALD_BATCH_WINDOW_MS", "50")

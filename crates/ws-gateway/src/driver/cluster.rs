@@ -52,6 +52,8 @@ struct Probe {
     silent_since: Option<Instant>,
     /// Its subscription is confirmed (else it is subscribed again).
     confirmed: bool,
+    /// The [`Subs::lost`] count when its subscription was last found lost.
+    lost_at: u64,
 }
 
 impl Probe {
@@ -63,6 +65,7 @@ impl Probe {
             outstanding: None,
             silent_since: None,
             confirmed: false,
+            lost_at: 0,
         }
     }
 
@@ -77,11 +80,15 @@ impl Probe {
 #[derive(Debug)]
 struct Confirmed {
     name: String,
+    /// Subscribed, and for a channel its position read.
     ok: bool,
     /// An unsubscription (its outcome does not matter, only that it is over).
     unsubscribed: bool,
-    /// A channel's position just after its subscription took effect.
+    /// A channel's position just after its subscription took effect (`None`: it
+    /// had no history).
     position: Option<(u64, String)>,
+    /// [`Subs::lost`] when the request was sent.
+    sent_at: u64,
 }
 
 /// The session's subscriptions and what they still need.
@@ -96,18 +103,38 @@ struct Subs {
     /// Pub/Sub names being subscribed or unsubscribed now: one request per name
     /// at a time, so they take effect in the order they were asked for.
     in_flight: HashSet<String>,
+    /// How many times subscriptions were found lost, and when each channel's last
+    /// was: a confirmation sent before its channel's subscription was lost (its
+    /// reply came from the connection that then went) does not count.
+    lost: u64,
+    lost_at: HashMap<Arc<str>, u64>,
 }
 
 impl Subs {
     /// Every wanted channel subscribes again and catches up.
     fn resubscribe_all(&mut self) {
-        self.pending.extend(self.wanted.iter().cloned());
-        self.catch_up.extend(self.wanted.iter().cloned());
+        self.lost += 1;
+        let wanted: Vec<Arc<str>> = self.wanted.iter().cloned().collect();
+        for c in &wanted {
+            self.mark_lost(c);
+        }
     }
 
+    /// `c`'s subscription was lost: it subscribes again and catches up.
     fn resubscribe(&mut self, c: &Arc<str>) {
+        self.lost += 1;
+        self.mark_lost(c);
+    }
+
+    fn mark_lost(&mut self, c: &Arc<str>) {
         self.pending.insert(c.clone());
         self.catch_up.insert(c.clone());
+        self.lost_at.insert(c.clone(), self.lost);
+    }
+
+    /// Whether a confirmation sent at `sent_at` still stands for `c`.
+    fn current(&self, c: &str, sent_at: u64) -> bool {
+        self.lost_at.get(c).is_none_or(|&at| sent_at >= at)
     }
 }
 
@@ -188,12 +215,13 @@ impl Driver {
                         }
                         SubEvent::NodeLost => {
                             // The cluster connection reconnects to the node, or finds
-                            // the replica that took over, but does not subscribe
-                            // again by itself.
+                            // the replica that took over; what it subscribes again by
+                            // itself is not confirmed to us, so we do it.
                             tracing::warn!("lost a cluster node's pub/sub connection; subscribing again");
                             subs.resubscribe_all();
                             for p in &mut probes {
                                 p.confirmed = false;
+                                p.lost_at = subs.lost;
                             }
                             self.confirm(&sink, &mut probes, &mut subs, &done_tx);
                         }
@@ -202,7 +230,9 @@ impl Driver {
                             if let Some(c) = self.keys.channel_of(&name).and_then(|c| subs.wanted.get(c).cloned()) {
                                 subs.resubscribe(&c);
                             } else if let Some(p) = probes.iter_mut().find(|p| p.name == name) {
+                                subs.lost += 1;
                                 p.confirmed = false;
+                                p.lost_at = subs.lost;
                             }
                             self.confirm(&sink, &mut probes, &mut subs, &done_tx);
                         }
@@ -218,7 +248,9 @@ impl Driver {
                     subs.in_flight.remove(&done.name);
                     let wanted = self.keys.channel_of(&done.name).and_then(|c| subs.wanted.get(c).cloned());
                     if let Some(p) = probes.iter_mut().find(|p| p.name == done.name) {
-                        p.confirmed = done.ok;
+                        if done.sent_at >= p.lost_at {
+                            p.confirmed = done.ok;
+                        }
                         if !done.ok {
                             // Cannot even subscribe: as silent as a probe that is lost.
                             p.silent_since.get_or_insert_with(Instant::now);
@@ -229,15 +261,14 @@ impl Driver {
                     } else if let Some(c) = wanted
                         && done.ok
                         && !done.unsubscribed
+                        && subs.current(&c, done.sent_at)
                         && subs.pending.remove(&c)
                     {
-                        if let Some((offset, epoch)) = done.position {
-                            // Known from here on: a later loss is caught up from this.
-                            positions.entry(c.clone()).or_insert(Position { epoch: epoch.into(), offset });
-                        }
+                        // Known from here on: a later loss is caught up from this.
+                        positions.entry(c.clone()).or_insert_with(|| Position::read(done.position));
                         self.hub.mark_ready(&c);
                         if subs.catch_up.remove(&c) {
-                            self.catch_up(positions, |x| *x == *c).await;
+                            self.catch_up(positions, |x, _| *x == *c).await;
                         }
                     }
                     self.confirm(&sink, &mut probes, &mut subs, &done_tx);
@@ -260,6 +291,7 @@ impl Driver {
                             if !self.hub.wants(&c) && subs.wanted.remove(&c) {
                                 subs.pending.remove(&c);
                                 subs.catch_up.remove(&c);
+                                subs.lost_at.remove(&c);
                                 positions.remove(&c);
                                 let name = self.keys.channel(&c);
                                 // One in flight for it already: its outcome unsubscribes.
@@ -272,6 +304,9 @@ impl Driver {
                 }
                 _ = probe_tick.tick() => {
                     ticks = ticks.wrapping_add(1);
+                    // Catch-ups that Redis did not answer (a shard mid-failover):
+                    // again, for the channels subscribed meanwhile.
+                    self.catch_up(positions, |c, p| p.behind && !subs.pending.contains(c)).await;
                     if ticks.is_multiple_of(TOPOLOGY_EVERY) && !reading_topology {
                         reading_topology = true;
                         self.read_topology(&topology_tx);
@@ -284,9 +319,12 @@ impl Driver {
                                 p.silent_since.get_or_insert(sent);
                                 p.outstanding = None;
                                 p.confirmed = false;
-                                for c in subs.wanted.iter().filter(|c| p.covers(c)) {
-                                    subs.pending.insert(c.clone());
-                                    subs.catch_up.insert(c.clone());
+                                subs.lost += 1;
+                                p.lost_at = subs.lost;
+                                let on_shard: Vec<Arc<str>> =
+                                    subs.wanted.iter().filter(|c| p.covers(c)).cloned().collect();
+                                for c in &on_shard {
+                                    subs.mark_lost(c);
                                 }
                             }
                             Some(_) => {}
@@ -335,27 +373,29 @@ impl Driver {
             let Some(mut s) = sink.detached() else {
                 return;
             };
-            let (done, publisher) = (done.clone(), self.publisher.clone());
+            let (done, publisher, sent_at) = (done.clone(), self.publisher.clone(), subs.lost);
             self.tasks.spawn(async move {
-                let res = store::within(
+                let mut res = store::within(
                     PUBSUB_TIMEOUT,
                     "ssubscribe",
                     s.subscribe_shard(std::slice::from_ref(&name)),
                 )
-                .await;
+                .await
+                .map(|()| None);
+                if let (Ok(_), Some(c)) = (&res, channel) {
+                    // Read after the subscription took effect, so nothing between
+                    // the two is missed; unread, the subscription is tried again.
+                    res = publisher.position(&c).await;
+                }
                 if let Err(e) = &res {
                     tracing::debug!(%name, cause = %e, "a shard channel subscription failed; retrying");
                 }
-                let ok = res.is_ok();
-                let position = match channel {
-                    Some(c) if ok => publisher.position(&c).await.ok().flatten(),
-                    _ => None,
-                };
                 let _ = done.send(Confirmed {
                     name,
-                    ok,
+                    ok: res.is_ok(),
                     unsubscribed: false,
-                    position,
+                    position: res.ok().flatten(),
+                    sent_at,
                 });
             });
         }
@@ -373,7 +413,7 @@ impl Driver {
             return;
         };
         subs.in_flight.insert(name.clone());
-        let done = done.clone();
+        let (done, sent_at) = (done.clone(), subs.lost);
         self.tasks.spawn(async move {
             let ok = store::within(PUBSUB_TIMEOUT, "sunsubscribe", s.unsubscribe_shard(&name))
                 .await
@@ -383,6 +423,7 @@ impl Driver {
                 ok,
                 unsubscribed: true,
                 position: None,
+                sent_at,
             });
         });
     }

@@ -52,6 +52,29 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 struct Position {
     epoch: Box<str>,
     offset: u64,
+    /// A catch-up or gap fill failed (Redis did not answer): messages past
+    /// `offset` may be missing, so live ones are held back (they are in history)
+    /// and the channel is caught up again every probe tick until that works.
+    behind: bool,
+}
+
+impl Position {
+    fn at(epoch: &str, offset: u64) -> Self {
+        Self {
+            epoch: epoch.into(),
+            offset,
+            behind: false,
+        }
+    }
+
+    /// Where a channel stands by a read of its position: `None` when it had no
+    /// history, so that everything later, in whatever epoch, is new to it.
+    fn read(top: Option<(u64, String)>) -> Self {
+        match top {
+            Some((offset, epoch)) => Self::at(&epoch, offset),
+            None => Self::at("", 0),
+        }
+    }
 }
 
 /// Everything the driver needs.
@@ -69,6 +92,9 @@ pub(crate) struct Driver {
     /// Where the probe publishes run, so they never hold up the delivery loop.
     pub(crate) tasks: TaskTracker,
 }
+
+/// A channel's position as read just after it was subscribed.
+type Learned = (Arc<str>, redis::RedisResult<Option<(u64, String)>>);
 
 enum Exit {
     Shutdown,
@@ -140,13 +166,18 @@ impl Driver {
             let names: Vec<String> = wanted.iter().map(|c| self.keys.channel(c)).collect();
             timeout(sink.subscribe(&names)).await?;
         }
+        positions.retain(|c, _| wanted.contains(c));
+        let (known_tx, mut known_rx) = mpsc::unbounded_channel();
         for c in wanted {
-            self.hub.mark_ready(&c);
+            if positions.contains_key(&c) {
+                self.hub.mark_ready(&c);
+            } else {
+                self.learn_position(c.clone(), &known_tx);
+            }
             subscribed.insert(c);
         }
-        positions.retain(|c, _| subscribed.contains(c));
         if !first {
-            self.catch_up(positions, |_| true).await;
+            self.catch_up(positions, |_, _| true).await;
         }
         tracing::info!(channels = subscribed.len(), "pub/sub connected");
 
@@ -184,8 +215,10 @@ impl Driver {
                             if self.hub.wants(&c) && !subscribed.contains(&c) {
                                 timeout(sink.subscribe(&[self.keys.channel(&c)])).await?;
                                 subscribed.insert(c.clone());
+                                self.learn_position(c, &known_tx);
+                            } else {
+                                self.hub.mark_ready(&c);
                             }
-                            self.hub.mark_ready(&c);
                         }
                         Cmd::Unsubscribe(c) => {
                             if !self.hub.wants(&c) && subscribed.remove(&c) {
@@ -195,7 +228,13 @@ impl Driver {
                         }
                     }
                 }
+                Some((c, read)) = known_rx.recv() => {
+                    if subscribed.contains(&c) {
+                        self.learned(&c, read, positions);
+                    }
+                }
                 _ = probe_tick.tick() => {
+                    self.catch_up(positions, |_, p| p.behind).await;
                     match outstanding {
                         Some((_, sent)) if sent.elapsed() > probe_deadline => {
                             return Ok(Exit::Reconnect("probe did not come back (wedged subscription)"));
@@ -222,20 +261,85 @@ impl Driver {
         }
     }
 
+    /// Reads, off the loop, where a channel just subscribed stands; the answer
+    /// comes back on `to` for [`Self::learned`].
+    fn learn_position(&self, channel: Arc<str>, to: &mpsc::UnboundedSender<Learned>) {
+        let (publisher, to) = (self.publisher.clone(), to.clone());
+        self.tasks.spawn(async move {
+            let read = publisher.position(&channel).await;
+            let _ = to.send((channel, read));
+        });
+    }
+
+    /// Takes a position read just after `channel`'s subscription took effect as
+    /// where this node stands (unless a message came first), so a later loss is
+    /// caught up from it even if no message came before; then lets its
+    /// subscribers in, who read their own positions after this one (a message the
+    /// read counted is theirs to skip, too).
+    fn learned(
+        &self,
+        channel: &Arc<str>,
+        read: redis::RedisResult<Option<(u64, String)>>,
+        positions: &mut HashMap<Arc<str>, Position>,
+    ) {
+        match read {
+            Ok(top) => {
+                positions
+                    .entry(channel.clone())
+                    .or_insert_with(|| Position::read(top));
+            }
+            Err(e) => {
+                // Delivery goes on; only a loss before the channel's first message
+                // would go uncaught.
+                self.metrics.redis_errors.inc();
+                tracing::warn!(%channel, cause = %e, "cannot read a new channel's position");
+            }
+        }
+        self.hub.mark_ready(channel);
+    }
+
     /// After a reconnect, delivers what each channel (of those `which` picks)
-    /// published while we were away.
+    /// published while we were away. A channel that cannot be caught up now (Redis
+    /// did not answer) keeps its position, marked behind, for the next try.
     async fn catch_up(
         &self,
         positions: &mut HashMap<Arc<str>, Position>,
-        which: impl Fn(&str) -> bool,
+        which: impl Fn(&str, &Position) -> bool,
     ) {
-        let channels: Vec<Arc<str>> = positions.keys().filter(|c| which(c)).cloned().collect();
+        let channels: Vec<Arc<str>> = positions
+            .iter()
+            .filter(|(c, p)| which(c, p))
+            .map(|(c, _)| c.clone())
+            .collect();
         for channel in channels {
-            let Ok(Some((top, epoch))) = self.publisher.position(&channel).await else {
-                continue;
-            };
             let Some(pos) = positions.get(&channel).cloned() else {
                 continue;
+            };
+            let (top, epoch) = match self.publisher.position(&channel).await {
+                Ok(Some(top)) => top,
+                // No history (expired or never written): nothing to deliver.
+                Ok(None) => {
+                    positions.insert(
+                        channel,
+                        Position {
+                            behind: false,
+                            ..pos
+                        },
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    self.metrics.redis_errors.inc();
+                    tracing::debug!(%channel, cause = %e, "cannot read a channel's position; catching up later");
+                    positions.insert(
+                        channel,
+                        Position {
+                            behind: true,
+                            ..pos
+                        },
+                    );
+                    continue;
+                }
             };
             let same = *pos.epoch == *epoch;
             if same && top < pos.offset {
@@ -244,17 +348,18 @@ impl Driver {
                 continue;
             }
             let from = if same { pos.offset + 1 } else { 1 };
-            if top >= from {
-                self.fill(&channel, &epoch, from, top).await;
+            if top >= from && !self.fill(&channel, &epoch, from, top).await {
+                positions.insert(
+                    channel,
+                    Position {
+                        behind: true,
+                        ..pos
+                    },
+                );
+                continue;
             }
             let offset = if same { top.max(pos.offset) } else { top };
-            positions.insert(
-                channel,
-                Position {
-                    epoch: epoch.into(),
-                    offset,
-                },
-            );
+            positions.insert(channel, Position::at(&epoch, offset));
         }
     }
 
@@ -282,8 +387,9 @@ impl Driver {
         }
     }
 
-    /// Delivers offsets `from..=to` of `channel` from history.
-    async fn fill(&self, channel: &Arc<str>, epoch: &str, from: u64, to: u64) {
+    /// Delivers offsets `from..=to` of `channel` from history; false when history
+    /// could not be read (nothing was delivered).
+    async fn fill(&self, channel: &Arc<str>, epoch: &str, from: u64, to: u64) -> bool {
         match self.publisher.range(channel, from, to).await {
             Ok(frames) => {
                 for (offset, frame) in frames {
@@ -298,10 +404,12 @@ impl Driver {
                     });
                     self.hub.fanout(&d);
                 }
+                true
             }
             Err(e) => {
                 self.metrics.redis_errors.inc();
-                tracing::warn!(%channel, cause = %e, "cannot fill a delivery gap from history");
+                tracing::warn!(%channel, cause = %e, "cannot fill a delivery gap from history; catching up later");
+                false
             }
         }
     }
@@ -324,29 +432,27 @@ impl Driver {
             Some((k, _)) => k.clone(),
             None => Arc::from(channel),
         };
-        match positions.get(channel).cloned() {
+        let filled = match positions.get(channel) {
+            // Held back: the next catch-up delivers it from history, in order.
+            Some(pos) if pos.behind => return,
             Some(pos) if *pos.epoch == *env.epoch => {
                 if env.offset <= pos.offset {
                     return; // already delivered (by a gap fill)
                 }
-                if env.offset > pos.offset + 1 {
-                    self.fill(&name, env.epoch, pos.offset + 1, env.offset - 1)
-                        .await;
-                }
+                let from = pos.offset + 1;
+                env.offset == from || self.fill(&name, env.epoch, from, env.offset - 1).await
             }
-            Some(_) if env.offset > 1 => {
-                // A new epoch (history was lost): everything in it is new to us.
-                self.fill(&name, env.epoch, 1, env.offset - 1).await;
+            // A new epoch (history was lost): everything in it is new to us.
+            Some(_) if env.offset > 1 => self.fill(&name, env.epoch, 1, env.offset - 1).await,
+            _ => true,
+        };
+        if !filled {
+            if let Some(pos) = positions.get_mut(channel) {
+                pos.behind = true;
             }
-            _ => {}
+            return;
         }
-        positions.insert(
-            name.clone(),
-            Position {
-                epoch: env.epoch.into(),
-                offset: env.offset,
-            },
-        );
+        positions.insert(name.clone(), Position::at(env.epoch, env.offset));
         let Ok(text) = Utf8Bytes::try_from(Bytes::copy_from_slice(&payload[env.frame_start..]))
         else {
             tracing::warn!(channel, "dropping a non-UTF-8 frame");
