@@ -315,51 +315,33 @@ impl Driver {
             let Some(pos) = positions.get(&channel).cloned() else {
                 continue;
             };
-            let (top, epoch) = match self.publisher.position(&channel).await {
-                Ok(Some(top)) => top,
+            let caught_up = match self.publisher.position(&channel).await {
                 // No history (expired or never written): nothing to deliver.
-                Ok(None) => {
-                    positions.insert(
-                        channel,
-                        Position {
-                            behind: false,
-                            ..pos
-                        },
-                    );
-                    continue;
+                Ok(None) => true,
+                Ok(Some((top, epoch))) => {
+                    let same = *pos.epoch == *epoch;
+                    if same && top < pos.offset {
+                        self.went_back(&channel, &epoch, pos.offset, top).await;
+                        positions.remove(&channel);
+                        continue;
+                    }
+                    let from = if same { pos.offset + 1 } else { 1 };
+                    if top < from || self.fill(&channel, &epoch, from, top).await {
+                        let offset = if same { top.max(pos.offset) } else { top };
+                        positions.insert(channel, Position::at(&epoch, offset));
+                        continue;
+                    }
+                    false
                 }
                 Err(e) => {
                     self.metrics.redis_errors.inc();
                     tracing::debug!(%channel, cause = %e, "cannot read a channel's position; catching up later");
-                    positions.insert(
-                        channel,
-                        Position {
-                            behind: true,
-                            ..pos
-                        },
-                    );
-                    continue;
+                    false
                 }
             };
-            let same = *pos.epoch == *epoch;
-            if same && top < pos.offset {
-                self.went_back(&channel, &epoch, pos.offset, top).await;
-                positions.remove(&channel);
-                continue;
+            if let Some(p) = positions.get_mut(&channel) {
+                p.behind = !caught_up;
             }
-            let from = if same { pos.offset + 1 } else { 1 };
-            if top >= from && !self.fill(&channel, &epoch, from, top).await {
-                positions.insert(
-                    channel,
-                    Position {
-                        behind: true,
-                        ..pos
-                    },
-                );
-                continue;
-            }
-            let offset = if same { top.max(pos.offset) } else { top };
-            positions.insert(channel, Position::at(&epoch, offset));
         }
     }
 
