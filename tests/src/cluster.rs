@@ -37,6 +37,8 @@ const CLUSTER_PORTS: std::ops::Range<u16> = REDIS_TCP_PORTS.start..REDIS_TCP_POR
 /// primaries to vote the failover; a replica each so every primary can fail over.
 const PRIMARIES: usize = 3;
 const NODES: usize = 2 * PRIMARIES;
+/// The longest a `redis-cli --cluster reshard` may take.
+const RESHARD_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A node as a cluster's `CLUSTER NODES` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,16 +233,22 @@ async fn query<T: FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Result<T, Stri
 
 /// Runs `redis-cli` with `args` to completion; (success, stdout and stderr).
 async fn redis_cli(args: &[String]) -> (bool, String) {
-    let out = within(
-        &format!("redis-cli {}", args.join(" ")),
-        Command::new("redis-cli")
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): install redis-tools"));
+    redis_cli_for(args, crate::patience()).await
+}
+
+/// [`redis_cli`] bounded by `bound` instead of the harness's patience (a bulk
+/// operation whose length grows with its size and with the machine's load).
+async fn redis_cli_for(args: &[String], bound: Duration) -> (bool, String) {
+    let what = format!("redis-cli {}", args.join(" "));
+    let run = Command::new("redis-cli")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(bound, run)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {bound:?} waiting for {what}"))
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): install redis-tools"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -480,7 +488,7 @@ impl RedisCluster {
         self.node(port).await
     }
 
-    /// Moves `slots` slots, and their keys, from the primary on `from_port` to the one
+    /// Moves `slots` slots (within [`RESHARD_PATIENCE`]), and their keys, from the primary on `from_port` to the one
     /// on `to_port` with `redis-cli --cluster reshard` (live `MIGRATE`s, clients
     /// redirected with ASK meanwhile), then waits until the cluster has settled.
     pub async fn reshard(&self, from_port: u16, to_port: u16, slots: u32) {
@@ -506,7 +514,9 @@ impl RedisCluster {
             slots.to_string(),
             "--cluster-yes".to_owned(),
         ];
-        let (ok, out) = redis_cli(&args).await;
+        // Slot by slot, each a few round trips and a MIGRATE of its keys: on a loaded
+        // machine 2,000 slots have taken over 10 s.
+        let (ok, out) = redis_cli_for(&args, RESHARD_PATIENCE).await;
         assert!(ok, "redis-cli --cluster reshard failed:\n{out}");
         self.settle(&format!(
             "the cluster to settle after moving {slots} slots from :{from_port} to :{to_port}"
