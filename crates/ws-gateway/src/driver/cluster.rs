@@ -69,6 +69,13 @@ impl Probe {
         }
     }
 
+    /// Its subscription was found lost (the `lost`-th loss of [`Subs::lost`]): it
+    /// subscribes again, and a confirmation sent before this does not count.
+    fn lost(&mut self, lost: u64) {
+        self.confirmed = false;
+        self.lost_at = lost;
+    }
+
     /// Whether this probe's shard carries `channel` (the slot of its hash tag).
     fn covers(&self, channel: &str) -> bool {
         let slot = keys::slot(format!("{{{channel}}}").as_bytes());
@@ -220,8 +227,7 @@ impl Driver {
                             tracing::warn!("lost a cluster node's pub/sub connection; subscribing again");
                             subs.resubscribe_all();
                             for p in &mut probes {
-                                p.confirmed = false;
-                                p.lost_at = subs.lost;
+                                p.lost(subs.lost);
                             }
                             self.confirm(&sink, &mut probes, &mut subs, &done_tx);
                         }
@@ -231,8 +237,7 @@ impl Driver {
                                 subs.resubscribe(&c);
                             } else if let Some(p) = probes.iter_mut().find(|p| p.name == name) {
                                 subs.lost += 1;
-                                p.confirmed = false;
-                                p.lost_at = subs.lost;
+                                p.lost(subs.lost);
                             }
                             self.confirm(&sink, &mut probes, &mut subs, &done_tx);
                         }
@@ -318,9 +323,8 @@ impl Driver {
                                 // up once they are back (a failover, a wedged link).
                                 p.silent_since.get_or_insert(sent);
                                 p.outstanding = None;
-                                p.confirmed = false;
                                 subs.lost += 1;
-                                p.lost_at = subs.lost;
+                                p.lost(subs.lost);
                                 let on_shard: Vec<Arc<str>> =
                                     subs.wanted.iter().filter(|c| p.covers(c)).cloned().collect();
                                 for c in &on_shard {
