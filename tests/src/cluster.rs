@@ -384,9 +384,13 @@ impl RedisCluster {
     /// where a key lives and for node-local commands (`WAIT`, `CLUSTER ...`).
     pub async fn node_conn(&self, port: u16) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+        // Longer than any command the tests send it waits for (the client's default
+        // is 500 ms, shorter than a `WAIT` for a replica's acknowledgement).
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
         within(
             &format!("a connection to cluster node :{port}"),
-            client.get_multiplexed_async_connection(),
+            client.get_multiplexed_async_connection_with_config(&config),
         )
         .await
         .expect("node connection")
